@@ -1,0 +1,21 @@
+"""Inference: the trainer, the objectives, importance sampling and checkpoints."""
+
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .importance import importance_log_likelihood, log_importance_weights
+from .objectives import ImportanceWeightedELBO, make_objective
+from .trainer import EpochEnd, History, NonFiniteLossError, fit, param_scope
+
+__all__ = [
+    "EpochEnd",
+    "History",
+    "ImportanceWeightedELBO",
+    "NonFiniteLossError",
+    "fit",
+    "importance_log_likelihood",
+    "load_checkpoint",
+    "log_importance_weights",
+    "make_objective",
+    "param_scope",
+    "read_checkpoint",
+    "save_checkpoint",
+]

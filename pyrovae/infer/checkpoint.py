@@ -1,0 +1,124 @@
+"""Checkpoints: everything needed to resume a run or to reload a model for evaluation.
+
+A checkpoint is one ``torch.save`` file holding the model's class and the configuration that
+built it, its weights, the optimiser state, the random-number generators' states, the epoch and
+step, the training configuration and the metrics so far. Files are written atomically (a
+temporary file in the same folder, then ``os.replace``), so a crash mid-write never leaves a
+half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+FORMAT_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of torch's (CPU and CUDA), Python's and NumPy's generators."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def class_path(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def save_checkpoint(path: str | os.PathLike, module: torch.nn.Module | None, **extra: Any) -> Path:
+    """Write ``module`` (class, ``config``, weights) and ``extra`` entries to ``path`` atomically.
+
+    A module without a ``config`` attribute (the keyword arguments that build it) is saved with its
+    weights, but :func:`load_checkpoint` then cannot rebuild it.
+    """
+    payload: dict[str, Any] = {"format": FORMAT_VERSION}
+    if module is not None:
+        payload["model_class"] = class_path(module)
+        payload["model_config"] = getattr(module, "config", None)
+        payload["model_state"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    else:
+        payload["param_store"] = pyro.get_param_store().get_state()
+    payload.update(extra)
+    return atomic_save(payload, path)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dictionary (tensors on ``map_location``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path} is not a pyrovae checkpoint (format {FORMAT_VERSION})")
+    return payload
+
+
+def build_model(payload: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate the checkpoint's model class from its config (weights not loaded)."""
+    if "model_class" not in payload:
+        raise ValueError(
+            "this checkpoint holds a Pyro param store (a model/guide given as functions), not a "
+            "module: use read_checkpoint() and pyro.get_param_store().set_state(...)"
+        )
+    if payload.get("model_config") is None:
+        raise ValueError(
+            f"the checkpoint's model {payload['model_class']} has no 'config' attribute, so it "
+            "cannot be rebuilt; give the class a `config` dict of its constructor arguments"
+        )
+    module_name, _, qualname = payload["model_class"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), qualname)
+    return cls(**payload["model_config"])
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu"
+) -> torch.nn.Module:
+    """Rebuild the model saved at ``path``, load its weights, and return it in eval mode.
+
+    Args:
+        path: a file written by :func:`pyrovae.fit` or :func:`save_checkpoint`.
+        map_location: where to put the weights (default ``"cpu"``).
+    """
+    payload = read_checkpoint(path, map_location)
+    module = build_model(payload).to(map_location if map_location is not None else "cpu")
+    module.load_state_dict(payload["model_state"])
+    return module.eval()

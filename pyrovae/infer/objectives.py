@@ -1,0 +1,85 @@
+"""The training objectives ``fit`` understands, by name, and the importance-weighted bound."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pyro.infer as infer
+import torch
+
+from .importance import log_weights_and_scale
+
+OBJECTIVES = ("elbo", "meanfield", "enum", "iwae")
+
+
+class ImportanceWeightedELBO:
+    """The K-sample importance-weighted bound (IWAE; Burda et al. 2016) as a loss.
+
+    ``loss = -(N/M) sum_m [logsumexp_k log w_km - log K]`` over a minibatch of M rows, with the K
+    particles vectorised. Its gradient uses the reparameterised samples, so every guide site
+    must be reparameterisable. At K = 1 it is the ``Trace_ELBO`` loss.
+
+    Args:
+        num_particles: K, the number of importance samples per data point (default 5).
+    """
+
+    def __init__(self, num_particles: int = 5) -> None:
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+        self.num_particles = num_particles
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
+        log_w, scale = log_weights_and_scale(
+            model, guide, *args, num_samples=self.num_particles, **kwargs
+        )
+        bound = torch.logsumexp(log_w, 0) - math.log(self.num_particles)
+        return -bound.sum() * scale
+
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+
+def make_objective(
+    name: str = "elbo",
+    num_particles: int = 1,
+    vectorize_particles: bool = True,
+    jit: bool = False,
+    max_plate_nesting: int | None = None,
+):
+    """Build an objective with a ``differentiable_loss(model, guide, *args, **kwargs)`` method.
+
+    Args:
+        name: ``"elbo"`` (``Trace_ELBO``, Monte-Carlo KL), ``"meanfield"``
+            (``TraceMeanField_ELBO``, analytic KL where one is registered), ``"enum"``
+            (``TraceEnum_ELBO``: sites marked for enumeration are summed out exactly) or
+            ``"iwae"`` (:class:`ImportanceWeightedELBO` with K = ``num_particles``).
+        num_particles: samples per data point (default 1).
+        vectorize_particles: draw the particles in one vectorised pass (default True).
+        jit: use Pyro's JIT-compiled variant (``JitTrace_ELBO`` etc.; default False). The model
+            must then have static structure and take every tensor positionally.
+        max_plate_nesting: passed to Pyro (default None: Pyro finds it by running the model).
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    if name == "iwae":
+        if jit:
+            raise ValueError("jit=True is not supported for the 'iwae' objective")
+        return ImportanceWeightedELBO(num_particles)
+    classes = {
+        "elbo": (infer.Trace_ELBO, infer.JitTrace_ELBO),
+        "meanfield": (infer.TraceMeanField_ELBO, infer.JitTraceMeanField_ELBO),
+        "enum": (infer.TraceEnum_ELBO, infer.JitTraceEnum_ELBO),
+    }
+    cls = classes[name][1 if jit else 0]
+    options = dict(
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles and num_particles > 1,
+        max_plate_nesting=max_plate_nesting if max_plate_nesting is not None else float("inf"),
+    )
+    if jit:
+        options["ignore_jit_warnings"] = True
+    return cls(**options)

@@ -1,0 +1,124 @@
+"""Training data as streams of index-sliced minibatches.
+
+A *stream* is one source of arguments for the model and guide: a tensor, a tuple of tensors of
+equal length (``(x, y)``), or an object with ``__len__`` and ``for_epoch(epoch) -> tuple`` (such as
+:class:`pyrovae.data.DynamicBinarized`, which redraws binary images every epoch). The model is
+called as ``model(*tensors, subsample=idx)`` on the whole tensors with a LongTensor of row
+indices, and selects the rows inside its data plate. Shuffling is a deterministic function of
+``(seed, epoch, stream)``, so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+
+class Stream:
+    """One data source: its tensors for an epoch, moved to ``device`` once."""
+
+    def __init__(self, name: str, source: Any, device: torch.device) -> None:
+        self.name, self.device = name, device
+        if hasattr(source, "for_epoch"):
+            self._source, self._static = source, None
+            self.size = len(source)
+        else:
+            tensors = source if isinstance(source, (tuple, list)) else (source,)
+            self._static = tuple(_to_device(t, device) for t in tensors)
+            _check_tensors(name, self._static)
+            self.size = self._static[0].shape[0]
+        if self.size == 0:
+            raise ValueError(f"data stream '{name}' is empty")
+
+    def tensors(self, epoch: int) -> tuple[torch.Tensor | None, ...]:
+        if self._static is not None:
+            return self._static
+        tensors = tuple(_to_device(t, self.device) for t in self._source.for_epoch(epoch))
+        _check_tensors(self.name, tensors)
+        return tensors
+
+
+def _to_device(t, device):
+    return t if t is None else t.to(device, non_blocking=True)
+
+
+def _check_tensors(name: str, tensors: tuple) -> None:
+    present = [t for t in tensors if t is not None]
+    if not present:
+        raise ValueError(f"data stream '{name}' has no tensors")
+    for t in present:
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"data stream '{name}' holds a {type(t).__name__}, not a tensor")
+        if t.dim() == 0:
+            raise ValueError(f"data stream '{name}' holds a 0-d tensor; need [N, ...]")
+    sizes = {t.shape[0] for t in present}
+    if len(sizes) != 1:
+        raise ValueError(f"data stream '{name}' has tensors of different lengths {sorted(sizes)}")
+    if sizes == {0}:
+        raise ValueError(f"data stream '{name}' is empty")
+    for t in present:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"data stream '{name}' contains NaN or inf")
+
+
+def make_streams(data: Any, device: torch.device) -> list[Stream]:
+    """Streams from ``data``: one source, or a mapping of name to source (one batch each a step)."""
+    if isinstance(data, Mapping):
+        if not data:
+            raise ValueError("data is an empty mapping")
+        return [Stream(str(name), source, device) for name, source in data.items()]
+    return [Stream("data", data, device)]
+
+
+def _generator(seed: int, epoch: int, stream: int, cycle: int) -> torch.Generator:
+    # Distinct, reproducible permutations for every (seed, epoch, stream, cycle).
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(((seed * 1_000_003 + epoch) * 1_009 + stream) * 10_007 + cycle)
+    return gen
+
+
+class BatchPlan:
+    """The index batches of one epoch for every stream.
+
+    The largest stream sets the number of steps: ``ceil(N / B)`` (``floor`` with ``drop_last``).
+    Smaller streams cycle through fresh permutations as often as needed, with batch size
+    ``min(B, N_stream)``, so 100 labelled images pair with any number of unlabelled batches.
+    """
+
+    def __init__(
+        self,
+        streams: list[Stream],
+        batch_sizes: list[int],
+        seed: int,
+        epoch: int,
+        drop_last: bool,
+    ) -> None:
+        main = max(range(len(streams)), key=lambda i: streams[i].size)
+        n, b = streams[main].size, batch_sizes[main]
+        self.num_steps = n // b if drop_last and n >= b else -(-n // b)
+        self.batches: list[list[torch.Tensor]] = []
+        for i, (stream, size) in enumerate(zip(streams, batch_sizes)):
+            size = min(size, stream.size)
+            needed = self.num_steps * size
+            cycles = -(-needed // stream.size)
+            perm = torch.cat(
+                [
+                    torch.randperm(stream.size, generator=_generator(seed, epoch, i, c))
+                    for c in range(cycles)
+                ]
+            ).to(stream.device)
+            if i == main and not drop_last:
+                chunks = list(perm[:n].split(size))
+            else:
+                chunks = list(perm[:needed].split(size))
+            self.batches.append(chunks)
+
+    def step(self, k: int) -> list[torch.Tensor]:
+        return [chunks[k] for chunks in self.batches]
+
+
+def iterate_steps(plan: BatchPlan, start: int = 0) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    for k in range(start, plan.num_steps):
+        yield k, plan.step(k)
