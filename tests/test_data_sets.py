@@ -1,7 +1,6 @@
-"""Data set location, download (monkeypatched: no network), loading, and the real files if present.
+"""Data location, downloads (monkeypatched, no network), loading; real files if present.
 
-Real-data tests read ``$PYROVAE_DATA/{MNIST,FashionMNIST}/raw`` and are skipped when it is unset
-or the files are absent.
+Real-data tests read ``$PYROVAE_DATA/{MNIST,FashionMNIST}/raw`` and skip when those are absent.
 """
 
 from __future__ import annotations
@@ -45,16 +44,20 @@ def real_root(folder: str) -> Path:
     return Path(root)
 
 
-def forbid_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make every fetch fail like an offline machine; returns the URLs that were tried."""
+def patch_fetch(monkeypatch: pytest.MonkeyPatch, respond) -> list[str]:
+    """Replace the network fetch by ``respond(url) -> bytes``; returns the URLs requested."""
     tried = []
 
-    def offline(url: str, timeout: float) -> bytes:
+    def fetch(url: str, timeout: float) -> bytes:
         tried.append(url)
-        raise urllib.error.URLError("network is unreachable")
+        return respond(url)
 
-    monkeypatch.setattr(mnist_files, "_fetch", offline)
+    monkeypatch.setattr(mnist_files, "_fetch", fetch)
     return tried
+
+
+def offline(url: str) -> bytes:
+    raise urllib.error.URLError("network is unreachable")
 
 
 def fake_mnist(num_images: int = 3) -> dict[str, bytes]:
@@ -67,19 +70,13 @@ def fake_mnist(num_images: int = 3) -> dict[str, bytes]:
     return dict(zip(FILE_NAMES, [images_file, labels_file] * 2, strict=True))
 
 
-def serve(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes], name: str = "mnist") -> list:
-    """Serve ``files`` from every mirror and make their md5 sums the expected ones."""
-    tried = []
-
-    def fetch(url: str, timeout: float) -> bytes:
-        tried.append(url)
-        return files[url.rsplit("/", 1)[1]]
-
-    monkeypatch.setattr(mnist_files, "_fetch", fetch)
+def serve(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> list[str]:
+    """Serve ``files`` from every MNIST mirror and make their md5 sums the expected ones."""
     for file_name, content in files.items():
-        md5 = hashlib.md5(content).hexdigest()
-        monkeypatch.setitem(mnist_files.MD5SUMS[name], file_name, md5)
-    return tried
+        monkeypatch.setitem(
+            mnist_files.MD5SUMS["mnist"], file_name, hashlib.md5(content).hexdigest()
+        )
+    return patch_fetch(monkeypatch, lambda url: files[url.rsplit("/", 1)[1]])
 
 
 @pytest.mark.parametrize(
@@ -115,13 +112,12 @@ def test_load_dataset_rejects_bad_arguments(tmp_path, name, split, dtype, messag
 
 
 def test_digits_has_no_files() -> None:
-    with pytest.raises(ValueError, match="not stored as files"):
-        ensure_files("digits")
+    pytest.raises(ValueError, ensure_files, "digits").match("not stored as files")
 
 
 @pytest.mark.parametrize("present", [(), FILE_NAMES[:3]], ids=["none present", "one missing"])
 def test_missing_files_without_download(monkeypatch, tmp_path, present) -> None:
-    tried = forbid_network(monkeypatch)
+    tried = patch_fetch(monkeypatch, offline)
     folder = tmp_path / "FashionMNIST" / "raw"
     folder.mkdir(parents=True)
     for file_name in present:
@@ -144,10 +140,10 @@ def test_missing_files_without_download(monkeypatch, tmp_path, present) -> None:
     ids=["URLError", "timeout", "reset"],
 )
 def test_offline_download_raises_one_clear_error(monkeypatch, tmp_path, error) -> None:
-    def fail(url: str, timeout: float) -> bytes:
+    def fail(url: str) -> bytes:
         raise error
 
-    monkeypatch.setattr(mnist_files, "_fetch", fail)
+    patch_fetch(monkeypatch, fail)
     folder = tmp_path / "MNIST" / "raw"
 
     with pytest.raises(DatasetNotFoundError, match="download failed") as info:
@@ -159,13 +155,7 @@ def test_offline_download_raises_one_clear_error(monkeypatch, tmp_path, error) -
 
 
 def test_wrong_md5_is_rejected_and_nothing_is_kept(monkeypatch, tmp_path) -> None:
-    tried = []
-
-    def corrupted(url: str, timeout: float) -> bytes:
-        tried.append(url)
-        return b"<html>not the file</html>"
-
-    monkeypatch.setattr(mnist_files, "_fetch", corrupted)
+    tried = patch_fetch(monkeypatch, lambda url: b"<html>not the file</html>")
 
     with pytest.raises(ChecksumError, match="md5"):
         ensure_files("mnist", root=tmp_path)
@@ -206,18 +196,15 @@ def test_download_writes_atomically_and_loads(monkeypatch, tmp_path) -> None:
 @pytest.mark.parametrize("first_mirror", ["offline", "wrong md5"])
 def test_download_falls_back_to_the_next_mirror(monkeypatch, tmp_path, first_mirror) -> None:
     files = fake_mnist()
-    serve(monkeypatch, files)
-    first, second = mnist_files.MIRRORS["mnist"]
-    served = mnist_files._fetch
+    serve(monkeypatch, files)  # sets the md5 sums
+    first_url = mnist_files.MIRRORS["mnist"][0]
 
-    def flaky(url: str, timeout: float) -> bytes:
-        if url.startswith(first):
-            if first_mirror == "offline":
-                raise urllib.error.URLError("unreachable")
-            return b"wrong"
-        return served(url, timeout)
+    def flaky(url: str) -> bytes:
+        if url.startswith(first_url):
+            return offline(url) if first_mirror == "offline" else b"wrong"
+        return files[url.rsplit("/", 1)[1]]
 
-    monkeypatch.setattr(mnist_files, "_fetch", flaky)
+    patch_fetch(monkeypatch, flaky)
 
     folder = ensure_files("mnist", root=tmp_path)
     assert all((folder / name).read_bytes() == content for name, content in files.items())
@@ -273,10 +260,12 @@ def test_real_data(name, split, first_labels, class_counts, mean) -> None:
     assert data.x.mean().item() == pytest.approx(mean, abs=1e-4)
 
 
-@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")]
+)
 def test_real_files_pass_verification(monkeypatch, name, folder) -> None:
     root = real_root(folder)
-    forbid_network(monkeypatch)
+    patch_fetch(monkeypatch, offline)
     assert ensure_files(name, root=root, verify=True) == root / folder / "raw"
 
 
@@ -302,13 +291,8 @@ def test_digits_split_is_deterministic() -> None:
     train_rows = {row.tobytes() for row in load_digits_arrays("train")[0]}
     assert not any(row.tobytes() in train_rows for row in images)  # no image in both splits
 
-
-def test_loaded_tensors_do_not_share_the_cache() -> None:
-    first = load_dataset("digits", "test")
-    first.x.zero_()
-    first.y.zero_()
-    second = load_dataset("digits", "test")
-    assert second.x.max() == 1 and second.y.max() == 9
+    load_dataset("digits", "test").x.zero_()  # results must not share the cached arrays
+    assert load_dataset("digits", "test").x.max() == 1
 
 
 def test_image_data_is_frozen_and_validated() -> None:

@@ -78,7 +78,11 @@ def test_dynamic_binarization_is_a_function_of_seed_and_epoch(device: str) -> No
 
 @pytest.mark.parametrize(
     ("x", "seed", "epoch"),
-    [(torch.ones(3, 2, dtype=torch.long), 0, 0), (torch.ones(3, 2), -1, 0), (torch.ones(3, 2), 0, -1)],
+    [
+        (torch.ones(3, 2, dtype=torch.long), 0, 0),
+        (torch.ones(3, 2), -1, 0),
+        (torch.ones(3, 2), 0, -1),
+    ],
     ids=["integer x", "negative seed", "negative epoch"],
 )
 def test_dynamic_binarization_rejects_bad_arguments(x: torch.Tensor, seed: int, epoch: int) -> None:
@@ -92,7 +96,9 @@ def shuffled_labels(n: int = 1000, num_classes: int = 10) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("n_labelled", "n_validation"), [(100, 200), (10, 0), (500, 300)])
-def test_labelled_split_is_balanced_disjoint_and_covering(n_labelled: int, n_validation: int) -> None:
+def test_labelled_split_is_balanced_disjoint_and_covering(
+    n_labelled: int, n_validation: int
+) -> None:
     y = shuffled_labels()
 
     split = labelled_split(y, n_labelled, n_validation, seed=0)

@@ -18,6 +18,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
 
 PARTICLE_PLATE = "_importance_particles"
 
@@ -59,10 +60,10 @@ def log_weights_and_scale(
     batch = _data_plate_size(model_trace)
     log_w = 0.0
     for site in model_trace.nodes.values():
-        if site["type"] == "sample":
+        if site["type"] == "sample" and not site_is_subsample(site):
             log_w = log_w + _site_log_prob(site, num_samples, batch, "model")
     for site in guide_trace.nodes.values():
-        if site["type"] == "sample":
+        if site["type"] == "sample" and not site_is_subsample(site):
             if site["infer"].get("enumerate"):
                 raise ValueError(f"guide site '{site['name']}' is enumerated: not supported here")
             log_w = log_w - _site_log_prob(site, num_samples, batch, "guide")
@@ -74,7 +75,7 @@ def _data_plate_size(trace) -> int:
         if site["type"] == "sample":
             for frame in site["cond_indep_stack"]:
                 if frame.vectorized and frame.dim == -1 and frame.name != PARTICLE_PLATE:
-                    return frame.subsample_size if frame.subsample_size else frame.size
+                    return frame.size
     raise ValueError("model has no sample site inside a data plate at dim=-1")
 
 
@@ -84,7 +85,7 @@ def data_plate_scale(trace) -> float:
         if site["type"] == "sample":
             for frame in site["cond_indep_stack"]:
                 if frame.vectorized and frame.dim == -1 and frame.name != PARTICLE_PLATE:
-                    return frame.size / (frame.subsample_size or frame.size)
+                    return (frame.full_size or frame.size) / frame.size
     return 1.0
 
 

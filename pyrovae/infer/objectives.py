@@ -46,7 +46,7 @@ def make_objective(
     num_particles: int = 1,
     vectorize_particles: bool = True,
     jit: bool = False,
-    max_plate_nesting: int | None = None,
+    max_plate_nesting: int | None = 1,
 ):
     """Build an objective with a ``differentiable_loss(model, guide, *args, **kwargs)`` method.
 
@@ -59,7 +59,8 @@ def make_objective(
         vectorize_particles: draw the particles in one vectorised pass (default True).
         jit: use Pyro's JIT-compiled variant (``JitTrace_ELBO`` etc.; default False). The model
             must then have static structure and take every tensor positionally.
-        max_plate_nesting: passed to Pyro (default None: Pyro finds it by running the model).
+        max_plate_nesting: passed to Pyro (default 1, pyrovae's data plate; None: Pyro finds it
+            by running the model).
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")

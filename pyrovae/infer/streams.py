@@ -99,7 +99,7 @@ class BatchPlan:
         n, b = streams[main].size, batch_sizes[main]
         self.num_steps = n // b if drop_last and n >= b else -(-n // b)
         self.batches: list[list[torch.Tensor]] = []
-        for i, (stream, size) in enumerate(zip(streams, batch_sizes)):
+        for i, (stream, size) in enumerate(zip(streams, batch_sizes, strict=True)):
             size = min(size, stream.size)
             needed = self.num_steps * size
             cycles = -(-needed // stream.size)

@@ -125,7 +125,7 @@ class _Pair:
     def __init__(self, model: Any, guide: Any) -> None:
         if guide is None:
             if not (hasattr(model, "model") and hasattr(model, "guide")):
-                raise ValueError("give a module with .model and .guide methods, or model= and guide=")
+                raise ValueError("give a module with .model and .guide methods, or a guide=")
             self.module, self.model, self.guide = model, model.model, model.guide
         else:
             self.module = model if isinstance(model, torch.nn.Module) else None
@@ -286,7 +286,7 @@ def _train(
     resume_path = _resume_path(resume, checkpoint_dir)
     state = _RunState(history=History())
     fit_config = dict(
-        objective=getattr(objective, "__class__").__name__,
+        objective=objective.__class__.__name__,
         num_particles=num_particles,
         lr=lr,
         epochs=epochs,
@@ -324,7 +324,7 @@ def _train(
         bar = _progress_bar(show, plan.num_steps, state.step_in_epoch, epoch)
         for k in range(state.step_in_epoch, plan.num_steps):
             batches = plan.step(k)
-            loss = sum(loss_of(t, idx) for t, idx in zip(epoch_tensors, batches))
+            loss = sum(loss_of(t, idx) for t, idx in zip(epoch_tensors, batches, strict=True))
             optim.zero_grad(set_to_none=True)
             loss.backward()
             if clip_norm is not None:
@@ -333,7 +333,9 @@ def _train(
             state.step_losses[k] = loss.detach()
             state.step += 1
             state.step_in_epoch = k + 1
-            at_checkpoint = checkpoint_every and checkpoint_dir and state.step % checkpoint_every == 0
+            at_checkpoint = bool(checkpoint_every and checkpoint_dir) and (
+                state.step % checkpoint_every == 0
+            )
             if at_checkpoint or (k + 1) % sync_every == 0 or k + 1 == plan.num_steps:
                 _check_finite(state, epoch, k, checkpoint_dir)
                 if bar is not None:

@@ -26,7 +26,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
-from pyro.nn import PyroParam
+from pyro.nn import PyroParam, pyro_method
 
 from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
 
@@ -167,12 +167,15 @@ class PPCA(ConfigurableModule):
         self.sigma2 = PyroParam(torch.tensor(1.0), constraint=constraints.positive)
         self.encoder_weight = PyroParam(init_scale * torch.randn(latent_dim, data_dim))
         self.encoder_bias = PyroParam(torch.zeros(latent_dim))
-        self.guide_scale_tril = PyroParam(torch.eye(latent_dim), constraint=constraints.lower_cholesky)
+        self.guide_scale_tril = PyroParam(
+            torch.eye(latent_dim), constraint=constraints.lower_cholesky
+        )
 
     def _prior(self, like: torch.Tensor) -> dist.MultivariateNormal:
         eye = torch.eye(self.latent_dim, dtype=like.dtype, device=like.device)
         return dist.MultivariateNormal(like.new_zeros(self.latent_dim), scale_tril=eye)
 
+    @pyro_method
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """``x`` [N, D]; ``subsample`` optional LongTensor [M] of rows (scaled by N/M)."""
         check_data(x, self.data_dim)
@@ -181,6 +184,7 @@ class PPCA(ConfigurableModule):
             z = pyro.sample("z", self._prior(x))
             pyro.sample("x", dist.Normal(z @ W.T + mu, scale).to_event(1), obs=take(x, subsample))
 
+    @pyro_method
     def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         check_data(x, self.data_dim)
         with data_plate(x, subsample):
