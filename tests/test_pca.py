@@ -24,7 +24,9 @@ def test_svd_matches_sklearn(x):
     sk = SklearnPCA(n_components=5, svd_solver="full").fit(x.numpy())
     # Components agree up to sign; float64 SVDs of the same matrix agree to ~1e-10.
     signs = torch.sign((ours.components * torch.tensor(sk.components_)).sum(1, keepdim=True))
-    torch.testing.assert_close(ours.components * signs, torch.tensor(sk.components_), atol=1e-8, rtol=0)
+    torch.testing.assert_close(
+        ours.components * signs, torch.tensor(sk.components_), atol=1e-8, rtol=0
+    )
     n = x.shape[0]
     torch.testing.assert_close(
         ours.explained_variance * n / (n - 1), torch.tensor(sk.explained_variance_)

@@ -81,7 +81,8 @@ def test_closed_form_is_a_maximum():
 def test_posterior_is_bayes_rule():
     x, true = synthetic(n=5)
     mean, cov = posterior(x, true)
-    # Joint Gaussian conditioning, written independently: z | x ~ N(W^T C^-1 (x-mu), I - W^T C^-1 W).
+    # Joint Gaussian conditioning, written independently:
+    # z | x ~ N(W^T C^-1 (x - mu), I - W^T C^-1 W).
     C = marginal_covariance(true)
     W = true.W
     torch.testing.assert_close(mean, (W.T @ torch.linalg.solve(C, (x - true.mu).T)).T)
@@ -112,7 +113,8 @@ def test_monte_carlo_elbo_with_exact_posterior_guide_has_zero_variance():
     ppca.set_guide_to_posterior()
     exact = log_marginal(x, ml).sum()
     # log p(x, z) - log q(z | x) = log p(x) for *every* z when q is the exact posterior, so a
-    # single-sample Trace_ELBO equals log p(x) up to float64 rounding (relative 1e-10), not MC error.
+    # single-sample Trace_ELBO equals log p(x) up to float64 rounding (relative 1e-10), not to
+    # Monte-Carlo error.
     for seed in range(3):
         pyro.set_rng_seed(seed)
         loss = pyro.infer.Trace_ELBO().differentiable_loss(ppca.model, ppca.guide, x)
@@ -136,8 +138,16 @@ def test_monte_carlo_elbo_matches_closed_form_for_any_guide():
 
 def _svi_fit(x, k, epochs, lr=0.05):
     ppca = PPCA(x.shape[1], k)
-    fit(ppca, x, objective="meanfield", lr=lr, epochs=epochs, batch_size=x.shape[0],
-        lr_schedule="cosine", seed=0)
+    fit(
+        ppca,
+        x,
+        objective="meanfield",
+        lr=lr,
+        epochs=epochs,
+        batch_size=x.shape[0],
+        lr_schedule="cosine",
+        seed=0,
+    )
     return ppca
 
 

@@ -169,7 +169,12 @@ def test_lr_schedules_and_callbacks():
     x = ppca_data(n=100)
     seen = []
     history = fit(
-        PPCA(6, 2), x, lr=0.1, epochs=4, batch_size=50, lr_schedule="exponential:0.5",
+        PPCA(6, 2),
+        x,
+        lr=0.1,
+        epochs=4,
+        batch_size=50,
+        lr_schedule="exponential:0.5",
         callbacks=[lambda e: seen.append(e.epoch) or {"double": 2 * e.epoch}],
     )
     assert history.column("lr") == pytest.approx([0.1, 0.05, 0.025, 0.0125])

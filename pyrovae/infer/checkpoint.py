@@ -109,9 +109,7 @@ def build_model(payload: dict[str, Any]) -> torch.nn.Module:
     return cls(**payload["model_config"])
 
 
-def load_checkpoint(
-    path: str | os.PathLike, map_location: Any = "cpu"
-) -> torch.nn.Module:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:
     """Rebuild the model saved at ``path``, load its weights, and return it in eval mode.
 
     Args:

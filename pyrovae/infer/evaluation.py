@@ -137,8 +137,12 @@ def importance_nll(
     try:
         with param_scope(module):
             return importance_log_likelihood(
-                module.model, module.guide, x,
-                num_samples=num_samples, sample_chunk=sample_chunk, batch_size=batch_size,
+                module.model,
+                module.guide,
+                x,
+                num_samples=num_samples,
+                sample_chunk=sample_chunk,
+                batch_size=batch_size,
             )
     finally:
         module.train(was_training)

@@ -237,10 +237,31 @@ def fit(
     pair = _Pair(model, guide)
     with param_scope(pair.module):
         return _train(
-            pair, data, objective, num_particles, vectorize_particles, max_plate_nesting, jit,
-            optimizer, lr, lr_schedule, clip_norm, epochs, batch_size, drop_last, device, seed,
-            callbacks, checkpoint_dir, checkpoint_every, resume, select_metric, select_mode,
-            sync_every, progress, config,
+            pair,
+            data,
+            objective,
+            num_particles,
+            vectorize_particles,
+            max_plate_nesting,
+            jit,
+            optimizer,
+            lr,
+            lr_schedule,
+            clip_norm,
+            epochs,
+            batch_size,
+            drop_last,
+            device,
+            seed,
+            callbacks,
+            checkpoint_dir,
+            checkpoint_every,
+            resume,
+            select_metric,
+            select_mode,
+            sync_every,
+            progress,
+            config,
         )
 
 
@@ -256,10 +277,31 @@ def param_scope(module: torch.nn.Module | None):
 
 
 def _train(
-    pair, data, objective, num_particles, vectorize_particles, max_plate_nesting, jit,
-    optimizer, lr, lr_schedule, clip_norm, epochs, batch_size, drop_last, device, seed,
-    callbacks, checkpoint_dir, checkpoint_every, resume, select_metric, select_mode,
-    sync_every, progress, config,
+    pair,
+    data,
+    objective,
+    num_particles,
+    vectorize_particles,
+    max_plate_nesting,
+    jit,
+    optimizer,
+    lr,
+    lr_schedule,
+    clip_norm,
+    epochs,
+    batch_size,
+    drop_last,
+    device,
+    seed,
+    callbacks,
+    checkpoint_dir,
+    checkpoint_every,
+    resume,
+    select_metric,
+    select_mode,
+    sync_every,
+    progress,
+    config,
 ) -> History:
     device = _resolve_device(device, data)
     streams = make_streams(data, device)

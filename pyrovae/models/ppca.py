@@ -131,12 +131,10 @@ def elbo_closed_form(
     d, k = W.shape
     resid = x - mu - q_mean @ W.T
     trace_term = torch.trace(W @ q_cov @ W.T)
-    expected_loglik = -0.5 * d * torch.log(2 * math.pi * sigma2) - 0.5 * (
-        (resid**2).sum(1) + trace_term
-    ) / sigma2
-    kl = 0.5 * (
-        torch.trace(q_cov) + (q_mean**2).sum(1) - k - torch.logdet(q_cov)
+    expected_loglik = (
+        -0.5 * d * torch.log(2 * math.pi * sigma2) - 0.5 * ((resid**2).sum(1) + trace_term) / sigma2
     )
+    kl = 0.5 * (torch.trace(q_cov) + (q_mean**2).sum(1) - k - torch.logdet(q_cov))
     return expected_loglik - kl
 
 

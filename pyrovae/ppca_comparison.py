@@ -1,0 +1,241 @@
+"""PPCA fitted twice, by the closed form and by SVI, and compared: the foundation's main job.
+
+``compare_ppca`` returns a JSON-able report; ``save_figures`` draws the principal components of
+both fits as images and the SVI log-likelihood curve against the closed-form line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import load_dataset
+from .infer import fit
+from .models.pca import subspace_angle_degrees
+from .models.ppca import PPCA, PPCAParams, fit_closed_form, log_marginal
+
+logger = logging.getLogger(__name__)
+
+
+def machine_description() -> dict[str, Any]:
+    """Where a number was measured: CPU count, platform, torch version and device."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def principal_axes(W: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Orthonormal principal directions [D, K] of the span of ``W`` [D, K], ordered by variance.
+
+    ``W`` is identified only up to a rotation; its left singular vectors are not. With a
+    ``reference`` (e.g. the closed-form axes) each column's sign is matched to it.
+    """
+    U, _, _ = torch.linalg.svd(W, full_matrices=False)
+    if reference is not None:
+        signs = torch.sign((U * reference).sum(0))
+        U = U * torch.where(signs == 0, torch.ones_like(signs), signs)
+    return U
+
+
+def compare_ppca(
+    dataset: str = "digits",
+    latent_dim: int = 10,
+    epochs: int = 3000,
+    lr: float = 0.02,
+    batch_size: int | None = None,
+    seed: int = 0,
+    num_particles: int = 4,
+    root: str | None = None,
+    download: bool = True,
+    device: str | None = None,
+    eval_every: int = 10,
+) -> tuple[dict[str, Any], PPCAParams, PPCA]:
+    """Fit PPCA by the closed form and by SVI on the training split of ``dataset``.
+
+    Args:
+        dataset: ``"digits"`` (bundled, offline), ``"mnist"`` or ``"fashion-mnist"``.
+        latent_dim: K (default 10).
+        epochs: SVI epochs (default 3000), with a cosine-decayed Adam step from ``lr``.
+        lr: initial learning rate (default 0.02).
+        batch_size: minibatch size (default: the whole data set).
+        seed: SVI seed (default 0).
+        num_particles: vectorised ELBO samples per data point (default 4).
+        root: data root for MNIST-format data (default: ``PYROVAE_DATA`` or ``~/.cache/pyrovae``).
+        download: fetch missing MNIST-format files (default True).
+        device: ``"cpu"``/``"cuda"`` (default cpu).
+        eval_every: epochs between evaluations of the exact log-likelihood of the SVI
+            parameters (default 10).
+
+    Returns:
+        ``(report, closed_form_params, svi_model)``: the report holds both total log-likelihoods,
+        per-example values, sigma2, the largest principal angle between the two subspaces, the
+        curve of the SVI log-likelihood over epochs, timings and the machine.
+    """
+    data = load_dataset(dataset, "train", root=root, download=download, device=device)
+    x = data.x
+    x64 = x.double()
+    n, d = x.shape
+    started = time.perf_counter()
+    closed = fit_closed_form(x64, latent_dim)
+    closed_seconds = time.perf_counter() - started
+    exact = float(log_marginal(x64, closed).sum())
+    logger.info("closed form: log p(x) = %.3f (%.4f per example)", exact, exact / n)
+
+    curve: list[tuple[int, float]] = []
+
+    def track(end) -> dict[str, float]:
+        if end.epoch % eval_every and end.epoch != epochs - 1:
+            return {}
+        value = float(log_marginal(x64, _as_double(end.module.params())).sum())
+        curve.append((end.epoch + 1, value))
+        return {"log_likelihood": value}
+
+    torch.manual_seed(seed)
+    model = PPCA(d, latent_dim)
+    started = time.perf_counter()
+    history = fit(
+        model,
+        x,
+        objective="meanfield",
+        lr=lr,
+        epochs=epochs,
+        lr_schedule="cosine",
+        batch_size=batch_size or n,
+        seed=seed,
+        callbacks=[track],
+        device=device,
+        num_particles=num_particles,
+    )
+    svi_seconds = time.perf_counter() - started
+    learned = _as_double(model.params())
+    svi = float(log_marginal(x64, learned).sum())
+    report = {
+        "dataset": data.name,
+        "n": n,
+        "data_dim": d,
+        "latent_dim": latent_dim,
+        "closed_form": {
+            "log_likelihood": exact,
+            "per_example": exact / n,
+            "sigma2": float(closed.sigma2),
+            "seconds": closed_seconds,
+        },
+        "svi": {
+            "log_likelihood": svi,
+            "per_example": svi / n,
+            "sigma2": float(learned.sigma2),
+            "final_elbo": -history.losses[-1],
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size or n,
+            "objective": "TraceMeanField_ELBO",
+            "num_particles": num_particles,
+            "seconds": svi_seconds,
+        },
+        "relative_difference": abs(svi - exact) / abs(exact),
+        "sigma2_relative_difference": abs(float(learned.sigma2) / float(closed.sigma2) - 1),
+        "subspace_angle_degrees": subspace_angle_degrees(learned.W, closed.W),
+        "curve": curve,
+        "machine": machine_description(),
+    }
+    return report, closed, model
+
+
+def _as_double(params: PPCAParams) -> PPCAParams:
+    return PPCAParams(*(t.double() for t in params))
+
+
+def save_figures(
+    report: dict[str, Any],
+    closed: PPCAParams,
+    model: PPCA,
+    image_shape: tuple[int, int],
+    out: str | Path,
+    max_components: int = 10,
+) -> list[Path]:
+    """Write ``components.png`` and ``log_likelihood.png`` under ``out``; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    k = min(max_components, closed.W.shape[1])
+    axes_cf = principal_axes(closed.W)[:, :k]
+    axes_svi = principal_axes(model.params().W.double(), axes_cf)[:, :k]
+    fig, grid = plt.subplots(2, k, figsize=(1.3 * k + 1, 3.0), squeeze=False)
+    for row, (label, axes) in enumerate([("closed form", axes_cf), ("SVI", axes_svi)]):
+        for j in range(k):
+            ax = grid[row, j]
+            img = axes[:, j].reshape(image_shape).cpu().numpy()
+            lim = abs(img).max()
+            ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(f"PC {j + 1}", fontsize=8)
+    fig.suptitle(
+        f"PPCA principal axes, {report['dataset']} (K={report['latent_dim']}): "
+        f"largest angle {report['subspace_angle_degrees']:.2f}°"
+    )
+    fig.tight_layout()
+    components = out / "components.png"
+    fig.savefig(components, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n = report["n"]
+    epochs, values = zip(*report["curve"], strict=True) if report["curve"] else ((), ())
+    ax.plot(epochs, [v / n for v in values], label="SVI parameters (exact log p(x))")
+    ax.axhline(report["closed_form"]["per_example"], color="k", ls="--", label="closed-form ML")
+    final = report["closed_form"]["per_example"]
+    spread = max(abs(final) * 0.02, 1e-3)
+    ax.set_ylim(final - 10 * spread, final + spread)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("log p(x) per example (nats)")
+    ax.set_title(f"PPCA on {report['dataset']}: SVI vs closed form")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    curve = out / "log_likelihood.png"
+    fig.savefig(curve, dpi=120)
+    plt.close(fig)
+    return [components, curve]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The two fits side by side, as a small text table."""
+    cf, svi = report["closed_form"], report["svi"]
+    rows = [
+        ("", "closed form", "SVI"),
+        ("log p(x), total", f"{cf['log_likelihood']:.2f}", f"{svi['log_likelihood']:.2f}"),
+        ("log p(x), per example", f"{cf['per_example']:.4f}", f"{svi['per_example']:.4f}"),
+        ("sigma2", f"{cf['sigma2']:.6g}", f"{svi['sigma2']:.6g}"),
+        ("seconds", f"{cf['seconds']:.2f}", f"{svi['seconds']:.2f}"),
+    ]
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, width, strict=True))
+        )
+        for r in rows
+    ]
+    lines.append(
+        f"relative difference {report['relative_difference']:.2e}, sigma2 "
+        f"{100 * report['sigma2_relative_difference']:.2f} %, largest subspace angle "
+        f"{report['subspace_angle_degrees']:.3f} deg"
+    )
+    return "\n".join(lines)
