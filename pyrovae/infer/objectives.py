@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import pyro.infer as infer
@@ -41,6 +42,27 @@ class ImportanceWeightedELBO:
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
 
+class _NothingToEnumerateIsFine:
+    """``TraceEnum_ELBO`` without its warning for traces that have no enumerated site.
+
+    A semi-supervised model enumerates ``y`` on unlabelled batches only; on labelled batches,
+    scored by the same objective, there is nothing to enumerate, and that is expected.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+
+
+class EnumELBO(_NothingToEnumerateIsFine, infer.TraceEnum_ELBO):
+    pass
+
+
+class JitEnumELBO(_NothingToEnumerateIsFine, infer.JitTraceEnum_ELBO):
+    pass
+
+
 def make_objective(
     name: str = "elbo",
     num_particles: int = 1,
@@ -73,7 +95,7 @@ def make_objective(
     classes = {
         "elbo": (infer.Trace_ELBO, infer.JitTrace_ELBO),
         "meanfield": (infer.TraceMeanField_ELBO, infer.JitTraceMeanField_ELBO),
-        "enum": (infer.TraceEnum_ELBO, infer.JitTraceEnum_ELBO),
+        "enum": (EnumELBO, JitEnumELBO),
     }
     cls = classes[name][1 if jit else 0]
     options = dict(

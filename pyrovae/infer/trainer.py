@@ -104,7 +104,18 @@ def _make_optimizer(optimizer: str | Callable, params, lr: float) -> torch.optim
     }
     if optimizer not in choices:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(choices)}")
-    return choices[optimizer](params, lr=lr)
+    options = {}
+    if optimizer in ("adam", "adamw") and _fusable(params):
+        # One fused kernel for all parameters instead of ~10 ops per tensor: on a 2-core CPU
+        # this takes a 784-400-20 VAE step from 9.1 to 6.2 ms (benchmarks/).
+        options["fused"] = True
+    return choices[optimizer](params, lr=lr, **options)
+
+
+def _fusable(params: list[torch.Tensor]) -> bool:
+    return bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    ) and len({p.device for p in params}) == 1
 
 
 def _lr_factor(schedule: str | Callable[[int], float] | None, epoch: int, epochs: int) -> float:
@@ -198,7 +209,8 @@ def fit(
         max_plate_nesting: given to Pyro's ELBO (default 1: pyrovae's data plate at dim=-1;
             ``None`` lets Pyro find it by running the model).
         jit: compile the loss with Pyro's JIT (default False; static models only).
-        optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"rmsprop"``, or
+        optimizer: ``"adam"`` (default; the fused implementation where the parameters allow),
+            ``"adamw"``, ``"sgd"``, ``"rmsprop"``, or
             ``callable(params, lr) -> torch.optim.Optimizer``.
         lr: base learning rate (default 1e-3).
         lr_schedule: ``None`` (constant), ``"cosine"``, ``"exponential:G"`` or

@@ -1,0 +1,285 @@
+"""Time per training epoch through ``pyrovae.fit`` against plain PyTorch, on the same device.
+
+For each model (VAE 784-400-20, M2 with 100 labels, PPCA) the pyrovae run and the plain-PyTorch
+run use the same network, loss, batch size, data (resident on the device) and starting weights.
+They are interleaved: after every pyrovae epoch a callback runs one plain epoch, so both see the
+same machine state; each time is the median over the epochs after the first (the first pays for
+warm-up and JIT compilation). Pyro's validation is off for both (it checks arguments every step).
+
+Usage::
+
+    python benchmarks/run_benchmarks.py --out results/benchmarks/cpu      # ~15 min on 2 cores
+    python benchmarks/run_benchmarks.py --quick --out /tmp/bench          # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from plain_models import PlainM2, PlainPPCA, PlainVAE  # noqa: E402
+
+from pyrovae import fit  # noqa: E402
+from pyrovae.data import binarize, labelled_split, load_dataset  # noqa: E402
+from pyrovae.models import M2, PPCA  # noqa: E402
+from pyrovae.models.vae import VAE  # noqa: E402
+from pyrovae.ppca_comparison import machine_description  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_epoch(loss_of, params, streams, batch_sizes, lr, state, device) -> float:
+    """One epoch of plain PyTorch: the largest stream sets the steps, others cycle."""
+    if "optim" not in state:
+        state["optim"] = torch.optim.Adam(params, lr=lr, fused=True)  # as fit's "adam"
+    optim = state["optim"]
+    sizes = [s[0].shape[0] for s in streams]
+    main = max(range(len(streams)), key=sizes.__getitem__)
+    steps = -(-sizes[main] // batch_sizes[main])
+    perms = [
+        torch.cat([torch.randperm(n, device=device) for _ in range(-(-steps * min(b, n) // n))])
+        for n, b in zip(sizes, batch_sizes, strict=True)
+    ]
+    _sync(device)
+    started = time.perf_counter()
+    for k in range(steps):
+        batches = []
+        for i, (n, b) in enumerate(zip(sizes, batch_sizes, strict=True)):
+            b = min(b, n)
+            idx = (
+                perms[i][k * b : (k + 1) * b]
+                if i != main
+                else perms[i][k * b : min((k + 1) * b, n)]
+            )
+            batches.append((idx, n / len(idx)))
+        loss = loss_of(batches)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def compare(name, module, plain, plain_loss, data, batch_size, epochs, lr, objective, jit, device):
+    """Run ``fit`` for ``epochs`` with a plain epoch after each; return both time lists."""
+    streams = list(data.values()) if isinstance(data, dict) else [data]
+    streams = [s if isinstance(s, tuple) else (s,) for s in streams]
+    sizes = list(batch_size.values()) if isinstance(batch_size, dict) else [batch_size]
+    state: dict = {}
+    plain_times: list[float] = []
+
+    def run_plain(_end) -> dict:
+        seconds = plain_epoch(
+            lambda b: plain_loss(plain, streams, b),
+            plain.parameters(),
+            streams,
+            sizes,
+            lr,
+            state,
+            device,
+        )
+        plain_times.append(seconds)
+        return {"plain_seconds": seconds}
+
+    history = fit(
+        module,
+        data,
+        objective=objective,
+        jit=jit,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        device=device,
+        callbacks=[run_plain],
+        sync_every=10**9,
+        progress=False,
+    )
+    pyro_times = history.column("seconds")
+    pyro_median = statistics.median(pyro_times[1:])
+    plain_median = statistics.median(plain_times[1:])
+    result = {
+        "model": name,
+        "objective": objective + (" (jit)" if jit else ""),
+        "batch_size": batch_size,
+        "epochs_timed": epochs - 1,
+        "pyrovae_epoch_seconds": pyro_median,
+        "plain_epoch_seconds": plain_median,
+        "ratio": pyro_median / plain_median,
+        "pyrovae_all": pyro_times,
+        "plain_all": plain_times,
+        "final_loss_per_example": history.epochs[-1]["loss_per_example"],
+    }
+    logging.info(
+        "%s %s: pyrovae %.3fs, plain %.3fs, ratio %.2f",
+        name,
+        result["objective"],
+        pyro_median,
+        plain_median,
+        result["ratio"],
+    )
+    return result
+
+
+def single_stream_loss(plain, streams, batches):
+    [(x,)], [(idx, scale)] = streams, batches
+    return plain.loss(x.index_select(0, idx), scale)
+
+
+def m2_loss(plain, streams, batches):
+    (xu,), (xl, yl) = streams
+    (iu, su), (il, sl) = batches
+    return plain.loss(
+        xu.index_select(0, iu), su, xl.index_select(0, il), yl.index_select(0, il), sl, xl.shape[0]
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per run (first untimed)")
+    parser.add_argument(
+        "--m2-unlabelled",
+        type=int,
+        default=10000,
+        help="unlabelled images per M2 epoch (default 10000; 49900 for all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny data, 3 epochs: a smoke run")
+    parser.add_argument("--models", nargs="+", default=["vae", "m2", "ppca"])
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--out", default="results/benchmarks/cpu")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    pyro.enable_validation(False)
+    device = torch.device(args.device)
+    epochs = 3 if args.quick else args.epochs
+    train = load_dataset("mnist", "train", root=args.data_root, device=device)
+    x = binarize(train.x, seed=0)
+    if args.quick:
+        x, y = x[:1024], train.y[:1024]
+    else:
+        y = train.y
+    results = []
+    if "vae" in args.models:
+        for jit in (False, True):
+            torch.manual_seed(0)
+            vae = VAE(784, 20, hidden_sizes=(400,)).to(device)
+            results.append(
+                compare(
+                    "VAE 784-400-20",
+                    vae,
+                    PlainVAE(vae).to(device),
+                    single_stream_loss,
+                    x,
+                    128,
+                    epochs,
+                    1e-3,
+                    "elbo",
+                    jit,
+                    device,
+                )
+            )
+    if "m2" in args.models:
+        split = labelled_split(y, 100, 100 if args.quick else 10000, seed=0)
+        n_u = 512 if args.quick else args.m2_unlabelled
+        xu = x[split.unlabelled[:n_u]]
+        data = {"unlabelled": (xu,), "labelled": (x[split.labelled], y[split.labelled])}
+        for jit in (False, True):
+            torch.manual_seed(0)
+            m2 = M2(784, 10, 50, hidden_dims=(500,), num_train=x.shape[0]).to(device)
+            try:
+                results.append(
+                    compare(
+                        "M2 (100 labels)",
+                        m2,
+                        PlainM2(m2).to(device),
+                        m2_loss,
+                        data,
+                        {"unlabelled": 200, "labelled": 100},
+                        epochs,
+                        3e-4,
+                        "enum",
+                        jit,
+                        device,
+                    )
+                )
+            except Exception as err:  # JIT of enumeration can fail: record it, keep going
+                results.append(
+                    {
+                        "model": "M2 (100 labels)",
+                        "objective": "enum (jit)",
+                        "error": f"{type(err).__name__}: {err}"[:500],
+                    }
+                )
+    if "ppca" in args.models:
+        xc = train.x[:1024] if args.quick else train.x
+        for jit in (False, True):
+            torch.manual_seed(0)
+            ppca = PPCA(784, 10).to(device)
+            results.append(
+                compare(
+                    "PPCA K=10",
+                    ppca,
+                    PlainPPCA(ppca).to(device),
+                    single_stream_loss,
+                    xc,
+                    1000,
+                    epochs,
+                    1e-2,
+                    "elbo",
+                    jit,
+                    device,
+                )
+            )
+    report = {
+        "results": results,
+        "machine": machine_description(),
+        "pyro": pyro.__version__,
+        "device": str(device),
+        "command": " ".join(sys.argv),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "table.md").write_text(format_table(report) + "\n")
+    print(format_table(report))
+    return 0
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        "| model | objective | batch | pyrovae s/epoch | plain PyTorch s/epoch | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['objective']} | | failed: {r['error'][:80]} | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['objective']} | {r['batch_size']} | "
+            f"{r['pyrovae_epoch_seconds']:.3f} | {r['plain_epoch_seconds']:.3f} | "
+            f"{r['ratio']:.2f}x |"
+        )
+    m = report["machine"]
+    lines.append("")
+    lines.append(
+        f"Device {report['device']}; torch {m['torch']}, pyro {report['pyro']}, "
+        f"{m['cpu_count']} CPUs, {m['torch_threads']} torch threads; {m['platform']}."
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
