@@ -113,9 +113,11 @@ def _make_optimizer(optimizer: str | Callable, params, lr: float) -> torch.optim
 
 
 def _fusable(params: list[torch.Tensor]) -> bool:
-    return bool(params) and all(
-        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
-    ) and len({p.device for p in params}) == 1
+    return (
+        bool(params)
+        and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        and len({p.device for p in params}) == 1
+    )
 
 
 def _lr_factor(schedule: str | Callable[[int], float] | None, epoch: int, epochs: int) -> float:
@@ -248,33 +250,117 @@ def fit(
         raise ValueError(f"select_mode must be 'max' or 'min', got {select_mode!r}")
     pair = _Pair(model, guide)
     with param_scope(pair.module):
-        return _train(
-            pair,
-            data,
-            objective,
-            num_particles,
-            vectorize_particles,
-            max_plate_nesting,
-            jit,
-            optimizer,
-            lr,
-            lr_schedule,
-            clip_norm,
-            epochs,
-            batch_size,
-            drop_last,
-            device,
-            seed,
-            callbacks,
-            checkpoint_dir,
-            checkpoint_every,
-            resume,
-            select_metric,
-            select_mode,
-            sync_every,
-            progress,
-            config,
+        device = _resolve_device(device, data)
+        streams = make_streams(data, device)
+        sizes = _batch_sizes(batch_size, streams)
+        drop_last = jit if drop_last is None else drop_last
+        if pair.module is not None:
+            pair.module.to(device)
+            pair.module.train()
+        if isinstance(objective, str):
+            objective = make_objective(
+                objective, num_particles, vectorize_particles, jit, max_plate_nesting
+            )
+        model_fn, guide_fn = pair.model, pair.guide
+        if jit:
+            model_fn, guide_fn = _positional(model_fn), _positional(guide_fn)
+
+        def loss_of(tensors, idx):
+            if jit:
+                return objective.differentiable_loss(model_fn, guide_fn, *tensors, idx)
+            return objective.differentiable_loss(model_fn, guide_fn, *tensors, subsample=idx)
+
+        pyro.set_rng_seed(seed)
+        checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        resume_path = _resume_path(resume, checkpoint_dir)
+        state = _RunState(history=History())
+        fit_config = dict(
+            objective=objective.__class__.__name__,
+            num_particles=num_particles,
+            lr=lr,
+            epochs=epochs,
+            batch_size=sizes,
+            seed=seed,
+            user=dict(config or {}),
         )
+
+        if pair.module is None:
+            # Parameters made by pyro.param in functions exist only after a first run.
+            first = BatchPlan(streams, sizes, seed, 0, drop_last).step(0)
+            tensors = streams[0].tensors(0)
+            with pyro.poutine.block(), pyro.poutine.trace(param_only=True):
+                guide_trace = pyro.poutine.trace(pair.guide).get_trace(*tensors, subsample=first[0])
+                pyro.poutine.replay(pair.model, trace=guide_trace)(*tensors, subsample=first[0])
+        optim = _make_optimizer(optimizer, pair.parameters(), lr)
+        params = [p for group in optim.param_groups for p in group["params"]]
+
+        if resume_path is not None:
+            state = _restore(resume_path, pair, optim, state, device)
+            logger.info("resumed from %s at epoch %d step %d", resume_path, state.epoch, state.step)
+        else:
+            pyro.set_rng_seed(seed)
+
+        show = sys.stderr.isatty() if progress is None else progress
+        while state.epoch < epochs:
+            epoch = state.epoch
+            plan = BatchPlan(streams, sizes, seed, epoch, drop_last)
+            epoch_tensors = [s.tensors(epoch) for s in streams]
+            for group in optim.param_groups:
+                group["lr"] = lr * _lr_factor(lr_schedule, epoch, epochs)
+            if state.step_losses is None or state.step_losses.numel() != plan.num_steps:
+                state.step_losses = torch.zeros(plan.num_steps, device=device)
+            started = time.perf_counter()
+            bar = _progress_bar(show, plan.num_steps, state.step_in_epoch, epoch)
+            for k in range(state.step_in_epoch, plan.num_steps):
+                batches = plan.step(k)
+                loss = sum(loss_of(t, idx) for t, idx in zip(epoch_tensors, batches, strict=True))
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                optim.step()
+                state.step_losses[k] = loss.detach()
+                state.step += 1
+                state.step_in_epoch = k + 1
+                at_checkpoint = bool(checkpoint_every and checkpoint_dir) and (
+                    state.step % checkpoint_every == 0
+                )
+                if at_checkpoint or (k + 1) % sync_every == 0 or k + 1 == plan.num_steps:
+                    _check_finite(state, epoch, k, checkpoint_dir)
+                    if bar is not None:
+                        bar.update(k + 1 - bar.n)
+                        bar.set_postfix(loss=f"{float(state.step_losses[k]):.4g}")
+                if at_checkpoint:
+                    _save(checkpoint_dir / "last.pt", pair, optim, state, fit_config)
+            if bar is not None:
+                bar.close()
+            mean_loss = float(state.step_losses.mean())
+            row = dict(
+                epoch=epoch,
+                steps=plan.num_steps,
+                loss=mean_loss,
+                loss_per_example=mean_loss / max(s.size for s in streams),
+                lr=optim.param_groups[0]["lr"],
+                seconds=time.perf_counter() - started,
+            )
+            state.epoch, state.step_in_epoch = epoch + 1, 0
+            info = EpochEnd(epoch, state.step, mean_loss, pair.module, state.history)
+            for callback in callbacks:
+                row.update(callback(info) or {})
+            state.history.epochs.append(row)
+            logger.info("epoch %d: %s", epoch, _fmt(row))
+            improved = _update_best(state, row, select_metric, select_mode)
+            if checkpoint_dir is not None:
+                state.history.last_checkpoint = _save(
+                    checkpoint_dir / "last.pt", pair, optim, state, fit_config
+                )
+                if improved:
+                    state.history.best_checkpoint = _save(
+                        checkpoint_dir / "best.pt", pair, optim, state, fit_config
+                    )
+        if pair.module is not None:
+            pair.module.eval()
+        return state.history
 
 
 def param_scope(module: torch.nn.Module | None):
@@ -286,146 +372,6 @@ def param_scope(module: torch.nn.Module | None):
     their ``pyro.param`` values in the global store, so for them this does nothing.
     """
     return pyro.get_param_store().scope() if module is not None else contextlib.nullcontext()
-
-
-def _train(
-    pair,
-    data,
-    objective,
-    num_particles,
-    vectorize_particles,
-    max_plate_nesting,
-    jit,
-    optimizer,
-    lr,
-    lr_schedule,
-    clip_norm,
-    epochs,
-    batch_size,
-    drop_last,
-    device,
-    seed,
-    callbacks,
-    checkpoint_dir,
-    checkpoint_every,
-    resume,
-    select_metric,
-    select_mode,
-    sync_every,
-    progress,
-    config,
-) -> History:
-    device = _resolve_device(device, data)
-    streams = make_streams(data, device)
-    sizes = _batch_sizes(batch_size, streams)
-    drop_last = jit if drop_last is None else drop_last
-    if pair.module is not None:
-        pair.module.to(device)
-        pair.module.train()
-    if isinstance(objective, str):
-        objective = make_objective(
-            objective, num_particles, vectorize_particles, jit, max_plate_nesting
-        )
-    model_fn, guide_fn = pair.model, pair.guide
-    if jit:
-        model_fn, guide_fn = _positional(model_fn), _positional(guide_fn)
-
-    def loss_of(tensors, idx):
-        if jit:
-            return objective.differentiable_loss(model_fn, guide_fn, *tensors, idx)
-        return objective.differentiable_loss(model_fn, guide_fn, *tensors, subsample=idx)
-
-    pyro.set_rng_seed(seed)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    resume_path = _resume_path(resume, checkpoint_dir)
-    state = _RunState(history=History())
-    fit_config = dict(
-        objective=objective.__class__.__name__,
-        num_particles=num_particles,
-        lr=lr,
-        epochs=epochs,
-        batch_size=sizes,
-        seed=seed,
-        user=dict(config or {}),
-    )
-
-    if pair.module is None:
-        # Parameters made by pyro.param in functions exist only after a first run.
-        first = BatchPlan(streams, sizes, seed, 0, drop_last).step(0)
-        tensors = streams[0].tensors(0)
-        with pyro.poutine.block(), pyro.poutine.trace(param_only=True):
-            guide_trace = pyro.poutine.trace(pair.guide).get_trace(*tensors, subsample=first[0])
-            pyro.poutine.replay(pair.model, trace=guide_trace)(*tensors, subsample=first[0])
-    optim = _make_optimizer(optimizer, pair.parameters(), lr)
-    params = [p for group in optim.param_groups for p in group["params"]]
-
-    if resume_path is not None:
-        state = _restore(resume_path, pair, optim, state, device)
-        logger.info("resumed from %s at epoch %d step %d", resume_path, state.epoch, state.step)
-    else:
-        pyro.set_rng_seed(seed)
-
-    show = sys.stderr.isatty() if progress is None else progress
-    while state.epoch < epochs:
-        epoch = state.epoch
-        plan = BatchPlan(streams, sizes, seed, epoch, drop_last)
-        epoch_tensors = [s.tensors(epoch) for s in streams]
-        for group in optim.param_groups:
-            group["lr"] = lr * _lr_factor(lr_schedule, epoch, epochs)
-        if state.step_losses is None or state.step_losses.numel() != plan.num_steps:
-            state.step_losses = torch.zeros(plan.num_steps, device=device)
-        started = time.perf_counter()
-        bar = _progress_bar(show, plan.num_steps, state.step_in_epoch, epoch)
-        for k in range(state.step_in_epoch, plan.num_steps):
-            batches = plan.step(k)
-            loss = sum(loss_of(t, idx) for t, idx in zip(epoch_tensors, batches, strict=True))
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            optim.step()
-            state.step_losses[k] = loss.detach()
-            state.step += 1
-            state.step_in_epoch = k + 1
-            at_checkpoint = bool(checkpoint_every and checkpoint_dir) and (
-                state.step % checkpoint_every == 0
-            )
-            if at_checkpoint or (k + 1) % sync_every == 0 or k + 1 == plan.num_steps:
-                _check_finite(state, epoch, k, checkpoint_dir)
-                if bar is not None:
-                    bar.update(k + 1 - bar.n)
-                    bar.set_postfix(loss=f"{float(state.step_losses[k]):.4g}")
-            if at_checkpoint:
-                _save(checkpoint_dir / "last.pt", pair, optim, state, fit_config)
-        if bar is not None:
-            bar.close()
-        mean_loss = float(state.step_losses.mean())
-        row = dict(
-            epoch=epoch,
-            steps=plan.num_steps,
-            loss=mean_loss,
-            loss_per_example=mean_loss / max(s.size for s in streams),
-            lr=optim.param_groups[0]["lr"],
-            seconds=time.perf_counter() - started,
-        )
-        state.epoch, state.step_in_epoch = epoch + 1, 0
-        info = EpochEnd(epoch, state.step, mean_loss, pair.module, state.history)
-        for callback in callbacks:
-            row.update(callback(info) or {})
-        state.history.epochs.append(row)
-        logger.info("epoch %d: %s", epoch, _fmt(row))
-        improved = _update_best(state, row, select_metric, select_mode)
-        if checkpoint_dir is not None:
-            state.history.last_checkpoint = _save(
-                checkpoint_dir / "last.pt", pair, optim, state, fit_config
-            )
-            if improved:
-                state.history.best_checkpoint = _save(
-                    checkpoint_dir / "best.pt", pair, optim, state, fit_config
-                )
-    if pair.module is not None:
-        pair.module.eval()
-    return state.history
 
 
 @dataclass
