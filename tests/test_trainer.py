@@ -231,3 +231,19 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ValueError, match="CUDA is not available"):
         fit(PPCA(6, 2), torch.zeros(10, 6), device="cuda")
+
+
+@pytest.mark.parametrize(
+    "validate, expected",
+    [("first", [True, False, False]), (True, [True] * 3), (False, [False] * 3)],
+)
+def test_validation_on_the_first_step_only_by_default(validate, expected):
+    seen = []
+
+    class Recording(PPCA):
+        def model(self, x, subsample=None):
+            seen.append(pyro.infer.util.is_validation_enabled())
+            super().model(x, subsample)
+
+    fit(Recording(6, 2), ppca_data(n=30), epochs=1, batch_size=10, validate=validate)
+    assert seen == expected  # the conftest turns Pyro's validation on globally

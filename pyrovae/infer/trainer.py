@@ -192,6 +192,7 @@ def fit(
     sync_every: int = 50,
     progress: bool | None = None,
     config: Mapping[str, Any] | None = None,
+    validate: bool | str = "first",
 ) -> History:
     """Train a model/guide pair by stochastic variational inference.
 
@@ -235,6 +236,10 @@ def fit(
         sync_every: steps between host reads of the loss (NaN check, progress; default 50).
         progress: show a tqdm bar (default: when stderr is a terminal).
         config: extra JSON-able settings stored in checkpoints (such as the command line).
+        validate: Pyro's argument and shape checks. ``"first"`` (default): as Pyro's global
+            setting for the first step of the run, off afterwards — the checks catch a wrong
+            model once, and cost ~15 % of a small VAE's step if kept; ``True``/``False``:
+            on/off for every step.
 
     Returns:
         A :class:`History`.
@@ -301,6 +306,7 @@ def fit(
             pyro.set_rng_seed(seed)
 
         show = sys.stderr.isatty() if progress is None else progress
+        start_step = state.step
         while state.epoch < epochs:
             epoch = state.epoch
             plan = BatchPlan(streams, sizes, seed, epoch, drop_last)
@@ -313,7 +319,11 @@ def fit(
             bar = _progress_bar(show, plan.num_steps, state.step_in_epoch, epoch)
             for k in range(state.step_in_epoch, plan.num_steps):
                 batches = plan.step(k)
-                loss = sum(loss_of(t, idx) for t, idx in zip(epoch_tensors, batches, strict=True))
+                checks = _validation(validate, first=state.step == start_step)
+                with pyro.validation_enabled(checks):
+                    loss = sum(
+                        loss_of(t, idx) for t, idx in zip(epoch_tensors, batches, strict=True)
+                    )
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip_norm is not None:
@@ -361,6 +371,14 @@ def fit(
         if pair.module is not None:
             pair.module.eval()
         return state.history
+
+
+def _validation(validate: bool | str, first: bool) -> bool:
+    if validate == "first":
+        return first and pyro.infer.util.is_validation_enabled()
+    if isinstance(validate, bool):
+        return validate
+    raise ValueError(f"validate must be True, False or 'first', got {validate!r}")
 
 
 def param_scope(module: torch.nn.Module | None):
