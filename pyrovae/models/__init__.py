@@ -1,6 +1,24 @@
 """Model/guide pairs."""
 
 from .base import ConfigurableModule, data_plate, take
+from .factor_analysis import FactorAnalysis, FAParams
+from .ica import ICA, match_components
+from .m2 import M2
+from .nmf import NMF
 from .ppca import PPCA, PPCAParams
+from .vae import VAE
 
-__all__ = ["ConfigurableModule", "PPCA", "PPCAParams", "data_plate", "take"]
+__all__ = [
+    "ConfigurableModule",
+    "FAParams",
+    "FactorAnalysis",
+    "ICA",
+    "M2",
+    "NMF",
+    "match_components",
+    "PPCA",
+    "PPCAParams",
+    "VAE",
+    "data_plate",
+    "take",
+]

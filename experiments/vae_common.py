@@ -1,0 +1,257 @@
+"""Helpers shared by the VAE experiments: data, model options, time-budgeted training, metrics.
+
+Not a script: ``experiments/vae_*.py`` import it (``from vae_common import ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyrovae.data import DynamicBinarized, binarize, load_dataset
+from pyrovae.infer import fit
+from pyrovae.infer.evaluation import elbo_terms
+from pyrovae.models.vae import VAE
+
+logger = logging.getLogger("vae_experiments")
+TEST_BINARIZATION_SEED = 1234  # the one fixed stochastic binarisation of every test set
+
+
+def setup(args: argparse.Namespace) -> Path:
+    """Logging, threads, validation (off unless ``--validate``), seeds; returns ``args.out``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pyro.enable_validation(bool(getattr(args, "validate", False)))
+    pyro.set_rng_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10) -> None:
+    """Options every VAE script shares: data, architecture, training, output."""
+    parser.add_argument("--out", default=out, help="output folder (default %(default)s)")
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "digits"])
+    parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
+    parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden widths")
+    parser.add_argument("--activation", default="relu")
+    parser.add_argument("--likelihood", default="bernoulli",
+                        choices=["bernoulli", "gaussian", "gaussian_learned"],
+                        help="bernoulli: binarised images; Gaussians: grey levels in [0, 1]")
+    parser.add_argument("--sigma", type=float, default=0.1, help="sigma of --likelihood gaussian")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-size", type=int, default=None, help="first N training images")
+    parser.add_argument("--test-size", type=int, default=None, help="first N test images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--validate", action="store_true", help="Pyro validation (slower)")
+
+
+class Data:
+    """Images for training and testing.
+
+    Binarised (default): a dynamically binarised training stream (``train``) and one fixed
+    stochastic binarisation of the test images. With ``binarized=False`` the grey levels in
+    [0, 1] are used as they are (for the Gaussian likelihoods). ``train_x`` always holds the
+    grey-level training images.
+    """
+
+    def __init__(self, name: str, root=None, train_size=None, test_size=None, seed: int = 0,
+                 binarized: bool = True):
+        train = load_dataset(name, "train", root=root)
+        test = load_dataset(name, "test", root=root)
+        self.name, self.image_shape = train.name, tuple(train.image_shape)
+        self.train_x, self.train_y = train.x[:train_size], train.y[:train_size]
+        self.test_y = test.y[:test_size]
+        self.binarized = binarized
+        if binarized:
+            self.test_x = binarize(test.x[:test_size], TEST_BINARIZATION_SEED)
+            self.train = DynamicBinarized(self.train_x, seed)
+        else:
+            self.test_x, self.train = test.x[:test_size], self.train_x
+        self.data_dim = self.train_x.shape[1]
+
+    def train_images(self, epoch: int = 0) -> torch.Tensor:
+        """The training images as the model sees them in ``epoch``."""
+        return self.train.for_epoch(epoch)[0] if self.binarized else self.train_x
+
+
+def data_from_args(args: argparse.Namespace) -> Data:
+    return Data(args.dataset, args.data_root, args.train_size, args.test_size, args.seed,
+                binarized=args.likelihood == "bernoulli")
+
+
+def arch_for(args: argparse.Namespace, data: Data) -> str:
+    if args.arch == "conv" and data.image_shape != (28, 28):
+        raise SystemExit(f"--arch conv needs 28x28 images; {data.name} has {data.image_shape}")
+    return args.arch
+
+
+def make_vae(args: argparse.Namespace, data: Data, latent_dim: int, **overrides) -> VAE:
+    options = dict(
+        data_dim=data.data_dim,
+        latent_dim=latent_dim,
+        hidden_sizes=list(args.hidden),
+        arch=arch_for(args, data),
+        activation=args.activation,
+        likelihood=args.likelihood,
+        sigma=args.sigma,
+    )
+    options.update(overrides)
+    return VAE(**options)
+
+
+def burda_schedule(epoch: int) -> float:
+    """Burda et al.'s learning-rate factor ``10^(-i/7)`` for epochs in ``[sum_{j<i} 3^j, ...)``."""
+    stage, start = 0, 0
+    while epoch >= start + 3**stage:
+        start += 3**stage
+        stage += 1
+    return 10.0 ** (-stage / 7.0)
+
+
+def test_elbo_callback(module: VAE, x: torch.Tensor, every: int = 1, num_samples: int = 1):
+    """An ``fit`` callback: test ELBO and its terms on ``x`` every ``every`` epochs."""
+
+    def callback(info) -> dict:
+        if (info.epoch + 1) % every:
+            return {}
+        terms = elbo_terms(module, x, num_samples=num_samples).summary()
+        module.train()
+        return {f"test_{k}": v for k, v in terms.items()}
+
+    return callback
+
+
+def train(
+    module: VAE,
+    data,
+    *,
+    epochs: int,
+    minutes: float | None = None,
+    checkpoint_dir: Path,
+    on_chunk=None,
+    max_chunk: int = 10,
+    **fit_kwargs,
+):
+    """``pyrovae.fit`` for ``epochs`` epochs or until ``minutes`` of wall time have passed.
+
+    With a time budget the run is cut into chunks of whole epochs (resuming from
+    ``checkpoint_dir/last.pt``), each sized from the measured epoch time so as not to overrun;
+    ``on_chunk(history)`` runs after each chunk (e.g. to write metrics.json). Returns the
+    ``History`` (all epochs) and the wall time in seconds.
+    """
+    started = time.perf_counter()
+    if minutes is None:
+        history = fit(module, data, epochs=epochs, checkpoint_dir=checkpoint_dir, **fit_kwargs)
+        if on_chunk:
+            on_chunk(history)
+        return history, time.perf_counter() - started
+    done, history = 0, None
+    budget = 60.0 * minutes
+    resume = fit_kwargs.pop("resume", False)
+    while done < epochs:
+        elapsed = time.perf_counter() - started
+        if history is None:
+            chunk = 1
+        else:
+            per_epoch = elapsed / max(done, 1)
+            chunk = min(max_chunk, epochs - done, int((budget - elapsed) / per_epoch))
+        if chunk <= 0:
+            break
+        history = fit(
+            module, data, epochs=done + chunk, checkpoint_dir=checkpoint_dir,
+            resume=True if history is not None else resume, **fit_kwargs,
+        )
+        done = len(history.epochs)
+        if on_chunk:
+            on_chunk(history)
+    return history, time.perf_counter() - started
+
+
+def machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
+        f"pyro {pyro.__version__}"
+    )
+
+
+def command_line() -> str:
+    return " ".join(["python", *sys.argv])
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` as indented JSON atomically (NaN becomes null)."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(clean(payload), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def add_eval_args(parser: argparse.ArgumentParser, num_samples: int = 1000) -> None:
+    parser.add_argument("--num-samples", type=int, default=num_samples,
+                        help="K importance samples for the test NLL (0: skip)")
+    parser.add_argument("--eval-examples", type=int, default=1000,
+                        help="first N (binarised) test images for the NLL")
+
+
+def train_vae(
+    args, data: Data, latent_dim: int, path: Path, objective: str = "elbo",
+    num_particles: int = 1, **overrides,
+):
+    """Fit a VAE on ``data.train`` for ``args.epochs`` and save it to ``path``.
+
+    Returns ``(model, history rows)``; the checkpoint holds the history and the command line.
+    """
+    model = make_vae(args, data, latent_dim, **overrides)
+    model.check_data(data.test_x)
+    started = time.perf_counter()
+    history = fit(
+        model, data.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, objective=objective, num_particles=num_particles,
+    )
+    wall = time.perf_counter() - started
+    from pyrovae import save_checkpoint
+
+    save_checkpoint(path, model, history=history.epochs, command=command_line(), wall_seconds=wall)
+    logger.info("trained K=%d in %.0f s -> %s", latent_dim, wall, path)
+    return model, history.epochs, wall
+
+
+def test_metrics(model: VAE, data: Data, num_samples: int, eval_examples: int) -> dict:
+    """Test ELBO terms (10 samples, all test images) and the K-sample NLL on the first
+    ``eval_examples`` test images (nats per image)."""
+    from pyrovae.infer.evaluation import evaluate
+
+    metrics = {"all_test": evaluate(model, data.test_x, num_samples=0, elbo_samples=10)}
+    if num_samples:
+        subset = data.test_x[:eval_examples]
+        metrics["subset"] = evaluate(model, subset, num_samples=num_samples, elbo_samples=10,
+                                     sample_chunk=max(1, min(num_samples, 500)), batch_size=100)
+    return metrics

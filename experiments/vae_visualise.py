@@ -1,0 +1,120 @@
+"""Reconstructions, latent interpolations and latent attribute directions of a trained VAE.
+
+* Reconstructions: test images (top) and the decoder means at their posterior means (below).
+* Interpolations: decoder means along straight lines between the posterior means of two test
+  images of different classes.
+* Attribute directions: a direction in latent space is the difference of the mean posterior
+  means of two groups of training images (two classes, e.g. 1 -> 7; or the heaviest minus the
+  lightest quarter by ink, "thickness"); images are decoded at ``mu(x) + t * direction``.
+
+Runs on MNIST or Fashion-MNIST (``--dataset``) with an MLP or a convolutional pair (``--arch``).
+
+References:
+    D. P. Kingma and M. Welling. Auto-encoding variational Bayes. ICLR 2014.
+    T. White. Sampling generative networks. arXiv:1609.04468, 2016 (attribute vectors).
+
+Example::
+
+    python experiments/vae_visualise.py --epochs 10 --latent 20 --out results/vae/visualise
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _plots import save_image_rows
+from vae_common import (
+    add_common_args,
+    add_eval_args,
+    command_line,
+    data_from_args,
+    machine,
+    setup,
+    test_metrics,
+    train_vae,
+    write_json,
+)
+
+
+def first_of_each_class(y: torch.Tensor, classes) -> list[int]:
+    return [int((y == c).nonzero()[0]) for c in classes if bool((y == c).any())]
+
+
+def interpolate(model, x_a, x_b, steps: int = 10) -> torch.Tensor:
+    """Decoder means at ``(1 - t) mu(x_a) + t mu(x_b)`` for ``steps`` values of t in [0, 1]."""
+    (loc_a, _), (loc_b, _) = model.encode(x_a[None]), model.encode(x_b[None])
+    t = torch.linspace(0, 1, steps, dtype=loc_a.dtype)[:, None]
+    return model.decode((1 - t) * loc_a + t * loc_b)
+
+
+def group_direction(model, x: torch.Tensor, from_mask, to_mask) -> torch.Tensor:
+    """Mean posterior mean of the ``to`` group minus that of the ``from`` group: [K]."""
+    loc, _ = model.encode(x)
+    return loc[to_mask].mean(0) - loc[from_mask].mean(0)
+
+
+def along(model, x_start: torch.Tensor, direction: torch.Tensor, scales) -> torch.Tensor:
+    loc, _ = model.encode(x_start[None])
+    t = torch.as_tensor(scales, dtype=loc.dtype)[:, None]
+    return model.decode(loc + t * direction)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, out="runs/vae_visualise", epochs=10)
+    add_eval_args(parser)
+    parser.add_argument("--latent", type=int, default=20)
+    parser.add_argument("--classes", type=int, nargs=2, default=[1, 7],
+                        help="attribute direction from class a to class b (default 1 7)")
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    out = setup(args)
+    data = data_from_args(args)
+    model, history, wall = train_vae(args, data, args.latent, out / "model.pt")
+    shape = data.image_shape
+
+    # Reconstructions of the first test image of every class.
+    picks = first_of_each_class(data.test_y, range(10))
+    originals = data.test_x[picks]
+    save_image_rows(out / "reconstructions.png", [originals, model.reconstruct(originals)],
+                    ["data", "reconstruction"], shape)
+
+    # Interpolations between pairs of different classes.
+    pairs = list(zip(picks[:-1:2], picks[1::2], strict=False))[:5]
+    rows = [interpolate(model, data.test_x[a], data.test_x[b], args.steps) for a, b in pairs]
+    labels = [f"{int(data.test_y[a])} -> {int(data.test_y[b])}" for a, b in pairs]
+    save_image_rows(out / "interpolations.png", rows, labels, shape,
+                    title="decode((1 - t) mu(x_a) + t mu(x_b)), t = 0 ... 1")
+
+    # Attribute directions from training images: class a -> class b, and light -> heavy ink.
+    x_train = data.train_x[:10000]
+    y_train = data.train_y[:10000]
+    x_bin = data.train_images()[:10000]
+    class_a, class_b = args.classes
+    to_class = group_direction(model, x_bin, y_train == class_a, y_train == class_b)
+    ink = x_train.sum(1)
+    low, high = ink.quantile(0.25), ink.quantile(0.75)
+    to_heavy = group_direction(model, x_bin, ink <= low, ink >= high)
+    scales = torch.linspace(-1.5, 1.5, args.steps).tolist()
+    starts = picks[:5]
+    rows = [along(model, data.test_x[i], to_class, scales) for i in starts]
+    rows += [along(model, data.test_x[i], to_heavy, scales) for i in starts]
+    labels = [f"{int(data.test_y[i])}: +t({class_a}->{class_b})" for i in starts]
+    labels += [f"{int(data.test_y[i])}: +t(ink)" for i in starts]
+    save_image_rows(out / "attribute_directions.png", rows, labels, shape,
+                    title=f"decode(mu(x) + t d), t = {scales[0]:g} ... {scales[-1]:g}")
+
+    metrics = dict(
+        command=command_line(), machine=machine(), dataset=data.name, arch=args.arch,
+        likelihood=args.likelihood,
+        latent_dim=args.latent, epochs=len(history), train_seconds=wall, history=history,
+        attribute_scales=scales,
+        direction_norms={"class": float(to_class.norm()), "ink": float(to_heavy.norm())},
+        test=test_metrics(model, data, args.num_samples, args.eval_examples),
+    )
+    write_json(out / "metrics.json", metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The variational autoencoder (Kingma & Welling 2014; Rezende et al. 2014) as a Pyro model/guide.
+
+References:
+    D. P. Kingma and M. Welling. Auto-encoding variational Bayes. ICLR 2014.
+    D. J. Rezende, S. Mohamed and D. Wierstra. Stochastic backpropagation and approximate
+    inference in deep generative models. ICML 2014.
+    Y. Burda, R. Grosse and R. Salakhutdinov. Importance weighted autoencoders. ICLR 2016.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer.util import is_validation_enabled
+
+from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
+from .likelihoods import make_likelihood
+from .networks import build_decoder, build_encoder
+
+
+class ScoreFunctionNormal(dist.Normal):
+    """A ``Normal`` that Pyro treats as not reparameterisable (``has_rsample = False``).
+
+    Its draws carry no gradient path, so ``Trace_ELBO`` differentiates through the site with the
+    score-function (REINFORCE) estimator. A class attribute rather than ``has_rsample_(False)``,
+    so that the flag survives ``.to_event()`` and the plates' ``expand``.
+    """
+
+    has_rsample = False
+
+
+class VAE(ConfigurableModule):
+    """A VAE with a diagonal-Gaussian amortised guide.
+
+    Generative story (model), for each data point n::
+
+        z_n ~ N(0, I_K)
+        x_n | z_n ~ p_theta(x_n | z_n)          # Bernoulli / Gaussian with decoder output
+
+    Guide::
+
+        q_phi(z_n | x_n) = N(mu_phi(x_n), diag sigma_phi(x_n)^2)
+
+    Sites: ``"z"`` (latent, ``.to_event(1)``) and ``"x"`` (observed, ``.to_event(1)``), both in
+    the data plate at ``dim=-1``; vectorised particles add dimensions on the left.
+
+    Args:
+        data_dim: D, pixels per image (default 784).
+        latent_dim: K (default 20).
+        hidden_sizes: hidden widths of the encoder, from the data side (default ``(400,)``);
+            the decoder mirrors them unless ``decoder_hidden_sizes`` is given. For
+            ``arch="conv"`` the last entry is the width of the convolutional body's linear layer.
+        decoder_hidden_sizes: decoder hidden widths from the latent side (default: reversed
+            ``hidden_sizes``).
+        arch: ``"mlp"`` (default) or ``"conv"`` (28x28 images).
+        activation: nonlinearity name (default ``"relu"``; ``"tanh"`` for Burda et al.).
+        likelihood: ``"bernoulli"`` (default), ``"gaussian"`` (fixed ``sigma``) or
+            ``"gaussian_learned"`` (per-pixel mean and log-variance heads).
+        sigma: observation noise of ``"gaussian"`` (default 0.1).
+        min_scale: soft lower bound on the standard deviation of ``"gaussian_learned"``
+            (default 0.01).
+        mean_activation: ``"sigmoid"`` (default) or ``"identity"`` for Gaussian means.
+        allow_continuous: let ``"bernoulli"`` score values in [0, 1] that are not 0/1
+            (default False: non-binary data raises a ``ValueError``).
+        reparameterized: draw the guide's ``z`` with the reparameterisation trick (default
+            True). With False the guide's Normal has ``has_rsample=False`` and Pyro's ELBOs
+            use the score-function (REINFORCE) estimator for it.
+
+    Data checks: ``model``/``guide`` check the shape of ``x`` on every call (no host sync). The
+    support check of the likelihood (e.g. binary values for Bernoulli) costs a host sync, so the
+    model does it on its minibatch only while Pyro validation is enabled (the default; turn it off
+    with ``pyro.enable_validation(False)`` for speed) and never while JIT-tracing; experiments
+    call :meth:`check_data` once on the whole data set.
+    """
+
+    def __init__(
+        self,
+        data_dim: int = 784,
+        latent_dim: int = 20,
+        hidden_sizes: Sequence[int] = (400,),
+        decoder_hidden_sizes: Sequence[int] | None = None,
+        arch: str = "mlp",
+        activation: str = "relu",
+        likelihood: str = "bernoulli",
+        sigma: float = 0.1,
+        min_scale: float = 0.01,
+        mean_activation: str = "sigmoid",
+        allow_continuous: bool = False,
+        reparameterized: bool = True,
+    ) -> None:
+        check_positive_int(data_dim, "data_dim")
+        check_positive_int(latent_dim, "latent_dim")
+        hidden_sizes = [int(h) for h in hidden_sizes]
+        if decoder_hidden_sizes is None:
+            decoder_hidden_sizes = hidden_sizes[::-1]
+        decoder_hidden_sizes = [int(h) for h in decoder_hidden_sizes]
+        super().__init__(
+            data_dim=data_dim,
+            latent_dim=latent_dim,
+            hidden_sizes=hidden_sizes,
+            decoder_hidden_sizes=decoder_hidden_sizes,
+            arch=arch,
+            activation=activation,
+            likelihood=likelihood,
+            sigma=sigma,
+            min_scale=min_scale,
+            mean_activation=mean_activation,
+            allow_continuous=allow_continuous,
+            reparameterized=reparameterized,
+        )
+        self.data_dim, self.latent_dim = data_dim, latent_dim
+        self.reparameterized = bool(reparameterized)
+        self.likelihood = make_likelihood(
+            likelihood,
+            sigma=sigma,
+            min_scale=min_scale,
+            mean_activation=mean_activation,
+            allow_continuous=allow_continuous,
+        )
+        self.encoder = build_encoder(arch, data_dim, latent_dim, hidden_sizes, activation)
+        self.decoder = build_decoder(
+            arch, latent_dim, data_dim, decoder_hidden_sizes, activation,
+            num_heads=self.likelihood.num_heads,
+        )
+
+    # ----------------------------------------------------------------------------- model/guide
+    def prior(self, like: torch.Tensor) -> dist.TorchDistribution:
+        """``N(0, I_K)`` with one event dimension, on ``like``'s device and dtype."""
+        zeros = like.new_zeros(self.latent_dim)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
+        """``x`` [N, D], the whole data; ``subsample`` an optional LongTensor [M] of rows."""
+        check_data(x, self.data_dim)
+        with data_plate(x, subsample):
+            xb = take(x, subsample)
+            if is_validation_enabled() and not torch.jit.is_tracing():
+                self.likelihood.check(xb)
+            z = pyro.sample("z", self.prior(x))
+            pyro.sample("x", self.likelihood.distribution(self.decoder(z)), obs=xb)
+
+    def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
+        """``q(z | x) = N(loc(x), diag scale(x)^2)`` for the rows ``subsample`` of ``x``."""
+        check_data(x, self.data_dim)
+        with data_plate(x, subsample):
+            loc, scale = self.encoder(take(x, subsample))
+            normal = dist.Normal if self.reparameterized else ScoreFunctionNormal
+            pyro.sample("z", normal(loc, scale).to_event(1))
+
+    # ------------------------------------------------------------------------------ utilities
+    def check_data(self, x: torch.Tensor) -> None:
+        """Check shape and the likelihood's support on all of ``x`` (one host sync)."""
+        check_data(x, self.data_dim)
+        self.likelihood.check(x)
+
+    def _like(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's ``(loc [N, K], scale [N, K])`` for images ``x`` [N, D]."""
+        check_data(x, self.data_dim)
+        return self.encoder(x)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean images ``E[x | z]`` [..., D] (probabilities for Bernoulli) for ``z`` [..., K]."""
+        if z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must have shape [..., {self.latent_dim}], got {list(z.shape)}")
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x).loc)``: mean images [N, D] at the guide's posterior means."""
+        return self.decode(self.encode(x)[0])
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True, generator: torch.Generator | None = None):
+        """``n`` images from the model: decoder means (default) or draws of ``x`` [n, D].
+
+        Args:
+            n: number of images.
+            mean: return ``E[x | z]`` (default True) instead of a draw from ``p(x | z)``.
+            generator: optional ``torch.Generator`` for ``z`` (default: the global RNG).
+        """
+        check_positive_int(n, "n")
+        like = self._like()
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=like.dtype).to(like.device)
+        out = self.decoder(z)
+        return self.likelihood.mean(out) if mean else self.likelihood.distribution(out).sample()
