@@ -238,3 +238,33 @@ def save_table_of_images(path, images, image_shape, column_titles=(), row_titles
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def save_learning_curve(path, curve: list[dict], title: str = "") -> Path:
+    """Validation accuracy, test error (never used for selection) and seconds per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in curve]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(epochs, [100 * row["val_accuracy"] for row in curve], label="validation accuracy")
+    if "test_error_current" in curve[0]:
+        left.plot(epochs, [100 * (1 - row["test_error_current"]) for row in curve],
+                  label="test accuracy (not used for selection)", alpha=0.7)
+    best = max(curve, key=lambda row: row["val_accuracy"])
+    left.axvline(best["epoch"], color="grey", ls=":", label=f"selected: epoch {best['epoch']}")
+    left.set_xlabel("epoch")
+    left.set_ylabel("%")
+    left.legend(fontsize=8)
+    right.plot(epochs, [row["seconds"] for row in curve], marker=".")
+    right.set_xlabel("epoch")
+    right.set_ylabel("training seconds per epoch")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

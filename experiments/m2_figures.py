@@ -12,7 +12,7 @@ the model (weights and config, no optimiser state) under ``--out``.
 
 References:
     D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling. Semi-supervised learning with deep
-    generative models. NeurIPS 2014 (figures 1 and 4).
+    generative models. NeurIPS 2014 (figure 1).
 """
 
 from __future__ import annotations

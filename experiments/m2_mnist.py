@@ -5,8 +5,9 @@ For every ``(labels, seed)``: a class-balanced labelled set drawn with that seed
 validation. One ``TraceEnum_ELBO`` objective (labels enumerated exactly on unlabelled data, the
 classifier term ``alpha * mean log q(y|x)`` on labelled data), one Adam step per pair of batches;
 the model kept is the one with the best validation accuracy (``best.pt``); its test error is
-reported. Writes ``OUT/labels{n}_seed{s}/{metrics.json,best.pt,last.pt}`` (metrics after every
-epoch), ``OUT/metrics.json`` (mean +- std over seeds of what finished) and ``OUT/table.md``.
+reported. Writes ``OUT/labels{n}_seed{s}/{metrics.json,curve.png,best.pt,last.pt}`` (metrics
+after every epoch), ``OUT/metrics.json`` (mean +- std over the seeds that finished) and
+``OUT/table.md``.
 
 References:
     D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling. Semi-supervised learning with deep
@@ -18,6 +19,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -31,6 +33,7 @@ from m2_common import (
     machine_description,
     mean_std,
     prepare_data,
+    save_learning_curve,
     train_m2,
     write_json,
 )
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_description()
-    runs = []
+    summary = {}
     for n_labels in args.labels:
         for seed in args.seeds:
             data = prepare_data(args.dataset, n_labels, args.validation, seed, args.binarization,
@@ -94,21 +97,35 @@ def run(args: argparse.Namespace) -> dict:
             )
             info = dict(labels=n_labels, seed=seed, command=" ".join(sys.argv), machine=machine,
                         num_train=data.num_train, alpha=model.alpha, model_config=model.config)
+            run_dir = args.out / f"labels{n_labels}_seed{seed}"
             metrics = train_m2(
-                model, data, args.out / f"labels{n_labels}_seed{seed}",
+                model, data, run_dir,
                 max_epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
                 labelled_batch_size=args.labelled_batch_size, lr=args.lr,
                 lr_decay=args.lr_decay, seed=seed, jit=args.jit, info=info,
             )
-            runs.append({k: metrics[k] for k in ("labels", "seed", "test_error", "best_epoch",
-                                                 "epochs_done", "wall_seconds", "status")})
-            summary = summarise(runs, args, machine)
+            save_learning_curve(run_dir / "curve.png", metrics["curve"],
+                                f"M2, {n_labels} labels, seed {seed}: test error "
+                                f"{100 * metrics['test_error']:.2f}% (validation-selected)")
+            summary = summarise(finished_runs(args.out), machine)
             write_json(args.out / "metrics.json", summary)
             (args.out / "table.md").write_text(table(summary))
     return summary
 
 
-def summarise(runs: list[dict], args, machine: str) -> dict:
+def finished_runs(out: Path) -> list[dict]:
+    """Every run under ``out`` that reported a test error (this or earlier invocations)."""
+    keys = ("labels", "seed", "test_error", "best_epoch", "epochs_done", "wall_seconds", "status",
+            "command")
+    runs = []
+    for path in sorted(out.glob("labels*_seed*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        if "test_error" in metrics:
+            runs.append({k: metrics.get(k) for k in keys})
+    return runs
+
+
+def summarise(runs: list[dict], machine: str) -> dict:
     by_labels = {}
     for n in sorted({r["labels"] for r in runs}):
         errors = [100 * r["test_error"] for r in runs if r["labels"] == n]
@@ -131,8 +148,8 @@ def table(summary: dict) -> str:
             cells.append("not run")
         else:
             k = len(row["seeds"])
-            cells.append(f"{row['test_error_percent_mean']:.2f} ± "
-                         f"{row['test_error_percent_std']:.2f} ({k} seed{'s' * (k > 1)})")
+            spread = f" ± {row['test_error_percent_std']:.2f}" if k > 1 else ""
+            cells.append(f"{row['test_error_percent_mean']:.2f}{spread} ({k} seed{'s' * (k > 1)})")
     lines.append("| pyrovae M2 (this run) | " + " | ".join(cells) + " |")
     for name, values in ANCHORS.items():
         lines.append(f"| {name} | " + " | ".join(

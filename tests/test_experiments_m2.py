@@ -39,7 +39,8 @@ def test_m2_mnist_writes_metrics_checkpoints_and_table(trained):
         run = json.loads((trained / f"labels20_seed{seed}" / "metrics.json").read_text())
         assert run["epochs_done"] == 2 and len(run["curve"]) == 2
         assert 0.0 <= run["test_error"] <= 1.0
-        assert (trained / f"labels20_seed{seed}" / "best.pt").exists()
+        for name in ("best.pt", "curve.png"):
+            assert (trained / f"labels20_seed{seed}" / name).stat().st_size > 0
     assert "20 labels" in (trained / "table.md").read_text()
 
 

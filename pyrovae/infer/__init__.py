@@ -1,6 +1,7 @@
 """Inference: the trainer, the objectives, importance sampling and checkpoints."""
 
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .classification import accuracy, error_rate, validation_callback
 from .importance import importance_log_likelihood, log_importance_weights
 from .objectives import ImportanceWeightedELBO, make_objective
 from .trainer import EpochEnd, History, NonFiniteLossError, fit, param_scope
@@ -10,6 +11,8 @@ __all__ = [
     "History",
     "ImportanceWeightedELBO",
     "NonFiniteLossError",
+    "accuracy",
+    "error_rate",
     "fit",
     "importance_log_likelihood",
     "load_checkpoint",
@@ -18,4 +21,5 @@ __all__ = [
     "param_scope",
     "read_checkpoint",
     "save_checkpoint",
+    "validation_callback",
 ]

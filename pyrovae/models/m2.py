@@ -135,7 +135,9 @@ class M2(ConfigurableModule):
     Args:
         data_dim: D, pixels per image (default 784; ``"conv"`` networks need 784 = 28x28).
         num_classes: C (default 10).
-        latent_dim: K, the style latent's dimension (default 50, as Kingma et al.).
+        latent_dim: K, the style latent's dimension (default 50, as Kingma et al.). With 100
+            labels and a short budget a 2-D z learned to classify far better than 50-D (a
+            small z cannot hold the digit identity, so the model puts it in y; results/m2).
         hidden_dims: hidden widths of every network (default ``(500,)``); the decoder uses them
             in reverse order from the latent side, a conv body uses ``hidden_dims[-1]``.
         classifier_arch: ``"mlp"`` (default) or ``"conv"``, the network of ``q(y|x)``.
