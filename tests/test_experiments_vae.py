@@ -85,3 +85,17 @@ def test_visualise_on_mnist_sets(case, tmp_path, mnist_root):
     metrics = run("vae_visualise.py", args, tmp_path)
     assert metrics["dataset"] in ("mnist", "fashion-mnist")
     assert (tmp_path / "attribute_directions.png").is_file()
+
+
+def test_evaluate_script_reloads_a_checkpoint(tmp_path):
+    trained = tmp_path / "trained"
+    run("vae_latent2d.py", ["--dataset", "digits", "--num-samples", "0", "--grid", "3"], trained)
+    out = tmp_path / "evaluated"
+    cmd = [sys.executable, str(REPO / "experiments" / "vae_evaluate.py"), "--dataset", "digits",
+           "--checkpoints", str(trained / "model.pt"), "--test-size", "30", "--num-samples", "10",
+           "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json.loads((out / "metrics.json").read_text())["models"].values()
+    assert result["num_examples"] == 30 and result["num_importance_samples"] == 10
+    assert result["model_config"]["latent_dim"] == 2
