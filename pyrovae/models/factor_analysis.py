@@ -22,7 +22,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import pyro
@@ -32,6 +31,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam, pyro_method
 
 from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
+from .ppca import gaussian_log_density
 
 
 class FAParams(NamedTuple):
@@ -50,12 +50,7 @@ def marginal_covariance(params: FAParams) -> torch.Tensor:
 
 def log_marginal(x: torch.Tensor, params: FAParams) -> torch.Tensor:
     """Exact ``log p(x_n) = log N(x_n; mu, W W^T + diag(psi))`` for the rows of x [N, D]: [N]."""
-    W, mu, _ = params
-    d = W.shape[0]
-    chol = torch.linalg.cholesky(marginal_covariance(params))
-    white = torch.linalg.solve_triangular(chol, (x - mu).T, upper=False)
-    half_logdet = chol.diagonal().log().sum()
-    return -0.5 * (white**2).sum(0) - half_logdet - 0.5 * d * math.log(2 * math.pi)
+    return gaussian_log_density(x, params.mu, marginal_covariance(params))
 
 
 def posterior(x: torch.Tensor, params: FAParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,9 +122,7 @@ class FactorAnalysis(ConfigurableModule):
         """``x`` [N, D]; ``subsample`` optional LongTensor [M] of rows (scaled by N/M)."""
         check_data(x, self.data_dim)
         with data_plate(x, subsample):
-            z = pyro.sample(
-                "z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1)
-            )
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
             loc = z @ self.W.T + self.mu
             pyro.sample("x", dist.Normal(loc, self.psi.sqrt()).to_event(1), obs=take(x, subsample))
 

@@ -86,14 +86,17 @@ def marginal_covariance(params: PPCAParams) -> torch.Tensor:
     return W @ W.T + sigma2 * torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
 
 
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """``log N(x_n; mean, cov)`` for the rows of ``x`` [N, D], by one Cholesky factor: [N]."""
+    chol = torch.linalg.cholesky(cov)
+    white = torch.linalg.solve_triangular(chol, (x - mean).T, upper=False)
+    half_logdet = chol.diagonal().log().sum()
+    return -0.5 * (white**2).sum(0) - half_logdet - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+
+
 def log_marginal(x: torch.Tensor, params: PPCAParams) -> torch.Tensor:
     """Exact ``log p(x_n) = log N(x_n; mu, W W^T + sigma2 I)`` for each row: Tensor [N]."""
-    W, mu, _ = params
-    d = W.shape[0]
-    chol = torch.linalg.cholesky(marginal_covariance(params))
-    white = torch.linalg.solve_triangular(chol, (x - mu).T, upper=False)
-    half_logdet = chol.diagonal().log().sum()
-    return -0.5 * (white**2).sum(0) - half_logdet - 0.5 * d * math.log(2 * math.pi)
+    return gaussian_log_density(x, params.mu, marginal_covariance(params))
 
 
 def posterior(x: torch.Tensor, params: PPCAParams) -> tuple[torch.Tensor, torch.Tensor]:
