@@ -58,12 +58,22 @@ def _child(what: str, device: str, root: str | None) -> dict:
             loss.backward()
         else:
             importance_log_likelihood(
-                model.model, model.guide, x[:500], num_samples=5000, sample_chunk=100,
+                model.model,
+                model.guide,
+                x[:500],
+                num_samples=5000,
+                sample_chunk=100,
                 batch_size=500,
             )
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _rss_mib()
-    return {"what": what, "device": device, "baseline_mib": base, "peak_mib": peak,
-            "increase_mib": peak - base, "settings": settings}
+    return {
+        "what": what,
+        "device": device,
+        "baseline_mib": base,
+        "peak_mib": peak,
+        "increase_mib": peak - base,
+        "settings": settings,
+    }
 
 
 def main() -> int:

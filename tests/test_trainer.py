@@ -247,3 +247,16 @@ def test_validation_on_the_first_step_only_by_default(validate, expected):
 
     fit(Recording(6, 2), ppca_data(n=30), epochs=1, batch_size=10, validate=validate)
     assert seen == expected  # the conftest turns Pyro's validation on globally
+
+
+def test_a_callback_can_stop_training(tmp_path):
+    history = fit(
+        PPCA(6, 2),
+        ppca_data(n=40),
+        epochs=10,
+        batch_size=20,
+        checkpoint_dir=tmp_path,
+        callbacks=[lambda end: {"stop": end.epoch == 2}],
+    )
+    assert len(history.epochs) == 3 and "stop" not in history.epochs[-1]
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 3

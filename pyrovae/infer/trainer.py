@@ -226,7 +226,8 @@ def fit(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: where the data is.
         seed: seeds Pyro/torch at the start and the shuffling of every epoch (default 0).
         callbacks: ``callable(EpochEnd) -> dict | None`` run after each epoch; returned
-            metrics go into that epoch's history row.
+            metrics go into that epoch's history row, and ``{"stop": True}`` ends training
+            after this epoch (its checkpoints are still written): a time budget or a target.
         checkpoint_dir: folder for ``last.pt`` (every ``checkpoint_every`` steps and at every
             epoch's end) and ``best.pt`` (when ``select_metric`` improves). Default: none.
         checkpoint_every: steps between mid-epoch checkpoints (default: epoch ends only).
@@ -357,6 +358,7 @@ def fit(
             info = EpochEnd(epoch, state.step, mean_loss, pair.module, state.history)
             for callback in callbacks:
                 row.update(callback(info) or {})
+            stop = bool(row.pop("stop", False))
             state.history.epochs.append(row)
             logger.info("epoch %d: %s", epoch, _fmt(row))
             improved = _update_best(state, row, select_metric, select_mode)
@@ -368,6 +370,9 @@ def fit(
                     state.history.best_checkpoint = _save(
                         checkpoint_dir / "best.pt", pair, optim, state, fit_config
                     )
+            if stop:
+                logger.info("a callback stopped training after epoch %d", epoch)
+                break
         if pair.module is not None:
             pair.module.eval()
         return state.history
