@@ -23,10 +23,23 @@ from pyro.poutine.util import site_is_subsample
 PARTICLE_PLATE = "_importance_particles"
 
 
+def _is_data_frame(frame) -> bool:
+    return frame.vectorized and frame.dim == -1 and frame.name != PARTICLE_PLATE
+
+
+def _data_frame(trace):
+    """The data plate's frame (at dim=-1) in a trace."""
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            for frame in site["cond_indep_stack"]:
+                if _is_data_frame(frame):
+                    return frame
+    raise ValueError("model has no sample site inside a data plate at dim=-1")
+
+
 def _site_log_prob(site: dict, num_samples: int, batch: int, where: str) -> torch.Tensor:
     log_p = scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
-    frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-    if not any(f.dim == -1 and f.name != PARTICLE_PLATE for f in frames):
+    if not any(_is_data_frame(f) for f in site["cond_indep_stack"]):
         raise ValueError(
             f"{where} site '{site['name']}' is not inside the data plate (dim=-1): importance "
             "weights are per data point, so every sample site must be local to one data point"
@@ -57,7 +70,8 @@ def log_weights_and_scale(
         )
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
-    batch = _data_plate_size(model_trace)
+    data = _data_frame(model_trace)
+    batch = data.size  # M, the rows in this call (the subsample size)
     log_w = 0.0
     for site in model_trace.nodes.values():
         if site["type"] == "sample" and not site_is_subsample(site):
@@ -67,26 +81,7 @@ def log_weights_and_scale(
             if site["infer"].get("enumerate"):
                 raise ValueError(f"guide site '{site['name']}' is enumerated: not supported here")
             log_w = log_w - _site_log_prob(site, num_samples, batch, "guide")
-    return log_w, data_plate_scale(model_trace)
-
-
-def _data_plate_size(trace) -> int:
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized and frame.dim == -1 and frame.name != PARTICLE_PLATE:
-                    return frame.size
-    raise ValueError("model has no sample site inside a data plate at dim=-1")
-
-
-def data_plate_scale(trace) -> float:
-    """N/M of the data plate at dim=-1 in a trace (1.0 when it is not subsampled)."""
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized and frame.dim == -1 and frame.name != PARTICLE_PLATE:
-                    return (frame.full_size or frame.size) / frame.size
-    return 1.0
+    return log_w, (data.full_size or data.size) / data.size
 
 
 @torch.no_grad()

@@ -147,7 +147,7 @@ class _Pair:
     def parameters(self) -> list[torch.nn.Parameter]:
         params = list(self.module.parameters()) if self.module is not None else []
         seen = {id(p) for p in params}
-        for p in pyro.get_param_store()._params.values():
+        for _, p in pyro.get_param_store().named_parameters():
             if id(p) not in seen:
                 params.append(p)
                 seen.add(id(p))
