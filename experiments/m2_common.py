@@ -19,7 +19,7 @@ import torch
 
 import pyrovae
 from pyrovae.data import binarize, labelled_split, load_dataset
-from pyrovae.data.transforms import DynamicBinarized
+from pyrovae.data.transforms import DynamicBinarized, epoch_seed
 from pyrovae.infer import param_scope
 from pyrovae.infer.classification import accuracy, validation_callback
 from pyrovae.models.m2 import M2
@@ -43,6 +43,36 @@ class LabelledStream:
         return (*self.images.for_epoch(epoch), self.y)
 
 
+class M1Codes:
+    """Draws of M1's posterior ``z1 ~ q(z1 | x_bin)``, afresh every epoch (a fit stream).
+
+    Every epoch binarises the images anew (as ``DynamicBinarized``), encodes them with the M1
+    VAE and draws one ``z1`` per image; with ``y`` given, yields ``(z1, y)``. The draw depends
+    only on ``(seed, epoch)``, so a resumed run sees the same codes.
+    """
+
+    def __init__(self, m1, x: torch.Tensor, seed: int, y: torch.Tensor | None = None) -> None:
+        self.m1, self.images, self.y, self.seed = m1, DynamicBinarized(x, seed), y, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def for_epoch(self, epoch: int) -> tuple[torch.Tensor, ...]:
+        (x_bin,) = self.images.for_epoch(epoch)
+        loc, scale = m1_encode(self.m1, x_bin)
+        generator = torch.Generator(device=loc.device)
+        generator.manual_seed(epoch_seed(self.seed + 7919, epoch))
+        z1 = loc + scale * torch.randn(loc.shape, generator=generator, dtype=loc.dtype,
+                                       device=loc.device)
+        return (z1,) if self.y is None else (z1, self.y)
+
+
+def m1_encode(m1, x: torch.Tensor, batch_size: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
+    """M1's ``(loc, scale)`` of ``q(z1 | x)`` [N, K1], computed in chunks."""
+    parts = [m1.encode(xb) for xb in x.split(batch_size)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 @dataclass
 class SemiSupervisedData:
     unlabelled: Any
@@ -62,12 +92,16 @@ def prepare_data(
     seed: int,
     binarization: str = "dynamic",
     limit: int | None = None,
+    m1=None,
 ) -> SemiSupervisedData:
     """Balanced labelled set (``labelled_split``, seeded), the rest unlabelled, a validation split.
 
     Training images are binarised afresh every epoch (``"dynamic"``) or once (``"static"``);
     validation and test images once, with fixed seeds. ``limit`` keeps the first ``limit``
-    training and test images (smoke tests).
+    training and test images (smoke tests). With an M1 VAE ``m1`` (M1+M2), the data are
+    M1's codes instead of pixels: fresh draws of ``q(z1 | x)`` every epoch for training
+    (:class:`M1Codes`, dynamic binarisation only), the posterior means of the binarised
+    validation and test images.
     """
     train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
     x, y, x_test, y_test = train.x, train.y, test.x, test.y
@@ -76,7 +110,13 @@ def prepare_data(
     split = labelled_split(y, n_labelled, n_validation, seed, num_classes=train.num_classes)
     x_l, y_l = x[split.labelled], y[split.labelled]
     x_u = x[split.unlabelled]
-    if binarization == "dynamic":
+    x_val, x_test = binarize(x[split.validation], 10_000 + seed), binarize(x_test, 20_000)
+    if m1 is not None:
+        if binarization != "dynamic":
+            raise ValueError("M1 codes are drawn afresh every epoch: use binarization='dynamic'")
+        unlabelled, labelled = M1Codes(m1, x_u, seed), M1Codes(m1, x_l, seed + 1, y_l)
+        x_val, x_test = m1_encode(m1, x_val)[0], m1_encode(m1, x_test)[0]
+    elif binarization == "dynamic":
         unlabelled, labelled = DynamicBinarized(x_u, seed), LabelledStream(x_l, y_l, seed + 1)
     elif binarization == "static":
         unlabelled, labelled = (binarize(x_u, seed),), (binarize(x_l, seed + 1), y_l)
@@ -85,9 +125,9 @@ def prepare_data(
     return SemiSupervisedData(
         unlabelled=unlabelled,
         labelled=labelled,
-        x_val=binarize(x[split.validation], 10_000 + seed),
+        x_val=x_val,
         y_val=y[split.validation],
-        x_test=binarize(x_test, 20_000),
+        x_test=x_test,
         y_test=y_test,
         num_train=len(split.labelled) + len(split.unlabelled),
         image_shape=tuple(train.image_shape),
@@ -115,7 +155,7 @@ def labelled_weight(option: str, num_train: int, n_labelled: int) -> float:
 
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # runs may share a summary file
     tmp.write_text(json.dumps(payload, indent=2, default=float))
     tmp.replace(path)
 

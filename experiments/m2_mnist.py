@@ -5,9 +5,11 @@ For every ``(labels, seed)``: a class-balanced labelled set drawn with that seed
 validation. One ``TraceEnum_ELBO`` objective (labels enumerated exactly on unlabelled data, the
 classifier term ``alpha * mean log q(y|x)`` on labelled data), one Adam step per pair of batches;
 the model kept is the one with the best validation accuracy (``best.pt``); its test error is
-reported. Writes ``OUT/labels{n}_seed{s}/{metrics.json,curve.png,best.pt,last.pt}`` (metrics
-after every epoch), ``OUT/metrics.json`` (mean +- std over the seeds that finished) and
-``OUT/table.md``.
+reported. With ``--m1 M1.pt`` (a VAE from ``experiments/m1_mnist.py``) M2 models M1's codes
+z1 ~ q(z1 | x) with a learned diagonal Gaussian likelihood instead of the pixels: Kingma et
+al.'s stacked M1+M2. Writes
+``OUT/labels{n}_seed{s}/{metrics.json,curve.png,best.pt,last.pt}`` (metrics after every epoch),
+``OUT/metrics.json`` (mean +- std over the seeds that finished) and ``OUT/table.md``.
 
 References:
     D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling. Semi-supervised learning with deep
@@ -38,6 +40,7 @@ from m2_common import (
     write_json,
 )
 
+import pyrovae
 from pyrovae.models.m2 import M2
 
 ANCHORS = {  # test error %, by number of labels
@@ -56,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--validation", type=int, default=10000, help="held-out validation images")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke)")
     p.add_argument("--binarization", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument("--m1", type=Path, default=None,
+                   help="M1 VAE checkpoint: train M2 on its codes (M1+M2; MLP networks only)")
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, nargs="+", default=[500])
     p.add_argument("--classifier-arch", choices=["mlp", "conv"], default="conv")
@@ -81,11 +86,12 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_description()
+    m1 = pyrovae.load_checkpoint(args.m1).eval() if args.m1 else None
     summary = {}
     for n_labels in args.labels:
         for seed in args.seeds:
             data = prepare_data(args.dataset, n_labels, args.validation, seed, args.binarization,
-                                args.limit)
+                                args.limit, m1=m1)
             torch.manual_seed(seed)
             model = M2(
                 data_dim=data.x_test.shape[1], num_classes=10, latent_dim=args.latent_dim,
@@ -94,9 +100,11 @@ def run(args: argparse.Namespace) -> dict:
                 activation=args.activation, alpha=args.alpha_factor * data.num_train,
                 num_train=data.num_train,
                 labelled_weight=labelled_weight(args.labelled_weight, data.num_train, n_labels),
+                likelihood="bernoulli" if m1 is None else "gaussian_learned",
             )
             info = dict(labels=n_labels, seed=seed, command=" ".join(sys.argv), machine=machine,
-                        num_train=data.num_train, alpha=model.alpha, model_config=model.config)
+                        num_train=data.num_train, alpha=model.alpha, model_config=model.config,
+                        m1=str(args.m1) if args.m1 else None)
             run_dir = args.out / f"labels{n_labels}_seed{seed}"
             metrics = train_m2(
                 model, data, run_dir,

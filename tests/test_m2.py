@@ -47,10 +47,26 @@ def recording_guide(m2: M2, store: dict):
     return guide
 
 
+def continuous_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D, generator=gen, dtype=torch.float64), torch.arange(n) % C
+
+
+def log_likelihood(m2: M2, x, y, z) -> torch.Tensor:
+    """``log p(x | y, z)`` written out for each likelihood M2 offers."""
+    out = m2.decoder_logits(z, y)
+    if m2.config["likelihood"] == "bernoulli":
+        return tdist.Bernoulli(logits=out).log_prob(x).sum(-1)
+    mean, raw = out.chunk(2, -1)  # identity mean; log-variance softly bounded below
+    low = 2 * math.log(1e-3)
+    log_var = low + torch.nn.functional.softplus(raw - low)
+    return (-0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 / log_var.exp())).sum(-1)
+
+
 def supervised_bound(m2: M2, x, y, z) -> torch.Tensor:
     """Explicit ``log p(x|y,z) + log p(y) + log p(z) - log q(z|x,y)`` per row: [..., B]."""
     loc, scale = m2.encoder(x, y)
-    log_px = tdist.Bernoulli(logits=m2.decoder_logits(z, y)).log_prob(x).sum(-1)
+    log_px = log_likelihood(m2, x, y, z)
     log_pz = tdist.Normal(0.0, 1.0).log_prob(z).sum(-1)
     log_qz = tdist.Normal(loc, scale).log_prob(z).sum(-1)
     return log_px - math.log(C) + log_pz - log_qz
@@ -62,10 +78,12 @@ def enum_loss(m2, *args, **kwargs):
     )
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian_learned"])
 @pytest.mark.parametrize("subsample", [None, torch.tensor([4, 0, 2])])
-def test_enumerated_elbo_is_the_exact_sum_over_classes(subsample):
-    m2, store = small_m2(labelled_weight=3.0), {}  # the weight must not touch unlabelled data
-    x, _ = binary_data(6)
+def test_enumerated_elbo_is_the_exact_sum_over_classes(subsample, likelihood):
+    # The weight must not touch unlabelled data.
+    m2, store = small_m2(labelled_weight=3.0, likelihood=likelihood), {}
+    x, _ = binary_data(6) if likelihood == "bernoulli" else continuous_data(6)
     loss = enum_loss(m2, recording_guide(m2, store), x, subsample=subsample)
     z = store["z"]
     # One z per class: parallel enumeration, not a sampled y (shape [C, M, K]).
@@ -80,11 +98,14 @@ def test_enumerated_elbo_is_the_exact_sum_over_classes(subsample):
     assert torch.allclose(loss, -scale * unsupervised.sum(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("weight", [1.0, 3.5])
+@pytest.mark.parametrize(("weight", "likelihood"),
+                         [(1.0, "bernoulli"), (3.5, "bernoulli"), (3.5, "gaussian_learned")])
 @pytest.mark.parametrize("subsample", [None, torch.tensor([5, 1, 2, 3])])
-def test_labelled_elbo_is_the_supervised_bound_plus_the_classifier_term(subsample, weight):
-    m2, store = small_m2(labelled_weight=weight), {}
-    x, y = binary_data(6)
+def test_labelled_elbo_is_the_supervised_bound_plus_the_classifier_term(
+    subsample, weight, likelihood
+):
+    m2, store = small_m2(labelled_weight=weight, likelihood=likelihood), {}
+    x, y = binary_data(6) if likelihood == "bernoulli" else continuous_data(6)
     loss = enum_loss(m2, recording_guide(m2, store), x, y, subsample=subsample)
     rows = torch.arange(6) if subsample is None else subsample
     xb, yb = x[rows], y[rows]
@@ -125,6 +146,7 @@ def test_default_alpha_follows_kingma():
         (dict(alpha=1.0, classifier_arch="resnet"), "classifier_arch must be one of"),
         (dict(alpha=1.0, data_dim=64, decoder_arch="conv"), "28x28"),
         (dict(alpha=1.0, hidden_dims=[0]), "positive integer"),
+        (dict(alpha=1.0, likelihood="poisson"), "likelihood must be one of"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
@@ -233,6 +255,11 @@ def test_classify_is_argmax_of_q_y_and_sample_uses_the_decoder():
     assert torch.allclose(m2.sample(y, z), torch.sigmoid(m2.decoder_logits(z, y)))
     with pytest.raises(ValueError, match="z must have shape"):
         m2.sample(y, torch.randn(3, K, dtype=torch.float64))
+    # A Gaussian M2's sample is its mean head (identity), not a sigmoid of the outputs.
+    gaussian = small_m2(likelihood="gaussian_learned")
+    mean = gaussian.decoder_logits(z, y)[..., :D]
+    assert gaussian.sample(y, z).shape == (2, D)
+    assert torch.allclose(gaussian.sample(y, z), mean)
 
 
 @pytest.mark.parametrize("arch", ["conv"])

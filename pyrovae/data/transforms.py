@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DynamicBinarized", "SplitIndices", "binarize", "labelled_split", "threshold"]
+__all__ = [
+    "DynamicBinarized", "SplitIndices", "binarize", "epoch_seed", "labelled_split", "threshold",
+]
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -51,7 +53,7 @@ def threshold(x: Tensor, level: float = 0.5) -> Tensor:
     return (x > level).to(x.dtype)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
     """A 64-bit seed that is a deterministic, well-mixed function of ``(seed, epoch)``."""
     state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)
     return int(state[0])
@@ -89,7 +91,7 @@ class DynamicBinarized:
         """Return ``(x_bin,)``: the binarised data of epoch ``epoch >= 0``, shape of ``self.x``."""
         if epoch < 0:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
-        return (binarize(self.x, _epoch_seed(self.seed, int(epoch))),)
+        return (binarize(self.x, epoch_seed(self.seed, int(epoch))),)
 
     def __repr__(self) -> str:
         return f"DynamicBinarized(x={tuple(self.x.shape)}, seed={self.seed})"

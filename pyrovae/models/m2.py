@@ -6,6 +6,11 @@ Generative story, for every image ``n`` (labelled or not)::
     z_n ~ N(0, I_K)
     x_n | y_n, z_n ~ Bernoulli(sigmoid(f_theta(z_n, y_n)))      (D pixels, independent)
 
+or, with ``likelihood="gaussian_learned"`` (continuous data such as M1's latent codes, the
+"M1+M2" stack)::
+
+    x_n | y_n, z_n ~ N(m_theta(z_n, y_n), diag exp(v_theta(z_n, y_n)))
+
 Guide (amortised)::
 
     q(y_n | x_n) = Cat(softmax(g_phi(x_n)))                             (the classifier)
@@ -43,8 +48,8 @@ Kingma et al.'s J; ``w = N_u / N_l`` weighs a labelled batch like an unlabelled 
 implementations that average each batch do (it pushes the decoder to use y when labels are few).
 
 Notes:
-    * ``x`` must be binary (0/1): binarise images first (``pyrovae.data.binarize`` or
-      ``DynamicBinarized``); Pyro's validation rejects other values for the Bernoulli.
+    * With the Bernoulli likelihood ``x`` must be binary (0/1): binarise images first
+      (``pyrovae.data.binarize`` or ``DynamicBinarized``); Pyro's validation rejects other values.
     * ``fit(..., objective="enum", jit=True)`` works: ``JitTraceEnum_ELBO`` compiles one graph
       per call signature, ``(x, idx)`` and ``(x, y, idx)``; label checks are skipped while
       tracing. Both signatures read the parameters in the same order, which Pyro's
@@ -70,9 +75,11 @@ from pyro.infer import config_enumerate
 from torch import nn
 
 from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
+from .likelihoods import make_likelihood
 from .networks import activation_layer, as_pyro, build_decoder, conv_encoder_body, mlp
 
 ARCHITECTURES = ("mlp", "conv")
+M2_LIKELIHOODS = ("bernoulli", "gaussian_learned")
 
 
 def check_labels(y: torch.Tensor, num_classes: int, what: str = "y") -> None:
@@ -130,7 +137,7 @@ class _LatentEncoder(nn.Module):
 
 
 class M2(ConfigurableModule):
-    """Semi-supervised M2 with a Bernoulli likelihood (see the module docstring for the story).
+    """Semi-supervised M2 (see the module docstring for the story).
 
     Args:
         data_dim: D, pixels per image (default 784; ``"conv"`` networks need 784 = 28x28).
@@ -150,6 +157,9 @@ class M2(ConfigurableModule):
         num_train: N, the number of training images (labelled + unlabelled), used only for the
             default ``alpha``; one of ``alpha`` or ``num_train`` is required.
         labelled_weight: w > 0, the weight of the supervised bound L(x, y) (default 1.0).
+        likelihood: ``"bernoulli"`` (default, binary images) or ``"gaussian_learned"`` (a
+            diagonal Gaussian with mean and log-variance heads, identity mean, for real-valued
+            features such as M1's codes; its standard deviations are bounded below by 1e-3).
 
     Attributes:
         alpha: the classifier weight in use (a float).
@@ -168,6 +178,7 @@ class M2(ConfigurableModule):
         alpha: float | None = None,
         num_train: int | None = None,
         labelled_weight: float = 1.0,
+        likelihood: str = "bernoulli",
     ) -> None:
         check_positive_int(data_dim, "data_dim")
         check_positive_int(num_classes, "num_classes")
@@ -195,11 +206,14 @@ class M2(ConfigurableModule):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if not float(labelled_weight) > 0:
             raise ValueError(f"labelled_weight must be > 0, got {labelled_weight}")
+        if likelihood not in M2_LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {M2_LIKELIHOODS}, got {likelihood!r}")
         super().__init__(
             data_dim=data_dim, num_classes=num_classes, latent_dim=latent_dim,
             hidden_dims=list(hidden_dims), classifier_arch=classifier_arch,
             encoder_arch=encoder_arch, decoder_arch=decoder_arch, activation=activation,
             alpha=float(alpha), num_train=num_train, labelled_weight=float(labelled_weight),
+            likelihood=likelihood,
         )
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.alpha, self.labelled_weight = float(alpha), float(labelled_weight)
@@ -209,8 +223,10 @@ class M2(ConfigurableModule):
         self.encoder = as_pyro(
             _LatentEncoder(encoder_arch, data_dim, num_classes, latent_dim, hidden_dims, activation)
         )
+        self.likelihood = make_likelihood(likelihood, min_scale=1e-3, mean_activation="identity")
         self.decoder = build_decoder(
-            decoder_arch, latent_dim + num_classes, data_dim, hidden_dims[::-1], activation
+            decoder_arch, latent_dim + num_classes, data_dim, hidden_dims[::-1], activation,
+            num_heads=self.likelihood.num_heads,
         )
 
     # ----------------------------------------------------------------- networks
@@ -218,7 +234,8 @@ class M2(ConfigurableModule):
         return F.one_hot(y, self.num_classes).to(like.dtype)
 
     def decoder_logits(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Logits of ``p(x | y, z)``: ``z`` [..., K] and ``y`` [...] (broadcastable) -> [..., D]."""
+        """The decoder's output for ``p(x | y, z)`` (Bernoulli logits, or Gaussian mean and
+        log-variance heads): ``z`` [..., K] and ``y`` [...] (broadcastable) -> [..., heads * D]."""
         y_hot = self._one_hot(y, z)
         shape = torch.broadcast_shapes(z.shape[:-1], y_hot.shape[:-1])
         joint = torch.cat(
@@ -252,8 +269,8 @@ class M2(ConfigurableModule):
             y_site = pyro.sample("y", dist.Categorical(logits=prior_logits), obs=yb)
             z_loc = xb.new_zeros(xb.shape[0], self.latent_dim)
             z = pyro.sample("z", dist.Normal(z_loc, 1.0).to_event(1))
-            logits = self.decoder_logits(z, y_site)
-            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=xb)
+            out = self.decoder_logits(z, y_site)
+            pyro.sample("x", self.likelihood.distribution(out), obs=xb)
 
     def guide(
         self, x: torch.Tensor, y: torch.Tensor | None = None, subsample: torch.Tensor | None = None
@@ -305,7 +322,7 @@ class M2(ConfigurableModule):
 
     @torch.no_grad()
     def sample(self, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Pixel probabilities of ``p(x | y, z)`` (the decoder mean) [N, D].
+        """The decoder mean ``E[x | y, z]`` [N, D] (pixel probabilities for Bernoulli).
 
         Args:
             y: labels [N].
@@ -319,4 +336,4 @@ class M2(ConfigurableModule):
             raise ValueError(
                 f"z must have shape [{y.shape[0]}, {self.latent_dim}], got {list(z.shape)}"
             )
-        return torch.sigmoid(self.decoder_logits(z, y))
+        return self.likelihood.mean(self.decoder_logits(z, y))
