@@ -7,6 +7,10 @@
    ``p(x | y=k, z)`` with ``z`` the mean of ``q(z | x, y_true)``: the test image's style carried
    over to every class.
 
+With ``--m1 M1.pt`` (an M1+M2 model, trained by ``m2_mnist.py --m1``) M2's inputs are M1's
+posterior means of the images, and every decoded code ``E[z1 | y, z]`` is shown as M1's decoder
+mean ``p(x | z1)``.
+
 Writes the PNGs, ``metrics.json`` (checkpoint, its test error, the indices shown) and a copy of
 the model (weights and config, no optimiser state) under ``--out``.
 
@@ -21,7 +25,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from m2_common import save_table_of_images, test_error, write_json
+from m2_common import m1_encode, save_table_of_images, test_error, write_json
 
 import pyrovae
 from pyrovae.data import binarize, load_dataset
@@ -31,6 +35,7 @@ from pyrovae.infer import param_scope
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="an M2 best.pt or last.pt")
+    p.add_argument("--m1", type=Path, default=None, help="the M1 VAE of an M1+M2 model")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--columns", type=int, default=10, help="styles per row of samples.png")
     p.add_argument("--rows", type=int, default=10, help="test images in analogies.png")
@@ -40,43 +45,57 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def class_conditional_samples(model, columns: int, seed: int) -> torch.Tensor:
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def class_conditional_samples(model, columns: int, seed: int, to_pixels=identity) -> torch.Tensor:
     """``[C, columns, D]``: row y, column j is the decoder mean of ``p(x | y, z_j)``."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(columns, model.latent_dim, generator=gen)
     classes = torch.arange(model.num_classes)
     y = classes[:, None].expand(-1, columns).reshape(-1)
-    return model.sample(y, z.repeat(model.num_classes, 1)).reshape(model.num_classes, columns, -1)
+    means = to_pixels(model.sample(y, z.repeat(model.num_classes, 1)))
+    return means.reshape(model.num_classes, columns, -1)
 
 
-def analogies(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def analogies(model, x: torch.Tensor, y: torch.Tensor, to_inputs=identity,
+              to_pixels=identity) -> torch.Tensor:
     """``[R, 1 + C, D]``: each test image, then its style ``E_q[z|x,y]`` decoded as every class."""
-    loc, _ = model.encode(x, y)
+    loc, _ = model.encode(to_inputs(x), y)
     classes = torch.arange(model.num_classes)
     z = loc.repeat_interleave(model.num_classes, 0)
     y_all = classes.repeat(x.shape[0])
-    decoded = model.sample(y_all, z).reshape(x.shape[0], model.num_classes, -1)
+    decoded = to_pixels(model.sample(y_all, z)).reshape(x.shape[0], model.num_classes, -1)
     return torch.cat([x[:, None, :], decoded], 1)
 
 
 def run(args: argparse.Namespace) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     model = pyrovae.load_checkpoint(args.checkpoint)
+    to_inputs = to_pixels = identity
+    if args.m1 is not None:
+        m1 = pyrovae.load_checkpoint(args.m1).eval()
+        to_pixels = m1.decode
+
+        def to_inputs(x):
+            return m1_encode(m1, x)[0]
+
     test = load_dataset(args.dataset, "test")
     x_test, y_test = binarize(test.x, 20_000), test.y
     if args.limit is not None:
         x_test, y_test = x_test[: args.limit], y_test[: args.limit]
     shape = tuple(test.image_shape)
     with param_scope(model):
-        samples = class_conditional_samples(model, args.columns, args.seed)
+        samples = class_conditional_samples(model, args.columns, args.seed, to_pixels)
         gen = torch.Generator().manual_seed(args.seed)
         # One test image per class first (in class order), then random ones.
         first = [int((y_test == k).nonzero()[0]) for k in range(model.num_classes)
                  if (y_test == k).any()]
         extra = torch.randperm(len(y_test), generator=gen)[: max(args.rows - len(first), 0)]
         shown = torch.tensor((first + extra.tolist())[: args.rows])
-        table = analogies(model, x_test[shown], y_test[shown])
-        error = test_error(model, x_test, y_test)
+        table = analogies(model, x_test[shown], y_test[shown], to_inputs, to_pixels)
+        error = test_error(model, to_inputs(x_test), y_test)
     digits = [str(k) for k in range(model.num_classes)]
     save_table_of_images(args.out / "samples.png", samples, shape,
                          row_titles=[f"y={d}" for d in digits],
@@ -86,7 +105,8 @@ def run(args: argparse.Namespace) -> dict:
                          title="style z = E q(z | x, y_true), decoded as every class")
     # Weights and config only (no optimiser state): loadable with pyrovae.load_checkpoint.
     pyrovae.save_checkpoint(args.out / "model.pt", model, source=str(args.checkpoint))
-    metrics = dict(checkpoint=str(args.checkpoint), test_error=error,
+    metrics = dict(checkpoint=str(args.checkpoint), m1=str(args.m1) if args.m1 else None,
+                   test_error=error,
                    test_images=len(y_test), analogy_test_indices=shown.tolist(),
                    model_config=model.config)
     write_json(args.out / "metrics.json", metrics)

@@ -81,6 +81,15 @@ def test_m1_then_m2_on_its_codes(tmp_path):
     assert run["model_config"]["likelihood"] == "gaussian_learned"
     assert run["model_config"]["data_dim"] == 6
     assert 0.0 <= run["test_error"] <= 1.0
+    figures = tmp_path / "figures"
+    run_script("m2_figures.py", "--checkpoint", str(out / "labels20_seed0" / "best.pt"),
+               "--m1", str(tmp_path / "m1" / "m1.pt"), "--dataset", "digits", "--rows", "3",
+               "--columns", "4", "--out", str(figures))
+    for name in ("samples.png", "analogies.png", "model.pt"):
+        assert (figures / name).stat().st_size > 0
+    # The same model, test images and codes: the figure script's error is the training run's.
+    figure_error = json.loads((figures / "metrics.json").read_text())["test_error"]
+    assert figure_error == pytest.approx(run["test_error"])
 
 
 def test_m1_codes_are_fresh_every_epoch_and_reproducible():
