@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import time
 import warnings
@@ -123,24 +124,33 @@ def run(args: argparse.Namespace) -> dict:
 
 def finished_runs(out: Path) -> list[dict]:
     """Every run under ``out`` that reported a test error (this or earlier invocations)."""
-    keys = ("labels", "seed", "test_error", "best_epoch", "epochs_done", "wall_seconds", "status",
-            "command")
+    keys = ("labels", "seed", "test_error", "best_epoch", "epochs_done", "wall_seconds",
+            "time_to_best_seconds", "status", "command")
     runs = []
     for path in sorted(out.glob("labels*_seed*/metrics.json")):
         metrics = json.loads(path.read_text())
         if "test_error" in metrics:
-            runs.append({k: metrics.get(k) for k in keys})
+            run = {k: metrics.get(k) for k in keys}
+            run["seconds_per_epoch_median"] = statistics.median(
+                row["seconds"] for row in metrics["curve"])
+            runs.append(run)
     return runs
 
 
 def summarise(runs: list[dict], machine: str) -> dict:
     by_labels = {}
     for n in sorted({r["labels"] for r in runs}):
-        errors = [100 * r["test_error"] for r in runs if r["labels"] == n]
-        mean, std = mean_std(errors)
-        by_labels[n] = dict(test_error_percent_mean=mean, test_error_percent_std=std,
-                            seeds=[r["seed"] for r in runs if r["labels"] == n],
-                            test_error_percent=errors)
+        mine = [r for r in runs if r["labels"] == n]
+        mean, std = mean_std([100 * r["test_error"] for r in mine])
+        by_labels[n] = dict(
+            test_error_percent_mean=mean, test_error_percent_std=std,
+            seeds=[r["seed"] for r in mine],
+            test_error_percent=[100 * r["test_error"] for r in mine],
+            epochs_to_best=[r["best_epoch"] + 1 for r in mine],
+            epochs_done=[r["epochs_done"] for r in mine],
+            seconds_per_epoch_median=statistics.median(r["seconds_per_epoch_median"] for r in mine),
+            time_to_best_seconds=[r["time_to_best_seconds"] for r in mine],
+        )
     return dict(command=" ".join(sys.argv), machine=machine, runs=runs, by_labels=by_labels,
                 anchors=ANCHORS, finished_utc=time.strftime("%H:%M", time.gmtime()))
 
@@ -162,6 +172,15 @@ def table(summary: dict) -> str:
     for name, values in ANCHORS.items():
         lines.append(f"| {name} | " + " | ".join(
             f"{values[n]:.2f}" if n in values else "–" for n in labels) + " |")
+    lines += ["", f"Time ({summary['machine']}):", "",
+              "| labels | seeds | epochs to the selected model | epochs run | training seconds "
+              "to the selected model | median seconds per epoch |", "|---|---|---|---|---|---|"]
+    for n, row in sorted(summary["by_labels"].items(), key=lambda item: int(item[0])):
+        lines.append(
+            f"| {n} | {len(row['seeds'])} | {', '.join(map(str, row['epochs_to_best']))} | "
+            f"{', '.join(map(str, row['epochs_done']))} | "
+            f"{', '.join(f'{s:.0f}' for s in row['time_to_best_seconds'])} | "
+            f"{row['seconds_per_epoch_median']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -41,7 +41,12 @@ def test_m2_mnist_writes_metrics_checkpoints_and_table(trained):
         assert 0.0 <= run["test_error"] <= 1.0
         for name in ("best.pt", "curve.png"):
             assert (trained / f"labels20_seed{seed}" / name).stat().st_size > 0
-    assert "20 labels" in (trained / "table.md").read_text()
+    table = (trained / "table.md").read_text()
+    assert "20 labels" in table
+    # The time table: one row per number of labels, epochs to the selected model per seed.
+    epochs = [json.loads((trained / f"labels20_seed{s}" / "metrics.json").read_text())["best_epoch"]
+              + 1 for s in (0, 1)]
+    assert f"| 20 | 2 | {epochs[0]}, {epochs[1]} | 2, 2 |" in table
 
 
 def test_m2_figures_from_checkpoint(trained, tmp_path):
