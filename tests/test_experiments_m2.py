@@ -116,3 +116,17 @@ def test_m1_codes_are_fresh_every_epoch_and_reproducible():
     assert not torch.allclose(stream.for_epoch(3)[0], z_a)  # a fresh draw every epoch
     (z_u,) = M1Codes(m1, x, seed=4).for_epoch(2)  # unlabelled: codes only
     assert torch.equal(z_u, z_a)
+
+
+def test_m1_baseline_smoke(tmp_path):
+    run_script("m1_mnist.py", "--dataset", "digits", "--epochs", "1", "--hidden", "16",
+               "--latent-dim", "4", "--out", str(tmp_path / "m1"))
+    run_script("m1_baseline.py", "--m1", str(tmp_path / "m1" / "m1.pt"), "--dataset", "digits",
+               "--labels", "20", "--validation", "100", "--seeds", "0", "1", "--epochs", "3",
+               "--hidden", "16", "--out", str(tmp_path / "base"))
+    summary = json.loads((tmp_path / "base" / "metrics.json").read_text())
+    assert summary["by_labels"]["20"]["seeds"] == [0, 1]
+    run = json.loads((tmp_path / "base" / "labels20_seed1.json").read_text())
+    assert len(run["curve"]) == 3 and 0.0 <= run["test_error"] <= 1.0
+    best = max(run["curve"], key=lambda row: row["val_accuracy"])
+    assert run["best_val_accuracy"] == best["val_accuracy"]
