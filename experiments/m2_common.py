@@ -166,6 +166,15 @@ def test_error(model: M2, x: torch.Tensor, y: torch.Tensor) -> float:
         return 1.0 - accuracy(model.classify, x, y, num_classes=model.num_classes)
 
 
+def generative_error(model: M2, x: torch.Tensor, y: torch.Tensor, num_samples: int = 1,
+                     batch_size: int = 500) -> float:
+    """Fraction misclassified by ``argmax_k L(x, k)``, the generative model's own classification."""
+    with param_scope(model):
+        guesses = torch.cat([model.class_elbos(xb, num_samples).argmax(-1)
+                             for xb in x.split(batch_size)])
+    return float((guesses != y).double().mean())
+
+
 def train_m2(
     model: M2,
     data: SemiSupervisedData,

@@ -11,7 +11,8 @@ With ``--m1 M1.pt`` (an M1+M2 model, trained by ``m2_mnist.py --m1``) M2's input
 posterior means of the images, and every decoded code ``E[z1 | y, z]`` is shown as M1's decoder
 mean ``p(x | z1)``.
 
-Writes the PNGs, ``metrics.json`` (checkpoint, its test error, the indices shown) and a copy of
+Writes the PNGs, ``metrics.json`` (checkpoint, its test error, the test error of the generative
+model's own classification ``argmax_y L(x, y)``, the indices shown) and a copy of
 the model (weights and config, no optimiser state) under ``--out``.
 
 References:
@@ -25,7 +26,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from m2_common import m1_encode, save_table_of_images, test_error, write_json
+from m2_common import generative_error, m1_encode, save_table_of_images, test_error, write_json
 
 import pyrovae
 from pyrovae.data import binarize, load_dataset
@@ -41,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=10, help="test images in analogies.png")
     p.add_argument("--limit", type=int, default=None, help="test images used for the error")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-model-copy", action="store_true", help="do not write OUT/model.pt")
+    p.add_argument("--elbo-samples", type=int, default=1,
+                   help="draws of z per class for argmax_y L(x, y)")
     p.add_argument("--out", type=Path, default=Path("runs/m2_figures"))
     return p.parse_args(argv)
 
@@ -95,7 +99,10 @@ def run(args: argparse.Namespace) -> dict:
         extra = torch.randperm(len(y_test), generator=gen)[: max(args.rows - len(first), 0)]
         shown = torch.tensor((first + extra.tolist())[: args.rows])
         table = analogies(model, x_test[shown], y_test[shown], to_inputs, to_pixels)
-        error = test_error(model, to_inputs(x_test), y_test)
+        inputs = to_inputs(x_test)
+        error = test_error(model, inputs, y_test)
+        torch.manual_seed(args.seed)
+        generative = generative_error(model, inputs, y_test, args.elbo_samples)
     digits = [str(k) for k in range(model.num_classes)]
     save_table_of_images(args.out / "samples.png", samples, shape,
                          row_titles=[f"y={d}" for d in digits],
@@ -104,9 +111,11 @@ def run(args: argparse.Namespace) -> dict:
                          column_titles=["test x", *[f"y={d}" for d in digits]],
                          title="style z = E q(z | x, y_true), decoded as every class")
     # Weights and config only (no optimiser state): loadable with pyrovae.load_checkpoint.
-    pyrovae.save_checkpoint(args.out / "model.pt", model, source=str(args.checkpoint))
+    if not args.no_model_copy:
+        pyrovae.save_checkpoint(args.out / "model.pt", model, source=str(args.checkpoint))
     metrics = dict(checkpoint=str(args.checkpoint), m1=str(args.m1) if args.m1 else None,
-                   test_error=error,
+                   test_error=error, generative_test_error=generative,
+                   elbo_samples=args.elbo_samples,
                    test_images=len(y_test), analogy_test_indices=shown.tolist(),
                    model_config=model.config)
     write_json(args.out / "metrics.json", metrics)

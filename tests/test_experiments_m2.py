@@ -95,6 +95,8 @@ def test_m1_then_m2_on_its_codes(tmp_path):
     # The same model, test images and codes: the figure script's error is the training run's.
     figure_error = json.loads((figures / "metrics.json").read_text())["test_error"]
     assert figure_error == pytest.approx(run["test_error"])
+    generative = json.loads((figures / "metrics.json").read_text())["generative_test_error"]
+    assert 0.0 <= generative <= 1.0
 
 
 def test_m1_codes_are_fresh_every_epoch_and_reproducible():

@@ -262,6 +262,22 @@ def test_classify_is_argmax_of_q_y_and_sample_uses_the_decoder():
     assert torch.allclose(gaussian.sample(y, z), mean)
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian_learned"])
+def test_class_elbos_are_the_supervised_bound_of_every_class(likelihood):
+    m2 = small_m2(likelihood=likelihood)
+    x, _ = binary_data(5) if likelihood == "bernoulli" else continuous_data(5)
+    eps = torch.randn(3, C, 5, K, dtype=torch.float64)
+    got = m2.class_elbos(x, eps=eps)
+    assert got.shape == (5, C)
+    for k in range(C):
+        y = torch.full((5,), k)
+        loc, scale = m2.encoder(x, y)
+        bounds = [supervised_bound(m2, x, y, loc + scale * eps[s, k]) for s in range(3)]
+        # Same noise, float64: exact up to rounding.
+        assert torch.allclose(got[:, k], torch.stack(bounds).mean(0), atol=1e-10)
+    assert m2.class_elbos(x, num_samples=4).shape == (5, C)
+
+
 @pytest.mark.parametrize("arch", ["conv"])
 def test_conv_networks_run_on_28x28(arch):
     m2 = M2(

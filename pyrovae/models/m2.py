@@ -64,6 +64,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -312,6 +313,32 @@ class M2(ConfigurableModule):
     def classify(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """``argmax_y q(y | x)``: a LongTensor [N] for images ``x`` [N, D]."""
         return self.class_logits(x, batch_size).argmax(-1)
+
+    @torch.no_grad()
+    def class_elbos(
+        self, x: torch.Tensor, num_samples: int = 1, eps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Monte Carlo estimates of the supervised bound ``L(x, y=k)`` for every class k: [N, C].
+
+        ``argmax_k L(x, k)`` is the generative model's own classification of ``x`` (up to the
+        bound's gap), which the unsupervised term pulls ``q(y|x)`` towards.
+
+        Args:
+            x: data [N, D].
+            num_samples: reparameterised draws of ``z ~ q(z | x, k)`` averaged per class.
+            eps: optional standard-normal noise [S, C, N, K] to use instead of fresh draws.
+        """
+        check_data(x, self.data_dim)
+        classes = torch.arange(self.num_classes, device=x.device)[:, None]  # [C, 1]
+        loc, scale = self.encoder(x, classes)  # [C, N, K]
+        if eps is None:
+            eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)
+        z = loc + scale * eps  # [S, C, N, K]
+        log_px = self.likelihood.distribution(self.decoder_logits(z, classes)).log_prob(x)
+        log_pz = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_qz = dist.Normal(loc, scale).log_prob(z).sum(-1)
+        log_py = -math.log(self.num_classes)
+        return (log_px + log_py + log_pz - log_qz).mean(0).T
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
