@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--binarization", choices=["dynamic", "static"], default="dynamic")
     p.add_argument("--m1", type=Path, default=None,
                    help="M1 VAE checkpoint: train M2 on its codes (M1+M2; MLP networks only)")
+    p.add_argument("--code-likelihood", choices=["gaussian_learned", "gaussian"],
+                   default="gaussian_learned", help="M2's likelihood of M1's codes (with --m1)")
+    p.add_argument("--sigma", type=float, default=1.0, help="its fixed std for 'gaussian'")
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, nargs="+", default=[500])
     p.add_argument("--classifier-arch", choices=["mlp", "conv"], default="conv")
@@ -101,7 +104,8 @@ def run(args: argparse.Namespace) -> dict:
                 activation=args.activation, alpha=args.alpha_factor * data.num_train,
                 num_train=data.num_train,
                 labelled_weight=labelled_weight(args.labelled_weight, data.num_train, n_labels),
-                likelihood="bernoulli" if m1 is None else "gaussian_learned",
+                likelihood="bernoulli" if m1 is None else args.code_likelihood,
+                sigma=args.sigma,
             )
             info = dict(labels=n_labels, seed=seed, command=" ".join(sys.argv), machine=machine,
                         num_train=data.num_train, alpha=model.alpha, model_config=model.config,

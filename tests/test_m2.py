@@ -57,6 +57,9 @@ def log_likelihood(m2: M2, x, y, z) -> torch.Tensor:
     out = m2.decoder_logits(z, y)
     if m2.config["likelihood"] == "bernoulli":
         return tdist.Bernoulli(logits=out).log_prob(x).sum(-1)
+    if m2.config["likelihood"] == "gaussian":
+        sigma = m2.config["sigma"]
+        return (-0.5 * (math.log(2 * math.pi * sigma**2) + (x - out) ** 2 / sigma**2)).sum(-1)
     mean, raw = out.chunk(2, -1)  # identity mean; log-variance softly bounded below
     low = 2 * math.log(1e-3)
     log_var = low + torch.nn.functional.softplus(raw - low)
@@ -78,11 +81,11 @@ def enum_loss(m2, *args, **kwargs):
     )
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian_learned"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "gaussian_learned"])
 @pytest.mark.parametrize("subsample", [None, torch.tensor([4, 0, 2])])
 def test_enumerated_elbo_is_the_exact_sum_over_classes(subsample, likelihood):
     # The weight must not touch unlabelled data.
-    m2, store = small_m2(labelled_weight=3.0, likelihood=likelihood), {}
+    m2, store = small_m2(labelled_weight=3.0, likelihood=likelihood, sigma=0.7), {}
     x, _ = binary_data(6) if likelihood == "bernoulli" else continuous_data(6)
     loss = enum_loss(m2, recording_guide(m2, store), x, subsample=subsample)
     z = store["z"]
@@ -262,9 +265,9 @@ def test_classify_is_argmax_of_q_y_and_sample_uses_the_decoder():
     assert torch.allclose(gaussian.sample(y, z), mean)
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian_learned"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "gaussian_learned"])
 def test_class_elbos_are_the_supervised_bound_of_every_class(likelihood):
-    m2 = small_m2(likelihood=likelihood)
+    m2 = small_m2(likelihood=likelihood, sigma=0.7)
     x, _ = binary_data(5) if likelihood == "bernoulli" else continuous_data(5)
     eps = torch.randn(3, C, 5, K, dtype=torch.float64)
     got = m2.class_elbos(x, eps=eps)

@@ -80,7 +80,7 @@ from .likelihoods import make_likelihood
 from .networks import activation_layer, as_pyro, build_decoder, conv_encoder_body, mlp
 
 ARCHITECTURES = ("mlp", "conv")
-M2_LIKELIHOODS = ("bernoulli", "gaussian_learned")
+M2_LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 
 
 def check_labels(y: torch.Tensor, num_classes: int, what: str = "y") -> None:
@@ -158,9 +158,11 @@ class M2(ConfigurableModule):
         num_train: N, the number of training images (labelled + unlabelled), used only for the
             default ``alpha``; one of ``alpha`` or ``num_train`` is required.
         labelled_weight: w > 0, the weight of the supervised bound L(x, y) (default 1.0).
-        likelihood: ``"bernoulli"`` (default, binary images) or ``"gaussian_learned"`` (a
+        likelihood: ``"bernoulli"`` (default, binary images), ``"gaussian_learned"`` (a
             diagonal Gaussian with mean and log-variance heads, identity mean, for real-valued
-            features such as M1's codes; its standard deviations are bounded below by 1e-3).
+            features such as M1's codes; its standard deviations are bounded below by 1e-3) or
+            ``"gaussian"`` (identity mean, fixed standard deviation ``sigma``).
+        sigma: the fixed standard deviation of ``likelihood="gaussian"`` (default 1.0).
 
     Attributes:
         alpha: the classifier weight in use (a float).
@@ -180,6 +182,7 @@ class M2(ConfigurableModule):
         num_train: int | None = None,
         labelled_weight: float = 1.0,
         likelihood: str = "bernoulli",
+        sigma: float = 1.0,
     ) -> None:
         check_positive_int(data_dim, "data_dim")
         check_positive_int(num_classes, "num_classes")
@@ -214,7 +217,7 @@ class M2(ConfigurableModule):
             hidden_dims=list(hidden_dims), classifier_arch=classifier_arch,
             encoder_arch=encoder_arch, decoder_arch=decoder_arch, activation=activation,
             alpha=float(alpha), num_train=num_train, labelled_weight=float(labelled_weight),
-            likelihood=likelihood,
+            likelihood=likelihood, sigma=float(sigma),
         )
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.alpha, self.labelled_weight = float(alpha), float(labelled_weight)
@@ -224,7 +227,9 @@ class M2(ConfigurableModule):
         self.encoder = as_pyro(
             _LatentEncoder(encoder_arch, data_dim, num_classes, latent_dim, hidden_dims, activation)
         )
-        self.likelihood = make_likelihood(likelihood, min_scale=1e-3, mean_activation="identity")
+        self.likelihood = make_likelihood(
+            likelihood, sigma=sigma, min_scale=1e-3, mean_activation="identity"
+        )
         self.decoder = build_decoder(
             decoder_arch, latent_dim + num_classes, data_dim, hidden_dims[::-1], activation,
             num_heads=self.likelihood.num_heads,
