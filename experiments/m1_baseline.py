@@ -52,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def train_classifier(data, args, seed: int) -> dict:
     torch.manual_seed(seed)
     net = mlp([data.x_test.shape[1], *args.hidden, 10], args.activation)
+
+    def classify(v):
+        return net(v).argmax(-1)
+
     optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
     best, curve = (-1.0, None, -1), []
     started = time.perf_counter()
@@ -62,13 +66,13 @@ def train_classifier(data, args, seed: int) -> dict:
             F.cross_entropy(net(x[rows]), y[rows]).backward()
             optimiser.step()
         with torch.no_grad():
-            val = accuracy(lambda v: net(v).argmax(-1), data.x_val, data.y_val)
+            val = accuracy(classify, data.x_val, data.y_val)
         curve.append(dict(epoch=epoch, val_accuracy=val))
         if val > best[0]:
             best = (val, copy.deepcopy(net.state_dict()), epoch)
     net.load_state_dict(best[1])
     with torch.no_grad():
-        error = 1.0 - accuracy(lambda v: net(v).argmax(-1), data.x_test, data.y_test)
+        error = 1.0 - accuracy(classify, data.x_test, data.y_test)
     return dict(test_error=error, best_epoch=best[2], best_val_accuracy=best[0], curve=curve,
                 wall_seconds=time.perf_counter() - started)
 

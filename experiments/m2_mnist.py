@@ -6,8 +6,8 @@ validation. One ``TraceEnum_ELBO`` objective (labels enumerated exactly on unlab
 classifier term ``alpha * mean log q(y|x)`` on labelled data), one Adam step per pair of batches;
 the model kept is the one with the best validation accuracy (``best.pt``); its test error is
 reported. With ``--m1 M1.pt`` (a VAE from ``experiments/m1_mnist.py``) M2 models M1's codes
-z1 ~ q(z1 | x) with a learned diagonal Gaussian likelihood instead of the pixels: Kingma et
-al.'s stacked M1+M2. Writes
+z1 ~ q(z1 | x) with a diagonal Gaussian likelihood (learned or fixed variance,
+``--code-likelihood``) instead of the pixels: Kingma et al.'s stacked M1+M2. Writes
 ``OUT/labels{n}_seed{s}/{metrics.json,curve.png,best.pt,last.pt}`` (metrics after every epoch),
 ``OUT/metrics.json`` (mean +- std over the seeds that finished) and ``OUT/table.md``.
 
