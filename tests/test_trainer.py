@@ -7,7 +7,7 @@ import torch
 from pyro.distributions import constraints
 
 from pyrovae import fit
-from pyrovae.infer import NonFiniteLossError, make_objective, param_scope
+from pyrovae.infer import NonFiniteLossError, TimeBudget, make_objective, param_scope
 from pyrovae.infer.streams import BatchPlan, iterate_steps, make_streams
 from pyrovae.models.ppca import PPCA, fit_closed_form, log_marginal
 
@@ -260,3 +260,24 @@ def test_a_callback_can_stop_training(tmp_path):
     )
     assert len(history.epochs) == 3 and "stop" not in history.epochs[-1]
     assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 3
+
+
+def test_time_budget_stops_after_the_epoch_that_crosses_it_and_resume_goes_on(tmp_path):
+    x = ppca_data().float()
+    budget = TimeBudget(minutes=1e-9)  # already used up: the first epoch is the last
+    first = fit(PPCA(6, 2), x, epochs=5, batch_size=100, checkpoint_dir=tmp_path,
+                callbacks=[budget])
+    assert [row["epoch"] for row in first.epochs] == [0]
+    rest = fit(PPCA(6, 2), x, epochs=3, batch_size=100, checkpoint_dir=tmp_path, resume=True,
+               callbacks=[TimeBudget(minutes=None)])
+    assert [row["epoch"] for row in rest.epochs] == [0, 1, 2]
+    with pytest.raises(ValueError, match="minutes must be positive"):
+        TimeBudget(minutes=0)
+
+
+def test_callbacks_see_the_epoch_row():
+    seen = []
+    fit(PPCA(6, 2), ppca_data().float(), epochs=2, batch_size=100,
+        callbacks=[lambda info: seen.append((info.epoch, info.row["loss"]))])
+    assert [epoch for epoch, _ in seen] == [0, 1]
+    assert all(loss == loss and loss != 0.0 for _, loss in seen)

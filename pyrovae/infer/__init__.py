@@ -1,10 +1,12 @@
 """Inference: the trainer, the objectives, importance sampling and checkpoints."""
 
+from .callbacks import EpochEnd, History, TimeBudget
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .classification import accuracy, error_rate, validation_callback
 from .importance import importance_log_likelihood, log_importance_weights
 from .objectives import ImportanceWeightedELBO, make_objective
-from .trainer import EpochEnd, History, NonFiniteLossError, fit, param_scope
+from .scope import param_scope
+from .trainer import NonFiniteLossError, fit
 
 __all__ = [
     "EpochEnd",
@@ -21,5 +23,6 @@ __all__ = [
     "param_scope",
     "read_checkpoint",
     "save_checkpoint",
+    "TimeBudget",
     "validation_callback",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from .trainer import EpochEnd
+from .callbacks import EpochEnd
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 

@@ -26,7 +26,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from .importance import importance_log_likelihood
-from .trainer import param_scope
+from .scope import param_scope
 
 PARTICLES = "_evaluation_particles"
 

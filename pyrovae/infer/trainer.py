@@ -9,22 +9,23 @@ checkpoints, which is when a NaN or inf is caught.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
 
+from .callbacks import EpochEnd, History
 from .checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .objectives import make_objective
+from .scope import param_scope
 from .streams import BatchPlan, make_streams
 
 logger = logging.getLogger(__name__)
@@ -32,40 +33,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the message names the epoch and step."""
-
-
-@dataclass
-class History:
-    """What :func:`fit` returns: one dict per epoch, the checkpoint paths and the best epoch.
-
-    Each epoch row has ``epoch``, ``steps``, ``loss`` (the mean over the epoch's steps of the
-    minibatch estimate of the full-data loss), ``loss_per_example`` (``loss`` divided by the
-    number of examples in the largest stream), ``lr``, ``seconds`` and whatever the callbacks
-    returned.
-    """
-
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    last_checkpoint: Path | None = None
-    best_checkpoint: Path | None = None
-    best: dict[str, Any] | None = None
-
-    @property
-    def losses(self) -> list[float]:
-        return [row["loss"] for row in self.epochs]
-
-    def column(self, key: str) -> list[Any]:
-        return [row.get(key) for row in self.epochs]
-
-
-@dataclass
-class EpochEnd:
-    """Passed to callbacks at the end of every epoch."""
-
-    epoch: int
-    step: int
-    loss: float
-    module: Any
-    history: History
 
 
 def _resolve_device(device: Any, streams_data: Any) -> torch.device:
@@ -355,7 +322,7 @@ def fit(
                 seconds=time.perf_counter() - started,
             )
             state.epoch, state.step_in_epoch = epoch + 1, 0
-            info = EpochEnd(epoch, state.step, mean_loss, pair.module, state.history)
+            info = EpochEnd(epoch, state.step, mean_loss, pair.module, state.history, row)
             for callback in callbacks:
                 row.update(callback(info) or {})
             stop = bool(row.pop("stop", False))
@@ -384,17 +351,6 @@ def _validation(validate: bool | str, first: bool) -> bool:
     if isinstance(validate, bool):
         return validate
     raise ValueError(f"validate must be True, False or 'first', got {validate!r}")
-
-
-def param_scope(module: torch.nn.Module | None):
-    """A fresh Pyro param store for the duration of a block, when training a module.
-
-    ``PyroModule`` parameters pass through Pyro's global param store, where a stale entry of the
-    same name (from an earlier model) would replace the module's own. Inside this scope the store
-    starts empty, so the module uses exactly its own parameters. Model/guide *functions* keep
-    their ``pyro.param`` values in the global store, so for them this does nothing.
-    """
-    return pyro.get_param_store().scope() if module is not None else contextlib.nullcontext()
 
 
 @dataclass
