@@ -8,7 +8,7 @@ from pyro.distributions import constraints
 
 from pyrovae import fit
 from pyrovae.infer import NonFiniteLossError, TimeBudget, make_objective, param_scope
-from pyrovae.infer.streams import BatchPlan, iterate_steps, make_streams
+from pyrovae.infer.streams import BatchPlan, make_streams
 from pyrovae.models.ppca import PPCA, fit_closed_form, log_marginal
 
 
@@ -64,7 +64,8 @@ def test_epoch_loss_estimates_the_full_data_loss():
     # is exactly (N/M) sum_batch -log p(x_i); the epoch's loss is their mean over the batches
     # (400 = 6*64 + 16: the last batch is shorter and weighs N/16).
     plan = BatchPlan(make_streams(x, torch.device("cpu")), [64], 0, 1, drop_last=False)
-    steps = [400 / len(b[0]) * -log_px[b[0]].sum() for _, b in iterate_steps(plan)]
+    batches = [plan.step(k)[0] for k in range(plan.num_steps)]
+    steps = [400 / len(b) * -log_px[b].sum() for b in batches]
     assert history.epochs[1]["steps"] == 7
     assert history.losses[1] == pytest.approx(torch.stack(steps).mean().item(), rel=1e-6)
     even = fit(ppca, x, lr=0.0, epochs=1, batch_size=80, optimizer="sgd")

@@ -23,12 +23,17 @@ class History:
     minibatch estimate of the full-data loss), ``loss_per_example`` (``loss`` divided by the
     number of examples in the largest stream), ``lr``, ``seconds`` and whatever the callbacks
     returned.
+
+    ``configs`` lists every run configuration the run has had, oldest first, each as
+    ``{"epoch": e, "step": s, "config": {...}}`` with the epoch and global step it started at:
+    one entry, unless a resume changed settings with ``fit(..., allow_config_change=...)``.
     """
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     best: dict[str, Any] | None = None
+    configs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def losses(self) -> list[float]:

@@ -5,13 +5,22 @@ built it, its weights, the optimiser state, the random-number generators' states
 step, the training configuration and the metrics so far. Files are written atomically (a
 temporary file in the same folder, then ``os.replace``), so a crash mid-write never leaves a
 half-written checkpoint behind.
+
+Format 2 (this version) adds ``"sha256"``: a SHA-256 digest of the payload's contents (every
+tensor's dtype, shape and bytes, every other value's pickle, in order), checked when the file is
+read, so a truncated, empty, garbage or bit-flipped file is a one-line :class:`CheckpointError`
+naming the path rather than a raw zip or pickle error. Format 1 files (no digest) still load.
+The file stays a plain ``torch.save`` of a dictionary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
+import pickle
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +28,12 @@ import numpy as np
 import pyro
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, corrupted, or not a pyrovae checkpoint."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,6 +73,59 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def keep_previous(path: str | os.PathLike, previous: str | os.PathLike) -> Path | None:
+    """Make ``previous`` a copy of ``path`` (a hard link where possible), atomically.
+
+    Called before ``path`` is overwritten, so the checkpoint before it survives a bad write.
+    ``path`` itself is never missing meanwhile. Returns ``previous``, or None if there was no
+    ``path``.
+    """
+    path, previous = Path(path), Path(previous)
+    if not path.is_file():
+        return None
+    tmp = previous.with_name(f".{previous.name}.{os.getpid()}.tmp")
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        try:
+            os.link(path, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, previous)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return previous
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of a payload's contents, independent of the device its tensors are on."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in payload.items() if k != "sha256"})
+    return digest.hexdigest()
+
+
+def _feed(digest, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        data = obj.detach().cpu().contiguous()
+        digest.update(f"T{data.dtype}{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, np.ndarray):
+        digest.update(f"A{obj.dtype}{obj.shape}".encode())
+        digest.update(np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}".encode())
+        for key, value in obj.items():
+            _feed(digest, key)
+            _feed(digest, value)
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{type(obj).__name__}{len(obj)}".encode())
+        for value in obj:
+            _feed(digest, value)
+    else:
+        digest.update(pickle.dumps(obj, protocol=4))
+
+
 def class_path(obj: Any) -> str:
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
@@ -78,17 +145,37 @@ def save_checkpoint(path: str | os.PathLike, module: torch.nn.Module | None, **e
     else:
         payload["param_store"] = pyro.get_param_store().get_state()
     payload.update(extra)
+    payload["sha256"] = payload_digest(payload)
     return atomic_save(payload, path)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dictionary (tensors on ``map_location``)."""
+    """The raw checkpoint dictionary (tensors on ``map_location``), its digest verified.
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        CheckpointError: the file is empty, truncated, corrupted (its contents do not match
+            its digest) or not a pyrovae checkpoint; the one-line message names the path.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a pyrovae checkpoint (format {FORMAT_VERSION})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # zip, pickle, EOF, unknown class...: all mean an unusable file
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read (truncated or corrupted?): "
+            f"{type(err).__name__}{': ' + reason if reason else ''}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(f"{path} is not a pyrovae checkpoint (format {FORMAT_VERSION})")
+    if payload["format"] >= 2 and payload.get("sha256") != payload_digest(payload):
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted: its contents do not match its sha256 digest"
+        )
     return payload
 
 

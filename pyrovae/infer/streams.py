@@ -6,6 +6,8 @@ equal length (``(x, y)``), or an object with ``__len__`` and ``for_epoch(epoch) 
 called as ``model(*tensors, subsample=idx)`` on the whole tensors with a LongTensor of row
 indices, and selects the rows inside its data plate. Shuffling is a deterministic function of
 ``(seed, epoch, stream)``, so a resumed run sees the same batches as an uninterrupted one.
+NumPy arrays are accepted and converted: floating arrays to the model's floating-point dtype,
+integer arrays to int64.
 """
 
 from __future__ import annotations
@@ -13,20 +15,23 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 
 class Stream:
     """One data source: its tensors for an epoch, moved to ``device`` once."""
 
-    def __init__(self, name: str, source: Any, device: torch.device) -> None:
-        self.name, self.device = name, device
+    def __init__(
+        self, name: str, source: Any, device: torch.device, float_dtype: torch.dtype | None = None
+    ) -> None:
+        self.name, self.device, self.float_dtype = name, device, float_dtype
         if hasattr(source, "for_epoch"):
             self._source, self._static = source, None
             self.size = len(source)
         else:
             tensors = source if isinstance(source, (tuple, list)) else (source,)
-            self._static = tuple(_to_device(t, device) for t in tensors)
+            self._static = tuple(self._to_device(t) for t in tensors)
             _check_tensors(name, self._static)
             self.size = self._static[0].shape[0]
         if self.size == 0:
@@ -35,13 +40,22 @@ class Stream:
     def tensors(self, epoch: int) -> tuple[torch.Tensor | None, ...]:
         if self._static is not None:
             return self._static
-        tensors = tuple(_to_device(t, self.device) for t in self._source.for_epoch(epoch))
+        tensors = tuple(self._to_device(t) for t in self._source.for_epoch(epoch))
         _check_tensors(self.name, tensors)
         return tensors
 
+    def _to_device(self, t):
+        if isinstance(t, np.ndarray):
+            t = _from_numpy(t, self.float_dtype)
+        return t if not isinstance(t, torch.Tensor) else t.to(self.device, non_blocking=True)
 
-def _to_device(t, device):
-    return t if t is None else t.to(device, non_blocking=True)
+
+def _from_numpy(array: np.ndarray, float_dtype: torch.dtype | None) -> torch.Tensor:
+    if array.dtype.kind == "f":
+        return torch.as_tensor(array, dtype=float_dtype or torch.get_default_dtype())
+    if array.dtype.kind in "iu":
+        return torch.as_tensor(array, dtype=torch.long)
+    return torch.as_tensor(array)
 
 
 def _check_tensors(name: str, tensors: tuple) -> None:
@@ -63,13 +77,44 @@ def _check_tensors(name: str, tensors: tuple) -> None:
             raise ValueError(f"data stream '{name}' contains NaN or inf")
 
 
-def make_streams(data: Any, device: torch.device) -> list[Stream]:
-    """Streams from ``data``: one source, or a mapping of name to source (one batch each a step)."""
+def make_streams(
+    data: Any, device: torch.device, float_dtype: torch.dtype | None = None
+) -> list[Stream]:
+    """Streams from ``data``: one source, or a mapping of name to source (one batch each a step).
+
+    ``float_dtype`` is the dtype for floating-point NumPy arrays (default: torch's default).
+    """
     if isinstance(data, Mapping):
         if not data:
             raise ValueError("data is an empty mapping")
-        return [Stream(str(name), source, device) for name, source in data.items()]
-    return [Stream("data", data, device)]
+        return [Stream(str(name), source, device, float_dtype) for name, source in data.items()]
+    return [Stream("data", data, device, float_dtype)]
+
+
+def resolve_device(device: Any, data: Any) -> torch.device:
+    """``device`` checked, or where the first tensor in ``data`` lives (CPU if none)."""
+    if device is None:
+        for t in _first_tensors(data):
+            return t.device
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device}")
+    return device
+
+
+def _first_tensors(data: Any) -> Iterator[torch.Tensor]:
+    sources = data.values() if isinstance(data, Mapping) else [data]
+    for source in sources:
+        tensors = source if isinstance(source, (tuple, list)) else (getattr(source, "x", source),)
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                yield t
 
 
 def _generator(seed: int, epoch: int, stream: int, cycle: int) -> torch.Generator:
@@ -118,7 +163,3 @@ class BatchPlan:
     def step(self, k: int) -> list[torch.Tensor]:
         return [chunks[k] for chunks in self.batches]
 
-
-def iterate_steps(plan: BatchPlan, start: int = 0) -> Iterator[tuple[int, list[torch.Tensor]]]:
-    for k in range(start, plan.num_steps):
-        yield k, plan.step(k)

@@ -5,130 +5,41 @@ data stream, adds up ``objective.differentiable_loss(model, guide, *tensors, sub
 over the streams (each already scaled by N/M by the model's data plate), and takes one optimiser
 step. Losses stay on the device; the host looks at them only every ``sync_every`` steps and at
 checkpoints, which is when a NaN or inf is caught.
+
+``fit`` is a short loop over named steps of a private ``_Run``: prepare (arguments, streams,
+device, objective, optimiser, resume), run an epoch, end an epoch (history row, callbacks,
+best-model selection) and checkpoint. Its arguments travel grouped (:mod:`.options`); one
+optimisation step is a :class:`~pyrovae.infer.step.Step` built by
+:func:`~pyrovae.infer.step.make_step`, which the epoch loop only calls.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import pyro
 import torch
 
 from .callbacks import EpochEnd, History
-from .checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .objectives import make_objective
+from .options import Checkpointing, LossOptions, Monitoring, Optimisation, Schedule
+from .resume import RunState, allowed_changes, restore_run, resume_source, run_config, save_run
 from .scope import param_scope
-from .streams import BatchPlan, make_streams
+from .step import ModelPair, check_subsampling, make_step
+from .streams import BatchPlan, make_streams, resolve_device
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["EpochEnd", "History", "NonFiniteLossError", "fit", "param_scope"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the message names the epoch and step."""
-
-
-def _resolve_device(device: Any, streams_data: Any) -> torch.device:
-    if device is None:
-        for t in _first_tensors(streams_data):
-            return t.device
-        return torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {device}")
-    return device
-
-
-def _first_tensors(data: Any):
-    sources = data.values() if isinstance(data, Mapping) else [data]
-    for source in sources:
-        tensors = source if isinstance(source, (tuple, list)) else (getattr(source, "x", source),)
-        for t in tensors:
-            if isinstance(t, torch.Tensor):
-                yield t
-
-
-def _make_optimizer(optimizer: str | Callable, params, lr: float) -> torch.optim.Optimizer:
-    if callable(optimizer):
-        return optimizer(params, lr)
-    choices = {
-        "adam": torch.optim.Adam,
-        "adamw": torch.optim.AdamW,
-        "sgd": torch.optim.SGD,
-        "rmsprop": torch.optim.RMSprop,
-    }
-    if optimizer not in choices:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(choices)}")
-    options = {}
-    if optimizer in ("adam", "adamw") and _fusable(params):
-        # One fused kernel for all parameters instead of ~10 ops per tensor: on a 2-core CPU
-        # this takes a 784-400-20 VAE step from 9.1 to 6.2 ms (benchmarks/).
-        options["fused"] = True
-    return choices[optimizer](params, lr=lr, **options)
-
-
-def _fusable(params: list[torch.Tensor]) -> bool:
-    return (
-        bool(params)
-        and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        and len({p.device for p in params}) == 1
-    )
-
-
-def _lr_factor(schedule: str | Callable[[int], float] | None, epoch: int, epochs: int) -> float:
-    if schedule is None:
-        return 1.0
-    if callable(schedule):
-        return float(schedule(epoch))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-    if schedule.startswith("exponential:"):
-        return float(schedule.split(":", 1)[1]) ** epoch
-    raise ValueError(f"unknown lr_schedule {schedule!r}: a callable, 'cosine' or 'exponential:G'")
-
-
-class _Pair:
-    """The model and guide to train, and the parameters the optimiser owns."""
-
-    def __init__(self, model: Any, guide: Any) -> None:
-        if guide is None:
-            if not (hasattr(model, "model") and hasattr(model, "guide")):
-                raise ValueError("give a module with .model and .guide methods, or a guide=")
-            self.module, self.model, self.guide = model, model.model, model.guide
-        else:
-            self.module = model if isinstance(model, torch.nn.Module) else None
-            self.model, self.guide = model, guide
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        params = list(self.module.parameters()) if self.module is not None else []
-        seen = {id(p) for p in params}
-        for _, p in pyro.get_param_store().named_parameters():
-            if id(p) not in seen:
-                params.append(p)
-                seen.add(id(p))
-        return params
-
-
-def _positional(fn: Callable) -> Callable:
-    """``fn(*tensors, subsample=idx)`` as ``f(*tensors, idx)``: JIT takes tensors positionally."""
-
-    def call(*args):
-        *tensors, idx = args
-        return fn(*tensors, subsample=idx)
-
-    return call
 
 
 def fit(
@@ -160,6 +71,7 @@ def fit(
     progress: bool | None = None,
     config: Mapping[str, Any] | None = None,
     validate: bool | str = "first",
+    allow_config_change: bool | Collection[str] = False,
 ) -> History:
     """Train a model/guide pair by stochastic variational inference.
 
@@ -199,6 +111,13 @@ def fit(
             epoch's end) and ``best.pt`` (when ``select_metric`` improves). Default: none.
         checkpoint_every: steps between mid-epoch checkpoints (default: epoch ends only).
         resume: ``True`` to continue from ``checkpoint_dir/last.pt`` if it exists, or a path.
+            Each write of ``last.pt`` first keeps the one before as ``previous.pt``; when
+            ``last.pt`` is missing or unreadable (truncated, corrupted), ``resume=True`` warns
+            (:class:`~pyrovae.infer.resume.CheckpointWarning`) and continues from
+            ``previous.pt``. A resumed run must have the checkpoint's run configuration (model
+            class and config, data stream names and sizes, objective, ``num_particles``,
+            optimizer, ``lr``, ``lr_schedule``, ``clip_norm``, batch sizes, ``seed``; ``epochs``
+            may change) unless ``allow_config_change`` names the changes.
         select_metric: a history key (from a callback) whose best value selects ``best.pt``.
         select_mode: ``"max"`` (default) or ``"min"`` for ``select_metric``.
         sync_every: steps between host reads of the loss (NaN check, progress; default 50).
@@ -208,196 +127,217 @@ def fit(
             setting for the first step of the run, off afterwards — the checks catch a wrong
             model once, and cost ~15 % of a small VAE's step if kept; ``True``/``False``:
             on/off for every step.
+        allow_config_change: settings a resumed run may change, e.g. ``("lr",)``, or ``True``
+            for any (default ``False``: a difference is a ``ValueError`` listing them). Every
+            configuration the run has had is kept in ``History.configs`` and the checkpoint.
+
+    Data may also be NumPy arrays: floating arrays become tensors of the model's floating-point
+    dtype, integer arrays int64. On its first step ``fit`` traces the model once and warns
+    (:class:`~pyrovae.infer.step.SubsampleWarning`) if its data plate ignores ``subsample``.
 
     Returns:
         A :class:`History`.
 
     Raises:
-        ValueError: bad arguments or data (empty, NaN/inf, unknown device or objective).
+        ValueError: bad arguments or data (empty, NaN/inf, unknown device or objective), or a
+            resume whose run configuration differs from the checkpoint's.
+        TypeError: ``model`` is a class rather than a model built from it.
+        CheckpointError: the checkpoint to resume from (and ``previous.pt``) is unusable.
         NonFiniteLossError: the loss became NaN or inf; names the epoch and step. The last
             checkpoint written before it is kept.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if select_mode not in ("max", "min"):
-        raise ValueError(f"select_mode must be 'max' or 'min', got {select_mode!r}")
-    pair = _Pair(model, guide)
+    groups = dict(
+        loss=LossOptions(
+            objective, num_particles, vectorize_particles, max_plate_nesting, jit, validate
+        ),
+        optimisation=Optimisation(optimizer, lr, lr_schedule, clip_norm),
+        schedule=Schedule(epochs, batch_size, drop_last, seed, device),
+        checkpointing=Checkpointing(
+            checkpoint_dir, checkpoint_every, resume, allow_config_change, config
+        ),
+        monitoring=Monitoring(tuple(callbacks), select_metric, select_mode, sync_every, progress),
+    )
+    pair = ModelPair(model, guide)
     with param_scope(pair.module):
-        device = _resolve_device(device, data)
-        streams = make_streams(data, device)
-        sizes = _batch_sizes(batch_size, streams)
-        drop_last = jit if drop_last is None else drop_last
+        run = _Run(pair, data, **groups)
+        while run.state.epoch < run.schedule.epochs:
+            steps, seconds = run.run_epoch()
+            if run.end_epoch(steps, seconds):
+                break
+        return run.finish()
+
+
+class _Run:
+    """One call of ``fit``: its prepared pieces, its state, and the steps of its loop."""
+
+    def __init__(
+        self,
+        pair: ModelPair,
+        data: Any,
+        *,
+        loss: LossOptions,
+        optimisation: Optimisation,
+        schedule: Schedule,
+        checkpointing: Checkpointing,
+        monitoring: Monitoring,
+    ) -> None:
+        self.pair, self.optimisation, self.schedule = pair, optimisation, schedule
+        self.checkpointing, self.monitoring = checkpointing, monitoring
+        allow = allowed_changes(checkpointing.allow_config_change)
+        self.device = resolve_device(schedule.device, data)
+        self.streams = make_streams(data, self.device, _float_dtype(pair.module))
+        self.sizes = schedule.batch_sizes([s.name for s in self.streams])
+        self.drop_last = loss.jit if schedule.drop_last is None else schedule.drop_last
         if pair.module is not None:
-            pair.module.to(device)
+            pair.module.to(self.device)
             pair.module.train()
+        objective = loss.objective
         if isinstance(objective, str):
             objective = make_objective(
-                objective, num_particles, vectorize_particles, jit, max_plate_nesting
+                objective, loss.num_particles, loss.vectorize_particles, loss.jit,
+                loss.max_plate_nesting,
             )
-        model_fn, guide_fn = pair.model, pair.guide
-        if jit:
-            model_fn, guide_fn = _positional(model_fn), _positional(guide_fn)
-
-        def loss_of(tensors, idx):
-            if jit:
-                return objective.differentiable_loss(model_fn, guide_fn, *tensors, idx)
-            return objective.differentiable_loss(model_fn, guide_fn, *tensors, subsample=idx)
-
-        pyro.set_rng_seed(seed)
-        checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        resume_path = _resume_path(resume, checkpoint_dir)
-        state = _RunState(history=History())
-        fit_config = dict(
-            objective=objective.__class__.__name__,
-            num_particles=num_particles,
-            lr=lr,
-            epochs=epochs,
-            batch_size=sizes,
-            seed=seed,
-            user=dict(config or {}),
-        )
-
+        pyro.set_rng_seed(schedule.seed)  # the only seeding; a resumed run restores its RNGs
         if pair.module is None:
-            # Parameters made by pyro.param in functions exist only after a first run.
-            first = BatchPlan(streams, sizes, seed, 0, drop_last).step(0)
-            tensors = streams[0].tensors(0)
-            with pyro.poutine.block(), pyro.poutine.trace(param_only=True):
-                guide_trace = pyro.poutine.trace(pair.guide).get_trace(*tensors, subsample=first[0])
-                pyro.poutine.replay(pair.model, trace=guide_trace)(*tensors, subsample=first[0])
-        optim = _make_optimizer(optimizer, pair.parameters(), lr)
-        params = [p for group in optim.param_groups for p in group["params"]]
-
-        if resume_path is not None:
-            state = _restore(resume_path, pair, optim, state, device)
-            logger.info("resumed from %s at epoch %d step %d", resume_path, state.epoch, state.step)
+            first = BatchPlan(self.streams, self.sizes, schedule.seed, 0, self.drop_last).step(0)
+            pair.create_params(self.streams[0].tensors(0), first[0])
+        optimizer = optimisation.make_optimizer(pair.parameters())
+        self.step = make_step(pair, loss, objective, optimizer, optimisation.clip_norm)
+        self.config = run_config(
+            model=pair.describe(), data={s.name: s.size for s in self.streams},
+            objective=objective, num_particles=loss.num_particles, optimizer=optimisation.optimizer,
+            lr=optimisation.lr, lr_schedule=optimisation.lr_schedule,
+            clip_norm=optimisation.clip_norm, batch_size=self.sizes, seed=schedule.seed,
+        )
+        self.fit_config = dict(
+            self.config, epochs=schedule.epochs, user=dict(checkpointing.config or {})
+        )
+        source = resume_source(checkpointing)
+        if source is None:
+            self.state = RunState(History(configs=[dict(epoch=0, step=0, config=self.config)]))
         else:
-            pyro.set_rng_seed(seed)
-
-        show = sys.stderr.isatty() if progress is None else progress
-        start_step = state.step
-        while state.epoch < epochs:
-            epoch = state.epoch
-            plan = BatchPlan(streams, sizes, seed, epoch, drop_last)
-            epoch_tensors = [s.tensors(epoch) for s in streams]
-            for group in optim.param_groups:
-                group["lr"] = lr * _lr_factor(lr_schedule, epoch, epochs)
-            if state.step_losses is None or state.step_losses.numel() != plan.num_steps:
-                state.step_losses = torch.zeros(plan.num_steps, device=device)
-            started = time.perf_counter()
-            bar = _progress_bar(show, plan.num_steps, state.step_in_epoch, epoch)
-            for k in range(state.step_in_epoch, plan.num_steps):
-                batches = plan.step(k)
-                checks = _validation(validate, first=state.step == start_step)
-                with pyro.validation_enabled(checks):
-                    loss = sum(
-                        loss_of(t, idx) for t, idx in zip(epoch_tensors, batches, strict=True)
-                    )
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                optim.step()
-                state.step_losses[k] = loss.detach()
-                state.step += 1
-                state.step_in_epoch = k + 1
-                at_checkpoint = bool(checkpoint_every and checkpoint_dir) and (
-                    state.step % checkpoint_every == 0
-                )
-                if at_checkpoint or (k + 1) % sync_every == 0 or k + 1 == plan.num_steps:
-                    _check_finite(state, epoch, k, checkpoint_dir)
-                    if bar is not None:
-                        bar.update(k + 1 - bar.n)
-                        bar.set_postfix(loss=f"{float(state.step_losses[k]):.4g}")
-                if at_checkpoint:
-                    _save(checkpoint_dir / "last.pt", pair, optim, state, fit_config)
-            if bar is not None:
-                bar.close()
-            mean_loss = float(state.step_losses.mean())
-            row = dict(
-                epoch=epoch,
-                steps=plan.num_steps,
-                loss=mean_loss,
-                loss_per_example=mean_loss / max(s.size for s in streams),
-                lr=optim.param_groups[0]["lr"],
-                seconds=time.perf_counter() - started,
+            self.state = restore_run(source, pair, optimizer, self.device, self.config, allow)
+            logger.info(
+                "resumed from %s at epoch %d step %d", source, self.state.epoch, self.state.step
             )
-            state.epoch, state.step_in_epoch = epoch + 1, 0
-            info = EpochEnd(epoch, state.step, mean_loss, pair.module, state.history, row)
-            for callback in callbacks:
-                row.update(callback(info) or {})
-            stop = bool(row.pop("stop", False))
-            state.history.epochs.append(row)
-            logger.info("epoch %d: %s", epoch, _fmt(row))
-            improved = _update_best(state, row, select_metric, select_mode)
-            if checkpoint_dir is not None:
-                state.history.last_checkpoint = _save(
-                    checkpoint_dir / "last.pt", pair, optim, state, fit_config
-                )
-                if improved:
-                    state.history.best_checkpoint = _save(
-                        checkpoint_dir / "best.pt", pair, optim, state, fit_config
-                    )
-            if stop:
-                logger.info("a callback stopped training after epoch %d", epoch)
-                break
-        if pair.module is not None:
-            pair.module.eval()
-        return state.history
+        # A last.pt found bad on resume is not kept as previous.pt over the good one.
+        self.keep_previous = source is None or source != checkpointing.previous
+        self.checked_subsampling = False
+
+    def run_epoch(self) -> tuple[int, float]:
+        """Train one epoch (from where a resumed run stopped); its number of steps and seconds."""
+        state, epoch = self.state, self.state.epoch
+        plan = BatchPlan(self.streams, self.sizes, self.schedule.seed, epoch, self.drop_last)
+        tensors = [s.tensors(epoch) for s in self.streams]
+        self.lr = self.optimisation.lr_at(epoch, self.schedule.epochs)
+        self.step.set_lr(self.lr)
+        if state.step_losses is None or state.step_losses.numel() != plan.num_steps:
+            state.step_losses = torch.zeros(plan.num_steps, device=self.device)
+        started = time.perf_counter()
+        bar = _progress_bar(self.monitoring.progress, plan.num_steps, state.step_in_epoch, epoch)
+        for k in range(state.step_in_epoch, plan.num_steps):
+            batches = plan.step(k)
+            state.step_losses[k] = self.step(tensors, batches)
+            state.step += 1
+            state.step_in_epoch = k + 1
+            if not self.checked_subsampling:
+                self.checked_subsampling = True
+                if getattr(self.step, "data_plates", None) is not None:
+                    check_subsampling(self.streams, self.step.data_plates, batches)
+            self._after_step(k, plan.num_steps, bar)
+        if bar is not None:
+            bar.close()
+        return plan.num_steps, time.perf_counter() - started
+
+    def _after_step(self, k: int, num_steps: int, bar) -> None:
+        """Read the losses on the host when due (NaN check, progress); mid-epoch checkpoints."""
+        state = self.state
+        at_checkpoint = self.checkpointing.mid_epoch(state.step)
+        if at_checkpoint or (k + 1) % self.monitoring.sync_every == 0 or k + 1 == num_steps:
+            _check_finite(state, state.epoch, k, self.checkpointing.last)
+            if bar is not None:
+                bar.update(k + 1 - bar.n)
+                bar.set_postfix(loss=f"{float(state.step_losses[k]):.4g}")
+        if at_checkpoint:
+            self._save(self.checkpointing.last)
+
+    def end_epoch(self, steps: int, seconds: float) -> bool:
+        """The epoch's row, the callbacks, best-model selection, checkpoints; True to stop."""
+        state, epoch = self.state, self.state.epoch
+        mean_loss = float(state.step_losses.mean())
+        row = dict(
+            epoch=epoch,
+            steps=steps,
+            loss=mean_loss,
+            loss_per_example=mean_loss / max(s.size for s in self.streams),
+            lr=self.lr,
+            seconds=seconds,
+        )
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        info = EpochEnd(epoch, state.step, mean_loss, self.pair.module, state.history, row)
+        for callback in self.monitoring.callbacks:
+            row.update(callback(info) or {})
+        stop = bool(row.pop("stop", False))
+        state.history.epochs.append(row)
+        logger.info("epoch %d: %s", epoch, _fmt(row))
+        self.checkpoint(improved=self._update_best(row))
+        if stop:
+            logger.info("a callback stopped training after epoch %d", epoch)
+        return stop
+
+    def _update_best(self, row: dict) -> bool:
+        metric, history = self.monitoring.select_metric, self.state.history
+        if metric is None:
+            return False
+        if metric not in row:
+            raise ValueError(f"select_metric {metric!r} is not in the history row {sorted(row)}")
+        best = None if history.best is None else history.best[metric]
+        if self.monitoring.improves(row[metric], best):
+            history.best = dict(row)
+            return True
+        return False
+
+    def checkpoint(self, improved: bool) -> None:
+        """At an epoch's end: ``last.pt``, and ``best.pt`` when the selected metric improved."""
+        if self.checkpointing.directory is None:
+            return
+        history = self.state.history
+        history.last_checkpoint = self._save(self.checkpointing.last)
+        if improved:
+            history.best_checkpoint = self._save(self.checkpointing.best)
+
+    def _save(self, path):
+        is_last = path == self.checkpointing.last
+        previous = self.checkpointing.previous if is_last and self.keep_previous else None
+        saved = save_run(
+            path, self.pair, self.step.optimizer, self.state, self.fit_config,
+            self.state.history.configs, previous=previous,
+        )
+        self.keep_previous = self.keep_previous or is_last
+        return saved
+
+    def finish(self) -> History:
+        if self.pair.module is not None:
+            self.pair.module.eval()
+        return self.state.history
 
 
-def _validation(validate: bool | str, first: bool) -> bool:
-    if validate == "first":
-        return first and pyro.infer.util.is_validation_enabled()
-    if isinstance(validate, bool):
-        return validate
-    raise ValueError(f"validate must be True, False or 'first', got {validate!r}")
-
-
-@dataclass
-class _RunState:
-    history: History
-    epoch: int = 0
-    step: int = 0
-    step_in_epoch: int = 0
-    step_losses: torch.Tensor | None = None
-
-
-def _batch_sizes(batch_size, streams) -> list[int]:
-    if isinstance(batch_size, Mapping):
-        missing = [s.name for s in streams if s.name not in batch_size]
-        if missing:
-            raise ValueError(f"batch_size has no entry for streams {missing}")
-        sizes = [batch_size[s.name] for s in streams]
-    elif isinstance(batch_size, Sequence):
-        if len(batch_size) != len(streams):
-            raise ValueError(f"need {len(streams)} batch sizes, got {len(batch_size)}")
-        sizes = list(batch_size)
-    else:
-        sizes = [batch_size] * len(streams)
-    for b in sizes:
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {b!r}")
-    return sizes
-
-
-def _resume_path(resume, checkpoint_dir) -> Path | None:
-    if resume is False or resume is None:
+def _float_dtype(module: torch.nn.Module | None) -> torch.dtype | None:
+    if module is None:
         return None
-    if resume is True:
-        if checkpoint_dir is None:
-            raise ValueError("resume=True needs checkpoint_dir")
-        path = checkpoint_dir / "last.pt"
-        return path if path.exists() else None
-    return Path(resume)
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
 
 
-def _check_finite(state: _RunState, epoch: int, k: int, checkpoint_dir) -> None:
+def _check_finite(state: RunState, epoch: int, k: int, last_checkpoint) -> None:
     seen = state.step_losses[: k + 1]
     bad = ~torch.isfinite(seen)
     if bool(bad.any()):
         first = int(bad.nonzero()[0])
         global_step = state.step - (k - first) - 1
-        kept = checkpoint_dir / "last.pt" if checkpoint_dir is not None else None
+        kept = last_checkpoint
         where = f"; the last good checkpoint is {kept}" if kept and kept.exists() else ""
         raise NonFiniteLossError(
             f"loss became {float(seen[first])} at epoch {epoch}, step {first} of the epoch "
@@ -405,61 +345,8 @@ def _check_finite(state: _RunState, epoch: int, k: int, checkpoint_dir) -> None:
         )
 
 
-def _update_best(state: _RunState, row: dict, metric: str | None, mode: str) -> bool:
-    if metric is None:
-        return False
-    if metric not in row:
-        raise ValueError(f"select_metric {metric!r} is not in the history row {sorted(row)}")
-    value = row[metric]
-    best = state.history.best
-    if best is None or (value > best[metric] if mode == "max" else value < best[metric]):
-        state.history.best = dict(row)
-        return True
-    return False
-
-
-def _save(path: Path, pair: _Pair, optim, state: _RunState, fit_config: dict) -> Path:
-    return save_checkpoint(
-        path,
-        pair.module,
-        optimizer_state=optim.state_dict(),
-        rng_state=rng_state(),
-        epoch=state.epoch,
-        step=state.step,
-        step_in_epoch=state.step_in_epoch,
-        step_losses=None if state.step_losses is None else state.step_losses.cpu(),
-        history=state.history.epochs,
-        best=state.history.best,
-        fit_config=fit_config,
-    )
-
-
-def _restore(path: Path, pair: _Pair, optim, state: _RunState, device) -> _RunState:
-    payload = read_checkpoint(path, map_location=device)
-    if pair.module is not None:
-        pair.module.load_state_dict(payload["model_state"])
-    else:
-        pyro.get_param_store().set_state(payload["param_store"])
-    optim.load_state_dict(payload["optimizer_state"])
-    set_rng_state(_cpu_rng(payload["rng_state"]))
-    state.epoch, state.step = payload["epoch"], payload["step"]
-    state.step_in_epoch = payload["step_in_epoch"]
-    losses = payload.get("step_losses")
-    state.step_losses = None if losses is None else losses.to(device)
-    state.history.epochs = list(payload.get("history", []))
-    state.history.best = payload.get("best")
-    return state
-
-
-def _cpu_rng(state: dict) -> dict:
-    out = dict(state)
-    out["torch"] = state["torch"].cpu()
-    if "cuda" in state:
-        out["cuda"] = [s.cpu() for s in state["cuda"]]
-    return out
-
-
-def _progress_bar(show: bool, total: int, initial: int, epoch: int):
+def _progress_bar(progress: bool | None, total: int, initial: int, epoch: int):
+    show = sys.stderr.isatty() if progress is None else progress
     if not show:
         return None
     from tqdm.auto import tqdm
