@@ -8,9 +8,10 @@ import textwrap
 import pyro
 import pytest
 import torch
+from conftest import REPO
 
 from pyrovae import fit, load_checkpoint, save_checkpoint
-from pyrovae.infer import param_scope, read_checkpoint
+from pyrovae.infer import CheckpointError, CheckpointWarning, param_scope, read_checkpoint
 from pyrovae.infer.checkpoint import atomic_save
 from pyrovae.models.ppca import PPCA
 
@@ -130,3 +131,112 @@ def test_resume_after_kill_9_reaches_the_uninterrupted_parameters(tmp_path):
     assert plain["losses"] == again["losses"]
     for name, value in plain["state"].items():
         assert torch.equal(value, again["state"][name]), name
+
+
+def _trained(tmp_path, epochs=2, **kwargs):
+    torch.manual_seed(0)
+    ppca = PPCA(5, 2)
+    history = fit(ppca, data(), lr=0.05, epochs=epochs, batch_size=50, checkpoint_dir=tmp_path,
+                  **kwargs)
+    return ppca, history
+
+
+def _flip_a_weight_bit(path, state):
+    """Flip one bit inside the stored bytes of the first weight (torch.save does not compress)."""
+    raw = bytearray(path.read_bytes())
+    name, weight = next((k, v) for k, v in state.items() if v.numel() >= 4)
+    at = raw.find(weight.detach().cpu().numpy().tobytes())
+    assert at >= 0, f"{name}'s bytes not found in {path}"
+    raw[at + 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "bit_flip", "tampered"])
+def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, damage):
+    ppca, history = _trained(tmp_path, epochs=1)
+    path = history.last_checkpoint
+    raw = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x80\x04not a checkpoint at all" * 10)
+    elif damage == "bit_flip":
+        _flip_a_weight_bit(path, ppca.state_dict())
+    else:  # a value changed by hand, the digest left as it was
+        payload = torch.load(path, weights_only=False)
+        payload["epoch"] += 1
+        torch.save(payload, path)
+    for read in (read_checkpoint, load_checkpoint):
+        with pytest.raises(CheckpointError) as caught:
+            read(path)
+        message = str(caught.value)
+        assert str(path) in message and "\n" not in message
+        assert isinstance(caught.value, ValueError)  # old `except ValueError` still catches it
+    if damage in ("bit_flip", "tampered"):
+        assert "sha256" in message  # read fine, caught by the digest
+
+
+def test_a_checkpoint_without_a_digest_still_loads():
+    # Written before the digest existed (format 1): results/m2's M1+M2 figure model.
+    path = REPO / "results" / "m2" / "figures_m1m2_100labels" / "model.pt"
+    raw = torch.load(path, weights_only=False)
+    assert raw["format"] == 1 and "sha256" not in raw
+    model = load_checkpoint(path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, raw["model_state"][name]), name
+
+
+def test_resume_falls_back_to_previous_when_last_is_damaged(tmp_path):
+    x = data()
+    torch.manual_seed(0)
+    whole = PPCA(5, 2)
+    straight = fit(whole, x, lr=0.05, epochs=3, batch_size=50)
+    ppca, _ = _trained(tmp_path / "run", epochs=2)
+    last, previous = tmp_path / "run" / "last.pt", tmp_path / "run" / "previous.pt"
+    assert read_checkpoint(previous)["epoch"] == 1 and read_checkpoint(last)["epoch"] == 2
+    _flip_a_weight_bit(last, ppca.state_dict())
+    torch.manual_seed(1)
+    again = PPCA(5, 2)
+    with pytest.warns(CheckpointWarning, match="previous.pt"):
+        resumed = fit(again, x, lr=0.05, epochs=3, batch_size=50, checkpoint_dir=tmp_path / "run",
+                      resume=True)
+    # Epoch 1's checkpoint holds everything (weights, optimiser, RNGs): epochs 1 and 2 are
+    # redone exactly as in the uninterrupted run.
+    assert resumed.losses == straight.losses
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    # The damaged last.pt was not kept as previous.pt: that is now epoch 2's good checkpoint.
+    assert read_checkpoint(previous)["epoch"] == 2
+    last.write_bytes(b"")
+    previous.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        fit(PPCA(5, 2), x, epochs=3, batch_size=50, checkpoint_dir=tmp_path / "run", resume=True)
+
+
+def test_resume_with_another_configuration_is_refused_unless_allowed(tmp_path):
+    x = data()
+    _trained(tmp_path, epochs=1)
+    with pytest.raises(ValueError, match=r"lr: 0\.05 -> 0\.01; batch_size: \[50\] -> \[40\]"):
+        fit(PPCA(5, 2), x, lr=0.01, epochs=2, batch_size=40, checkpoint_dir=tmp_path,
+            resume=True)
+    with pytest.raises(ValueError, match=r"model: .*'latent_dim': 2.* -> .*'latent_dim': 3"):
+        fit(PPCA(5, 3), x, lr=0.05, epochs=2, batch_size=50, checkpoint_dir=tmp_path,
+            resume=True)
+    with pytest.raises(ValueError, match=r"data: \{'data': 200\} -> \{'data': 150\}"):
+        fit(PPCA(5, 2), x[:150], lr=0.05, epochs=2, batch_size=50, checkpoint_dir=tmp_path,
+            resume=True)
+    with pytest.raises(ValueError, match="unknown settings"):
+        fit(PPCA(5, 2), x, lr=0.01, epochs=2, batch_size=50, checkpoint_dir=tmp_path,
+            resume=True, allow_config_change=("learning_rate",))
+    # Allowed: epoch 1 runs at the new rate, and both configurations are on record.
+    history = fit(PPCA(5, 2), x, lr=0.01, epochs=2, batch_size=50, checkpoint_dir=tmp_path,
+                  resume=True, allow_config_change=("lr",))
+    assert history.column("lr") == [0.05, 0.01]
+    assert [(c["epoch"], c["config"]["lr"]) for c in history.configs] == [(0, 0.05), (1, 0.01)]
+    assert read_checkpoint(tmp_path / "last.pt")["run_configs"] == history.configs
+    # epochs may grow without an override; the configuration list does not grow.
+    more = fit(PPCA(5, 2), x, lr=0.01, epochs=3, batch_size=50, checkpoint_dir=tmp_path,
+               resume=True)
+    assert len(more.epochs) == 3 and len(more.configs) == 2

@@ -7,7 +7,13 @@ import torch
 from pyro.distributions import constraints
 
 from pyrovae import fit
-from pyrovae.infer import NonFiniteLossError, TimeBudget, make_objective, param_scope
+from pyrovae.infer import (
+    NonFiniteLossError,
+    SubsampleWarning,
+    TimeBudget,
+    make_objective,
+    param_scope,
+)
 from pyrovae.infer.streams import BatchPlan, make_streams
 from pyrovae.models.ppca import PPCA, fit_closed_form, log_marginal
 
@@ -216,6 +222,7 @@ def test_nan_loss_names_epoch_and_step(tmp_path):
         (torch.zeros(10, 6), {"device": "banana"}, "unknown device"),
         (torch.zeros(10, 6), {"objective": "magic"}, "unknown objective"),
         (torch.zeros(10, 6), {"batch_size": 0}, "batch_size"),
+        ({"a": torch.zeros(10, 6)}, {"batch_size": {"a": 0}}, "positive integer, got 0"),
         (torch.zeros(10, 6), {"optimizer": "lbfgs2"}, "unknown optimizer"),
         ((torch.zeros(10, 6), torch.zeros(9)), {}, "different lengths"),
         (torch.zeros(10, 5), {}, r"shape \[N, 6\]"),
@@ -282,3 +289,61 @@ def test_callbacks_see_the_epoch_row():
         callbacks=[lambda info: seen.append((info.epoch, info.row["loss"]))])
     assert [epoch for epoch, _ in seen] == [0, 1]
     assert all(loss == loss and loss != 0.0 for _, loss in seen)
+
+
+def test_numpy_data_trains_as_the_same_tensors():
+    x = ppca_data(n=100).double()  # float64, as NumPy makes it
+    torch.manual_seed(0)
+    from_tensor = fit(PPCA(6, 2), x.float(), epochs=2, batch_size=30)
+    torch.manual_seed(0)
+    pair = (x.numpy(), torch.zeros(100, dtype=torch.int32).numpy())
+    two = TwoStreamModel(6, 2)
+    from_numpy = fit(two, {"data": pair}, epochs=2, batch_size=30)
+    # Floating arrays take the model's dtype (float32 here), integer arrays int64: the same
+    # tensors, seeds and batches, hence the same losses to the last bit.
+    assert from_numpy.losses == from_tensor.losses
+
+
+def test_a_model_class_is_a_type_error_naming_the_fix():
+    with pytest.raises(TypeError, match=r"class PPCA, not a model.*fit\(PPCA\(\.\.\.\), data\)"):
+        fit(PPCA, ppca_data(n=20), epochs=1)
+
+
+def test_zero_epochs_returns_an_empty_history(tmp_path):
+    ppca = PPCA(6, 2)
+    before = {k: v.clone() for k, v in ppca.state_dict().items()}
+    history = fit(ppca, ppca_data(n=20), epochs=0, checkpoint_dir=tmp_path)
+    assert history.epochs == [] and history.losses == [] and history.last_checkpoint is None
+    assert all(torch.equal(v, before[k]) for k, v in ppca.state_dict().items())
+    assert not ppca.training and list(tmp_path.iterdir()) == []
+
+
+class IgnoresSubsample(PPCA):
+    """Plates over all N rows whatever subsample says: every step sees the whole data."""
+
+    def model(self, x, subsample=None):
+        super().model(x, None)
+
+    def guide(self, x, subsample=None):
+        super().guide(x, None)
+
+
+class UnscaledBatch(PPCA):
+    """Selects the batch's rows but plates over them alone (size M, not N): no N/M scale."""
+
+    def model(self, x, subsample=None):
+        super().model(x[subsample], None)
+
+    def guide(self, x, subsample=None):
+        super().guide(x[subsample], None)
+
+
+@pytest.mark.parametrize("model, seen", [(IgnoresSubsample, "100 rows of 100"),
+                                         (UnscaledBatch, "25 rows of 25")])
+def test_a_model_that_ignores_subsample_is_warned_once(model, seen):
+    with pytest.warns(SubsampleWarning, match=f"plate 'data' has {seen}, but fit gave it a batch "
+                      "of 25 rows of 100.*size=N, subsample=subsample") as caught:
+        fit(model(6, 2), ppca_data(n=100), epochs=2, batch_size=25)
+    assert len(caught) == 1
+    # The whole data as one batch is no evidence either way: no warning (errors in this suite).
+    fit(model(6, 2), ppca_data(n=100), epochs=1, batch_size=100)

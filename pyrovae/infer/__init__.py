@@ -1,14 +1,18 @@
 """Inference: the trainer, the objectives, importance sampling and checkpoints."""
 
 from .callbacks import EpochEnd, History, TimeBudget
-from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .classification import accuracy, error_rate, validation_callback
 from .importance import importance_log_likelihood, log_importance_weights
 from .objectives import ImportanceWeightedELBO, make_objective
+from .resume import CheckpointWarning
 from .scope import param_scope
+from .step import SubsampleWarning
 from .trainer import NonFiniteLossError, fit
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointWarning",
     "EpochEnd",
     "History",
     "ImportanceWeightedELBO",
@@ -23,6 +27,7 @@ __all__ = [
     "param_scope",
     "read_checkpoint",
     "save_checkpoint",
+    "SubsampleWarning",
     "TimeBudget",
     "validation_callback",
 ]
