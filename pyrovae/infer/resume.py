@@ -94,8 +94,15 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> dict[str,
     return {
         key: (stored[key], new[key])
         for key in CONFIG_KEYS
-        if key in stored and key in new and stored[key] != new[key]
+        if key in stored and key in new and not _same(stored[key], new[key])
     }
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except (RuntimeError, TypeError, ValueError):  # e.g. tensors in a model's config
+        return repr(a) == repr(b)
 
 
 def allowed_changes(allow: bool | Collection[str]) -> set[str]:
