@@ -184,13 +184,25 @@ class _Run:
         self.pair, self.optimisation, self.schedule = pair, optimisation, schedule
         self.checkpointing, self.monitoring = checkpointing, monitoring
         allow = allowed_changes(checkpointing.allow_config_change)
+        self._prepare_data(data, loss.jit)
+        self._prepare_step(loss)
+        self._start_or_resume(allow)
+        self.checked_subsampling = False
+
+    def _prepare_data(self, data: Any, jit: bool) -> None:
+        """The device, the streams and their batch sizes; the module moved to the device."""
+        pair, schedule = self.pair, self.schedule
         self.device = resolve_device(schedule.device, data)
         self.streams = make_streams(data, self.device, _float_dtype(pair.module))
         self.sizes = schedule.batch_sizes([s.name for s in self.streams])
-        self.drop_last = loss.jit if schedule.drop_last is None else schedule.drop_last
+        self.drop_last = jit if schedule.drop_last is None else schedule.drop_last
         if pair.module is not None:
             pair.module.to(self.device)
             pair.module.train()
+
+    def _prepare_step(self, loss: LossOptions) -> None:
+        """Seed, the objective, the parameters, the optimiser and the training step."""
+        pair, schedule, optimisation = self.pair, self.schedule, self.optimisation
         objective = loss.objective
         if isinstance(objective, str):
             objective = make_objective(
@@ -209,20 +221,25 @@ class _Run:
             lr=optimisation.lr, lr_schedule=optimisation.lr_schedule,
             clip_norm=optimisation.clip_norm, batch_size=self.sizes, seed=schedule.seed,
         )
+
+    def _start_or_resume(self, allow: set[str]) -> None:
+        """A fresh run state, or the checkpoint's (its configuration checked against ours)."""
+        checkpointing, pair = self.checkpointing, self.pair
         self.fit_config = dict(
-            self.config, epochs=schedule.epochs, user=dict(checkpointing.config or {})
+            self.config, epochs=self.schedule.epochs, user=dict(checkpointing.config or {})
         )
         source = resume_source(checkpointing)
         if source is None:
             self.state = RunState(History(configs=[dict(epoch=0, step=0, config=self.config)]))
         else:
-            self.state = restore_run(source, pair, optimizer, self.device, self.config, allow)
+            self.state = restore_run(
+                source, pair, self.step.optimizer, self.device, self.config, allow
+            )
             logger.info(
                 "resumed from %s at epoch %d step %d", source, self.state.epoch, self.state.step
             )
         # A last.pt found bad on resume is not kept as previous.pt over the good one.
         self.keep_previous = source is None or source != checkpointing.previous
-        self.checked_subsampling = False
 
     def run_epoch(self) -> tuple[int, float]:
         """Train one epoch (from where a resumed run stopped); its number of steps and seconds."""
