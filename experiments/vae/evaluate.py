@@ -9,7 +9,7 @@ References:
 
 Example::
 
-    python experiments/vae_evaluate.py --checkpoints runs/vae_headline/elbo/last.pt \
+    python -m experiments.vae.evaluate --checkpoints runs/vae_headline/elbo/last.pt \
         --num-samples 5000 --out runs/vae_evaluate
 """
 
@@ -21,9 +21,16 @@ from pathlib import Path
 
 import pyro
 import torch
-from vae_common import Data, command_line, machine, write_json
 
 import pyrovae
+from experiments.common import (
+    add_device_argument,
+    command_line,
+    machine,
+    resolve_device,
+    write_json,
+)
+from experiments.vae.common import Data
 from pyrovae.infer.evaluation import evaluate
 
 
@@ -40,19 +47,22 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/vae_evaluate")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = dict(command=command_line(), machine=machine(), dataset=args.dataset, models={})
+    metrics = dict(command=command_line(), machine=machine(device), dataset=args.dataset, models={})
     data = {}
     for path in args.checkpoints:
-        model = pyrovae.load_checkpoint(path)
+        model = pyrovae.load_checkpoint(path, map_location=device)
         binarized = model.config.get("likelihood", "bernoulli") == "bernoulli"
         if binarized not in data:
             data[binarized] = Data(args.dataset, args.data_root, train_size=1,
-                                   test_size=args.test_size, binarized=binarized)
+                                   test_size=args.test_size, binarized=binarized,
+                                   device=device)
         x = data[binarized].test_x
         model.check_data(x)
         pyro.set_rng_seed(args.seed)

@@ -19,7 +19,7 @@ References:
 
 Example::
 
-    python experiments/vae_gradient_variance.py --epochs 5 --out results/vae/gradient_variance
+    python -m experiments.vae.gradient_variance --epochs 5 --out results/vae/gradient_variance
 """
 
 from __future__ import annotations
@@ -28,19 +28,11 @@ import argparse
 
 import pyro
 import torch
-from _plots import save_figure
 from pyro.infer import Trace_ELBO
-from vae_common import (
-    add_common_args,
-    command_line,
-    data_from_args,
-    machine,
-    make_vae,
-    setup,
-    train_vae,
-    write_json,
-)
 
+from experiments.common import command_line, machine, write_json
+from experiments.figures import pyplot, save_figure
+from experiments.vae.common import add_common_args, data_from_args, make_vae, setup, train_vae
 from pyrovae.infer import param_scope
 
 ESTIMATORS = ("reparameterisation", "score_function")
@@ -95,12 +87,7 @@ def score_function_twin(model, args, data):
 
 
 def plot(rows_by_stage: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
     styles = {"reparameterisation": "o-", "score_function": "s--"}
     for stage, rows in rows_by_stage.items():
         for name in ESTIMATORS:
@@ -156,7 +143,7 @@ def main(argv=None) -> None:
     plot(rows_by_stage, out / "gradient_variance.png")
     (out / "table.md").write_text(markdown(rows_by_stage))
     write_json(out / "metrics.json", dict(
-        command=command_line(), machine=machine(), dataset=data.name, arch=args.arch,
+        command=command_line(), machine=machine(args.device), dataset=data.name, arch=args.arch,
         likelihood=args.likelihood,
         latent_dim=args.latent, batch=args.batch, draws=args.draws, epochs=len(history),
         train_seconds=wall, results=rows_by_stage,

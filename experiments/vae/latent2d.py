@@ -9,7 +9,7 @@ References:
 
 Example::
 
-    python experiments/vae_latent2d.py --epochs 20 --out results/vae/latent2d
+    python -m experiments.vae.latent2d --epochs 20 --out results/vae/latent2d
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _plots import save_image_grid, save_latent_scatter
-from vae_common import (
+
+from experiments.common import command_line, machine, write_json
+from experiments.figures import save_image_grid, save_latent_scatter
+from experiments.vae.common import (
     add_common_args,
     add_eval_args,
-    command_line,
     data_from_args,
-    machine,
     setup,
     test_metrics,
     train_vae,
-    write_json,
 )
 
 FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -61,7 +60,7 @@ def main(argv=None) -> None:
     save_latent_scatter(out / "latent_scatter.png", loc, data.test_y, class_names=names,
                         title=f"{data.name} test set: posterior means of q(z|x)")
     metrics = dict(
-        command=command_line(), machine=machine(), dataset=data.name, arch=args.arch,
+        command=command_line(), machine=machine(args.device), dataset=data.name, arch=args.arch,
         likelihood=args.likelihood,
         latent_dim=2, epochs=len(history), train_seconds=wall, history=history,
         test=test_metrics(model, data, args.num_samples, args.eval_examples),

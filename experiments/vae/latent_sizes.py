@@ -9,7 +9,7 @@ References:
 
 Example::
 
-    python experiments/vae_latent_sizes.py --epochs 10 --out results/vae/latent_sizes
+    python -m experiments.vae.latent_sizes --epochs 10 --out results/vae/latent_sizes
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _plots import save_grids_side_by_side
-from vae_common import (
+
+from experiments.common import command_line, machine, write_json
+from experiments.figures import save_grids_side_by_side
+from experiments.vae.common import (
     add_common_args,
     add_eval_args,
-    command_line,
     data_from_args,
-    machine,
     setup,
     test_metrics,
     train_vae,
-    write_json,
 )
 
 
@@ -66,7 +65,7 @@ def main(argv=None) -> None:
         rows.append(dict(latent_dim=k, epochs=len(history), train_seconds=wall, history=history,
                          test=test_metrics(model, data, args.num_samples, args.eval_examples)))
         write_json(out / "metrics.json", dict(
-            command=command_line(), machine=machine(), dataset=data.name, arch=args.arch,
+            command=command_line(), machine=machine(args.device), dataset=data.name, arch=args.arch,
             likelihood=args.likelihood, runs=rows,
         ))
     nrow = int(round(args.samples**0.5))

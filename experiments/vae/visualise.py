@@ -15,7 +15,7 @@ References:
 
 Example::
 
-    python experiments/vae_visualise.py --epochs 10 --latent 20 --out results/vae/visualise
+    python -m experiments.vae.visualise --epochs 10 --latent 20 --out results/vae/visualise
 """
 
 from __future__ import annotations
@@ -23,17 +23,16 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _plots import save_image_rows
-from vae_common import (
+
+from experiments.common import command_line, machine, write_json
+from experiments.figures import save_image_rows
+from experiments.vae.common import (
     add_common_args,
     add_eval_args,
-    command_line,
     data_from_args,
-    machine,
     setup,
     test_metrics,
     train_vae,
-    write_json,
 )
 
 
@@ -44,7 +43,7 @@ def first_of_each_class(y: torch.Tensor, classes) -> list[int]:
 def interpolate(model, x_a, x_b, steps: int = 10) -> torch.Tensor:
     """Decoder means at ``(1 - t) mu(x_a) + t mu(x_b)`` for ``steps`` values of t in [0, 1]."""
     (loc_a, _), (loc_b, _) = model.encode(x_a[None]), model.encode(x_b[None])
-    t = torch.linspace(0, 1, steps, dtype=loc_a.dtype)[:, None]
+    t = torch.linspace(0, 1, steps, dtype=loc_a.dtype, device=loc_a.device)[:, None]
     return model.decode((1 - t) * loc_a + t * loc_b)
 
 
@@ -56,7 +55,7 @@ def group_direction(model, x: torch.Tensor, from_mask, to_mask) -> torch.Tensor:
 
 def along(model, x_start: torch.Tensor, direction: torch.Tensor, scales) -> torch.Tensor:
     loc, _ = model.encode(x_start[None])
-    t = torch.as_tensor(scales, dtype=loc.dtype)[:, None]
+    t = torch.as_tensor(scales, dtype=loc.dtype, device=loc.device)[:, None]
     return model.decode(loc + t * direction)
 
 
@@ -106,7 +105,7 @@ def main(argv=None) -> None:
                     title=f"decode(mu(x) + t d), t = {scales[0]:g} ... {scales[-1]:g}")
 
     metrics = dict(
-        command=command_line(), machine=machine(), dataset=data.name, arch=args.arch,
+        command=command_line(), machine=machine(args.device), dataset=data.name, arch=args.arch,
         likelihood=args.likelihood,
         latent_dim=args.latent, epochs=len(history), train_seconds=wall, history=history,
         attribute_scales=scales,
