@@ -21,8 +21,9 @@ def run(module: str, *args: str) -> None:
 
 
 def test_linear_components_smoke(tmp_path):
-    run("experiments.linear.components", "--dataset", "digits", "--components", "4", "--n-train", "300",
-        "--n-test", "100", "--epochs", "2", "--elbo-particles", "2", "--out", str(tmp_path))
+    run("experiments.linear.components", "--dataset", "digits", "--components", "4",
+        "--n-train", "300", "--n-test", "100", "--epochs", "2", "--elbo-particles", "2",
+        "--out", str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["models"]) == {"pca", "fa", "ica", "nmf"}
     assert [row["epoch"] for row in metrics["models"]["fa"]["curve"]] == [0, 1]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import command_line, machine, write_json
+from experiments.common import provenance, write_json
 from experiments.figures import pyplot, save_figure
 from experiments.gen_vs_disc.baselines import (
     crossover_sizes,
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     features = f"PCA-{args.pca_dim}" if args.features == "pca" else "pixels"
     title = f"{args.dataset} ({features}): mean ± std over {args.repeats} training sets"
     metrics = dict(
-        command=command_line(), machine=machine(), dataset=args.dataset, features=features,
+        **provenance(), dataset=args.dataset, features=features,
         num_train_pool=len(y), num_test=len(yt),
         logistic_c=args.logistic_c, var_smoothing=args.var_smoothing, seed=args.seed,
     )

@@ -25,13 +25,7 @@ from pathlib import Path
 import torch
 from pyro.infer import Trace_ELBO
 
-from experiments.common import (
-    add_device_argument,
-    command_line,
-    machine,
-    resolve_device,
-    write_json,
-)
+from experiments.common import add_run_arguments, provenance, start_run, write_json
 from experiments.figures import pyplot, save_figure
 from pyrovae import fit
 from pyrovae.data import load_dataset
@@ -64,8 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=["fa", "ica", "nmf"],
                    choices=["fa", "ica", "nmf"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/linear_components"))
-    add_device_argument(p)
+    add_run_arguments(p, out="runs/linear_components")
     return p.parse_args(argv)
 
 
@@ -144,7 +137,7 @@ def plot_components(rows: dict, image_shape, path: Path, title: str) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
+    device = start_run(args)
     torch.manual_seed(args.seed)
     train = load_dataset(args.dataset, "train", device=device)
     test = load_dataset(args.dataset, "test", device=device)
@@ -154,7 +147,7 @@ def main(argv=None) -> dict:
     x_test = test.x[: args.n_test] if args.n_test else test.x
     k, d = args.components, x.shape[1]
     metrics = dict(
-        command=command_line(), machine=machine(device), dataset=args.dataset, components=k,
+        **provenance(device), dataset=args.dataset, components=k,
         n_train=n_train, n_test=len(x_test),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, models={},
     )

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import pyrovae
-from experiments.common import add_device_argument, resolve_device, write_json
+from experiments.common import add_run_arguments, provenance, start_run, write_json
 from experiments.figures import save_table_of_images
 from experiments.m2.common import generative_error, test_error
 from pyrovae.data import binarize, encode_in_chunks, load_dataset
@@ -47,8 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-model-copy", action="store_true", help="do not write OUT/model.pt")
     p.add_argument("--elbo-samples", type=int, default=1,
                    help="draws of z per class for argmax_y L(x, y)")
-    p.add_argument("--out", type=Path, default=Path("runs/m2_figures"))
-    add_device_argument(p)
+    add_run_arguments(p, out="runs/m2_figures")
     return p.parse_args(argv)
 
 
@@ -80,7 +79,7 @@ def analogies(model, x: torch.Tensor, y: torch.Tensor, to_inputs=identity,
 
 def run(args: argparse.Namespace) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)
+    device = start_run(args)
     model = pyrovae.load_checkpoint(args.checkpoint, map_location=device)
     to_inputs = to_pixels = identity
     if args.m1 is not None:
@@ -118,7 +117,8 @@ def run(args: argparse.Namespace) -> dict:
     # Weights and config only (no optimiser state): loadable with pyrovae.load_checkpoint.
     if not args.no_model_copy:
         pyrovae.save_checkpoint(args.out / "model.pt", model, source=str(args.checkpoint))
-    metrics = dict(checkpoint=str(args.checkpoint), m1=str(args.m1) if args.m1 else None,
+    metrics = dict(**provenance(device), checkpoint=str(args.checkpoint),
+                   m1=str(args.m1) if args.m1 else None,
                    test_error=error, generative_test_error=generative,
                    elbo_samples=args.elbo_samples,
                    test_images=len(y_test), analogy_test_indices=shown.tolist(),

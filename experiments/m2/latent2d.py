@@ -22,13 +22,7 @@ from pathlib import Path
 import torch
 
 import pyrovae
-from experiments.common import (
-    add_device_argument,
-    command_line,
-    machine,
-    resolve_device,
-    write_json,
-)
+from experiments.common import add_run_arguments, command_line, provenance, start_run, write_json
 from experiments.figures import save_latent_panels
 from experiments.m2.common import labelled_weight, prepare_data, test_error, train_m2
 from pyrovae.data import DynamicBinarized, load_dataset
@@ -56,8 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--m2-checkpoint", type=Path, default=None,
                    help="use this trained 2-D M2 instead of training one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/m2_latent2d"))
-    add_device_argument(p)
+    add_run_arguments(p, out="runs/m2_latent2d")
     return p.parse_args(argv)
 
 
@@ -84,7 +77,7 @@ def train_m2_2d(args: argparse.Namespace, data) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    args.device = resolve_device(args.device)
+    args.device = start_run(args)
     data = prepare_data(args.dataset, args.labels, args.validation, args.seed, "dynamic",
                         args.limit, device=args.device)
     if args.m2_checkpoint is None:
@@ -102,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
     panels = [(f"M2, z = mean of q(z | x, y_true), {args.labels} labels "
                f"(test error {100 * m2_metrics['test_error']:.1f}%)", m2_codes)]
     keys = ("checkpoint", "test_error", "epochs_done", "best_epoch", "wall_seconds")
-    metrics = dict(command=command_line(), machine=machine(args.device),
+    metrics = dict(**provenance(args.device),
                    m2={k: m2_metrics[k] for k in keys if k in m2_metrics})
     if not args.skip_vae:
         train = load_dataset(args.dataset, "train", device=args.device)

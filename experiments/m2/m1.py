@@ -20,18 +20,11 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 import torch
 
 import pyrovae
-from experiments.common import (
-    add_device_argument,
-    command_line,
-    machine,
-    resolve_device,
-    write_json,
-)
+from experiments.common import add_run_arguments, provenance, start_run, write_json
 from pyrovae.data import DynamicBinarized, binarize, load_dataset
 from pyrovae.infer import TimeBudget
 from pyrovae.infer.evaluation import elbo_terms
@@ -52,16 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("runs/m1_mnist"))
-    add_device_argument(p)
+    add_run_arguments(p, out="runs/m1_mnist")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_run(args)
     train = load_dataset(args.dataset, "train", device=device)
     test = load_dataset(args.dataset, "test", device=device)
     x, x_test = train.x[: args.limit], binarize(test.x[: args.limit], 20_000)
@@ -82,7 +71,7 @@ def run(args: argparse.Namespace) -> dict:
                           callbacks=[monitor, TimeBudget(args.max_minutes)],
                           checkpoint_dir=args.out, resume=True)
     pyrovae.save_checkpoint(args.out / "m1.pt", vae)
-    metrics = dict(command=command_line(), machine=machine(device),
+    metrics = dict(**provenance(device),
                    model_config=vae.config, epochs_done=len(history.epochs),
                    wall_seconds=time.perf_counter() - started, curve=history.epochs,
                    final_test_elbo=history.epochs[-1]["test_elbo"])

@@ -26,13 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import pyrovae
-from experiments.common import (
-    add_device_argument,
-    command_line,
-    machine,
-    resolve_device,
-    write_json,
-)
+from experiments.common import add_run_arguments, provenance, start_run, write_json
 from experiments.m2.common import mean_std, prepare_data
 from pyrovae.infer.classification import accuracy
 from pyrovae.models.networks import mlp
@@ -50,9 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=300, help="passes over the labelled set")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("runs/m1_baseline"))
-    add_device_argument(p)
+    add_run_arguments(p, out="runs/m1_baseline")
     return p.parse_args(argv)
 
 
@@ -85,11 +77,9 @@ def train_classifier(data, args, seed: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_run(args)
     m1 = pyrovae.load_checkpoint(args.m1, map_location=device).eval()
-    summary = dict(command=command_line(), machine=machine(device), by_labels={})
+    summary = dict(**provenance(device), by_labels={})
     for n_labels in args.labels:
         errors = []
         for seed in args.seeds:

@@ -30,13 +30,7 @@ from pathlib import Path
 import torch
 
 import pyrovae
-from experiments.common import (
-    add_device_argument,
-    command_line,
-    machine,
-    resolve_device,
-    write_json,
-)
+from experiments.common import add_run_arguments, provenance, start_run, write_json
 from experiments.figures import save_learning_curve
 from experiments.m2.common import labelled_weight, mean_std, prepare_data, train_m2
 from pyrovae.models.m2 import M2
@@ -80,17 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-decay", type=float, default=1.0, help="lr factor per epoch")
     p.add_argument("--jit", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("runs/m2_mnist"))
-    add_device_argument(p)
+    add_run_arguments(p, out="runs/m2_mnist")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    where = machine(device)
+    device = start_run(args)
     m1 = pyrovae.load_checkpoint(args.m1, map_location=device).eval() if args.m1 else None
     summary = {}
     for n_labels in args.labels:
@@ -108,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
                 likelihood="bernoulli" if m1 is None else args.code_likelihood,
                 sigma=args.sigma,
             )
-            info = dict(labels=n_labels, seed=seed, command=command_line(), machine=where,
+            info = dict(labels=n_labels, seed=seed, **provenance(device),
                         num_train=data.num_train, alpha=model.alpha, model_config=model.config,
                         m1=str(args.m1) if args.m1 else None)
             run_dir = args.out / f"labels{n_labels}_seed{seed}"
@@ -121,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
             save_learning_curve(run_dir / "curve.png", metrics["curve"],
                                 f"M2, {n_labels} labels, seed {seed}: test error "
                                 f"{100 * metrics['test_error']:.2f}% (validation-selected)")
-            summary = summarise(finished_runs(args.out), where)
+            summary = summarise(finished_runs(args.out), device)
             write_json(args.out / "metrics.json", summary)
             (args.out / "table.md").write_text(table(summary))
     return summary
@@ -142,7 +131,7 @@ def finished_runs(out: Path) -> list[dict]:
     return runs
 
 
-def summarise(runs: list[dict], machine: str) -> dict:
+def summarise(runs: list[dict], device: torch.device) -> dict:
     by_labels = {}
     for n in sorted({r["labels"] for r in runs}):
         mine = [r for r in runs if r["labels"] == n]
@@ -156,7 +145,7 @@ def summarise(runs: list[dict], machine: str) -> dict:
             seconds_per_epoch_median=statistics.median(r["seconds_per_epoch_median"] for r in mine),
             time_to_best_seconds=[r["time_to_best_seconds"] for r in mine],
         )
-    return dict(command=command_line(), machine=machine, runs=runs, by_labels=by_labels,
+    return dict(**provenance(device), runs=runs, by_labels=by_labels,
                 anchors=ANCHORS, finished_utc=time.strftime("%H:%M", time.gmtime()))
 
 

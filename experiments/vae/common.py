@@ -15,7 +15,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from experiments.common import add_device_argument, command_line, resolve_device
+from experiments.common import add_run_arguments, command_line, provenance, start_run
 from pyrovae.data import DynamicBinarized, binarize, load_dataset
 from pyrovae.infer import TimeBudget, fit
 from pyrovae.infer.evaluation import elbo_terms
@@ -29,9 +29,7 @@ def setup(args: argparse.Namespace) -> Path:
     """Logging, threads, validation (off unless ``--validate``), seeds and ``args.device`` (a
     ``torch.device`` afterwards); returns ``args.out``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.device = resolve_device(args.device)
+    args.device = start_run(args)
     pyro.enable_validation(bool(getattr(args, "validate", False)))
     pyro.set_rng_seed(args.seed)
     out = Path(args.out)
@@ -41,7 +39,6 @@ def setup(args: argparse.Namespace) -> Path:
 
 def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10) -> None:
     """Options every VAE script shares: data, architecture, training, output."""
-    parser.add_argument("--out", default=out, help="output folder (default %(default)s)")
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "digits"])
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
     parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
@@ -57,9 +54,32 @@ def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10)
     parser.add_argument("--train-size", type=int, default=None, help="first N training images")
     parser.add_argument("--test-size", type=int, default=None, help="first N test images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--validate", action="store_true", help="Pyro validation (slower)")
-    add_device_argument(parser)
+    add_run_arguments(parser, out, threads=1)
+
+
+def script_parser(description: str, out: str, epochs: int, evaluation: bool = True):
+    """A parser with the options every VAE script shares (and ``add_eval_args``'s unless
+    ``evaluation=False``)."""
+    parser = argparse.ArgumentParser(description=description)
+    add_common_args(parser, out=out, epochs=epochs)
+    if evaluation:
+        add_eval_args(parser)
+    return parser
+
+
+def run_header(args: argparse.Namespace, data: Data) -> dict:
+    """What every VAE script's metrics.json starts with: provenance, data set, architecture."""
+    return dict(**provenance(args.device), dataset=data.name, arch=args.arch,
+                likelihood=args.likelihood)
+
+
+def trained_record(args: argparse.Namespace, data: Data, model: VAE, history: list[dict],
+                   wall: float) -> dict:
+    """One trained model's entry: its latent size, training history and time, test metrics."""
+    return dict(latent_dim=model.latent_dim, epochs=len(history), train_seconds=wall,
+                history=history,
+                test=test_metrics(model, data, args.num_samples, args.eval_examples))
 
 
 class Data:

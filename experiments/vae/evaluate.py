@@ -20,16 +20,9 @@ import time
 from pathlib import Path
 
 import pyro
-import torch
 
 import pyrovae
-from experiments.common import (
-    add_device_argument,
-    command_line,
-    machine,
-    resolve_device,
-    write_json,
-)
+from experiments.common import add_run_arguments, provenance, start_run, write_json
 from experiments.vae.common import Data
 from pyrovae.infer.evaluation import evaluate
 
@@ -45,16 +38,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--sample-chunk", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/vae_evaluate")
-    add_device_argument(parser)
+    add_run_arguments(parser, out="runs/vae_evaluate", threads=1)
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
-    torch.set_num_threads(args.threads)
+    device = start_run(args)
     pyro.enable_validation(False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = dict(command=command_line(), machine=machine(device), dataset=args.dataset, models={})
+    metrics = dict(**provenance(device), dataset=args.dataset, models={})
     data = {}
     for path in args.checkpoints:
         model = pyrovae.load_checkpoint(path, map_location=device)

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from experiments.common import command_line, machine, write_json
+from experiments.common import command_line, provenance, write_json
 from experiments.figures import pyplot, save_figure
 from experiments.vae.common import (
     add_common_args,
@@ -158,8 +158,7 @@ def main(argv=None) -> None:
     eval_idx = torch.randperm(n_test, generator=gen)[: min(args.eval_examples, n_test)].sort()[0]
     eval_idx = eval_idx.to(data.test_x.device)
     metrics = dict(
-        command=command_line(),
-        machine=machine(args.device),
+        **provenance(args.device),
         dataset=data.name,
         test_binarization="one fixed stochastic binarisation (seed 1234) of the test images",
         eval_subset=(
