@@ -1,4 +1,5 @@
-"""What every experiment shares: provenance, atomic JSON, the device option and figures.
+"""What every experiment shares: provenance, atomic JSON, the run options (--out, --threads,
+--device). Figures are in :mod:`experiments.figures`.
 
 Library code returns values; these helpers are for the scripts that turn them into files.
 """
