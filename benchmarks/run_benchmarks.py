@@ -26,15 +26,16 @@ import pyro
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from plain_models import PlainM2, PlainPPCA, PlainVAE  # noqa: E402
 
+from experiments.common import command_line, machine  # noqa: E402
 from pyrovae import fit  # noqa: E402
 from pyrovae.data import binarize, labelled_split, load_dataset  # noqa: E402
 from pyrovae.infer import make_objective, param_scope  # noqa: E402
 from pyrovae.models import M2, PPCA  # noqa: E402
 from pyrovae.models.vae import VAE  # noqa: E402
-from pyrovae.ppca_comparison import machine_description  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -325,10 +326,9 @@ def main() -> int:
     report = {
         "results": results,
         "time_to_test_elbo": to_target,
-        "machine": machine_description(),
-        "pyro": pyro.__version__,
+        "machine": machine(device),
         "device": str(device),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -362,12 +362,8 @@ def format_table(report: dict) -> str:
             f"{t['plain']['epochs']} epochs (training time only; reached: "
             f"{t['pyrovae']['reached']}, {t['plain']['reached']})."
         )
-    m = report["machine"]
     lines.append("")
-    lines.append(
-        f"Device {report['device']}; torch {m['torch']}, pyro {report['pyro']}, "
-        f"{m['cpu_count']} CPUs, {m['torch_threads']} torch threads; {m['platform']}."
-    )
+    lines.append(f"Device {report['device']}; {report['machine']}.")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""What every experiment shares: provenance, atomic JSON, the device option and figures.
+"""What every experiment shares: provenance, atomic JSON, the run options (--out, --threads,
+--device). Figures are in :mod:`experiments.figures`.
 
 Library code returns values; these helpers are for the scripts that turn them into files.
 """
@@ -127,3 +128,20 @@ def resolve_device(name: str | None) -> torch.device:
             f"({torch.__version__}) sees no CUDA device; use --device cpu"
         )
     return device
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, out: str, threads: int | None = None):
+    """The options every script shares: ``--out`` (default ``out``, under ``runs/``),
+    ``--threads`` (default ``threads``; None leaves torch's choice) and ``--device``."""
+    parser.add_argument("--out", type=Path, default=Path(out),
+                        help="output folder (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=threads,
+                        help="torch threads (default %(default)s: None is torch's choice)")
+    add_device_argument(parser)
+
+
+def start_run(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads``; return ``--device`` as a ``torch.device`` (see ``resolve_device``)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)

@@ -19,6 +19,19 @@ def test_help(args):
     assert result.returncode == 0 and "usage: pyrovae" in result.stdout
 
 
+@pytest.mark.parametrize("flag", ["-v", "-q"])
+@pytest.mark.parametrize("before", [True, False])
+def test_verbosity_before_or_after_the_subcommand(flag, before):
+    import logging
+
+    from pyrovae.cli import build_parser
+
+    argv = [flag, "ppca"] if before else ["ppca", flag]
+    args = build_parser().parse_args(argv)
+    assert args.log_level == (logging.INFO if flag == "-v" else logging.ERROR)
+    assert build_parser().parse_args(["ppca"]).log_level == logging.WARNING
+
+
 def test_ppca_digits_smoke(tmp_path):
     result = run(
         "ppca", "--epochs", "30", "--lr", "0.05", "--latent-dim", "3", "--out", str(tmp_path)

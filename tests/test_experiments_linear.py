@@ -11,18 +11,19 @@ import pytest
 from conftest import REPO
 
 
-def run(script: str, *args: str) -> None:
+def run(module: str, *args: str) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / script), *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_linear_components_smoke(tmp_path):
-    run("linear_components.py", "--dataset", "digits", "--components", "4", "--n-train", "300",
-        "--n-test", "100", "--epochs", "2", "--elbo-particles", "2", "--out", str(tmp_path))
+    run("experiments.linear.components", "--dataset", "digits", "--components", "4",
+        "--n-train", "300", "--n-test", "100", "--epochs", "2", "--elbo-particles", "2",
+        "--out", str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["models"]) == {"pca", "fa", "ica", "nmf"}
     assert [row["epoch"] for row in metrics["models"]["fa"]["curve"]] == [0, 1]
@@ -38,7 +39,7 @@ def test_linear_components_smoke(tmp_path):
 
 
 def test_generative_vs_discriminative_smoke(tmp_path):
-    run("generative_vs_discriminative.py", "--dataset", "digits", "--features", "pca",
+    run("experiments.gen_vs_disc.learning_curves", "--dataset", "digits", "--features", "pca",
         "--pca-dim", "10", "--sizes", "20", "100", "--repeats", "2", "--out", str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["sizes_done"] == [20, 100]
@@ -52,7 +53,7 @@ def test_generative_vs_discriminative_smoke(tmp_path):
 
 
 def test_crossover_sizes_and_table():
-    from pyrovae.baselines import LearningCurves, crossover_sizes, markdown_table
+    from experiments.gen_vs_disc.baselines import LearningCurves, crossover_sizes, markdown_table
 
     assert crossover_sizes([10, 20, 50, 100], [0.5, 0.3, 0.2, 0.2], [0.4, 0.35, 0.25, 0.1]) == [
         10, 50
@@ -62,7 +63,7 @@ def test_crossover_sizes_and_table():
 
 
 def test_training_subsets_are_seeded_and_hold_two_classes():
-    from pyrovae.baselines import training_subsets
+    from experiments.gen_vs_disc.baselines import training_subsets
 
     y = np.array([0] * 50 + [1] * 2)
     first = training_subsets(y, [3, 10], repeats=4, seed=1)
@@ -78,7 +79,7 @@ def test_training_subsets_are_seeded_and_hold_two_classes():
 def test_naive_bayes_learns_faster_when_its_model_is_true():
     """Ng & Jordan's first regime on data drawn from naive Bayes' own model: 2 classes, 40
     independent unit-variance features whose means differ by 0.35 between the classes."""
-    from pyrovae.baselines import learning_curves
+    from experiments.gen_vs_disc.baselines import learning_curves
 
     rng = np.random.default_rng(0)
 

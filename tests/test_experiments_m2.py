@@ -16,7 +16,7 @@ TINY = ["--dataset", "digits", "--validation", "100", "--labels", "20"]
 
 def run_script(name: str, *args: str) -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / name), *args],
+        [sys.executable, "-m", f"experiments.m2.{name}", *args],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -26,7 +26,7 @@ def run_script(name: str, *args: str) -> None:
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("m2_mnist")
     run_script(
-        "m2_mnist.py", *TINY, "--seeds", "0", "1", "--epochs", "2", "--hidden", "32",
+        "mnist", *TINY, "--seeds", "0", "1", "--epochs", "2", "--hidden", "32",
         "--latent-dim", "4", "--classifier-arch", "mlp", "--batch-size", "200", "--out", str(out),
     )
     return out
@@ -51,7 +51,7 @@ def test_m2_mnist_writes_metrics_checkpoints_and_table(trained):
 
 def test_m2_figures_from_checkpoint(trained, tmp_path):
     run_script(
-        "m2_figures.py", "--checkpoint", str(trained / "labels20_seed0" / "best.pt"),
+        "figures", "--checkpoint", str(trained / "labels20_seed0" / "best.pt"),
         "--dataset", "digits", "--rows", "4", "--columns", "5", "--out", str(tmp_path),
     )
     for name in ("samples.png", "analogies.png", "metrics.json", "model.pt"):
@@ -60,13 +60,13 @@ def test_m2_figures_from_checkpoint(trained, tmp_path):
 
 
 def test_m2_latent2d(tmp_path):
-    run_script("m2_latent2d.py", *TINY, "--epochs", "1", "--hidden", "32", "--points", "200",
+    run_script("latent2d", *TINY, "--epochs", "1", "--hidden", "32", "--points", "200",
                "--out", str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"m2", "vae"} <= set(metrics)
     assert (tmp_path / "latent2d.png").stat().st_size > 0
     reuse = tmp_path / "reuse"
-    run_script("m2_latent2d.py", *TINY, "--skip-vae", "--points", "200", "--out", str(reuse),
+    run_script("latent2d", *TINY, "--skip-vae", "--points", "200", "--out", str(reuse),
                "--m2-checkpoint", str(tmp_path / "m2" / "best.pt"))
     reused = json.loads((reuse / "metrics.json").read_text())["m2"]
     assert reused["test_error"] == pytest.approx(metrics["m2"]["test_error"])
@@ -74,12 +74,12 @@ def test_m2_latent2d(tmp_path):
 
 def test_m1_then_m2_on_its_codes(tmp_path):
     """M1+M2: train the M1 VAE, then M2 on its codes with a Gaussian likelihood."""
-    run_script("m1_mnist.py", "--dataset", "digits", "--epochs", "2", "--hidden", "32",
+    run_script("m1", "--dataset", "digits", "--epochs", "2", "--hidden", "32",
                "--latent-dim", "6", "--out", str(tmp_path / "m1"))
     m1 = json.loads((tmp_path / "m1" / "metrics.json").read_text())
     assert m1["epochs_done"] == 2 and m1["final_test_elbo"] < 0
     out = tmp_path / "m2"
-    run_script("m2_mnist.py", *TINY, "--m1", str(tmp_path / "m1" / "m1.pt"), "--epochs", "2",
+    run_script("mnist", *TINY, "--m1", str(tmp_path / "m1" / "m1.pt"), "--epochs", "2",
                "--hidden", "32", "--latent-dim", "3", "--classifier-arch", "mlp",
                "--batch-size", "200", "--out", str(out))
     run = json.loads((out / "labels20_seed0" / "metrics.json").read_text())
@@ -87,7 +87,7 @@ def test_m1_then_m2_on_its_codes(tmp_path):
     assert run["model_config"]["data_dim"] == 6
     assert 0.0 <= run["test_error"] <= 1.0
     figures = tmp_path / "figures"
-    run_script("m2_figures.py", "--checkpoint", str(out / "labels20_seed0" / "best.pt"),
+    run_script("figures", "--checkpoint", str(out / "labels20_seed0" / "best.pt"),
                "--m1", str(tmp_path / "m1" / "m1.pt"), "--dataset", "digits", "--rows", "3",
                "--columns", "4", "--out", str(figures))
     for name in ("samples.png", "analogies.png", "model.pt"):
@@ -100,13 +100,9 @@ def test_m1_then_m2_on_its_codes(tmp_path):
 
 
 def test_m1_codes_are_fresh_every_epoch_and_reproducible():
-    sys.path.insert(0, str(REPO / "experiments"))
-    try:
-        from m2_common import M1Codes
-    finally:
-        sys.path.remove(str(REPO / "experiments"))
     import torch
 
+    from pyrovae.data import M1Codes
     from pyrovae.models import VAE
 
     m1 = VAE(data_dim=10, latent_dim=3, hidden_sizes=[8]).eval()
@@ -121,9 +117,9 @@ def test_m1_codes_are_fresh_every_epoch_and_reproducible():
 
 
 def test_m1_baseline_smoke(tmp_path):
-    run_script("m1_mnist.py", "--dataset", "digits", "--epochs", "1", "--hidden", "16",
+    run_script("m1", "--dataset", "digits", "--epochs", "1", "--hidden", "16",
                "--latent-dim", "4", "--out", str(tmp_path / "m1"))
-    run_script("m1_baseline.py", "--m1", str(tmp_path / "m1" / "m1.pt"), "--dataset", "digits",
+    run_script("m1_baseline", "--m1", str(tmp_path / "m1" / "m1.pt"), "--dataset", "digits",
                "--labels", "20", "--validation", "100", "--seeds", "0", "1", "--epochs", "3",
                "--hidden", "16", "--out", str(tmp_path / "base"))
     summary = json.loads((tmp_path / "base" / "metrics.json").read_text())

@@ -11,37 +11,37 @@ from conftest import REPO
 TINY = ["--train-size", "300", "--test-size", "120", "--epochs", "1", "--batch-size", "50"]
 CASES = {
     "headline": (
-        "vae_headline.py",
+        "headline",
         ["--dataset", "digits", "--eval-examples", "10", "--num-samples", "20",
          "--monitor-examples", "50", "--eval-every", "1"],
         ["metrics.json", "elbo/last.pt", "iwae/last.pt", "curves.png"],
     ),
     "latent2d": (
-        "vae_latent2d.py",
+        "latent2d",
         ["--dataset", "digits", "--num-samples", "10", "--eval-examples", "20", "--grid", "4"],
         ["metrics.json", "model.pt", "manifold.png", "latent_scatter.png"],
     ),
     "latent_sizes": (
-        "vae_latent_sizes.py",
+        "latent_sizes",
         ["--dataset", "digits", "--sizes", "2", "5", "--samples", "9", "--num-samples", "10",
          "--eval-examples", "20"],
         ["metrics.json", "model_z2.pt", "model_z5.pt", "samples_by_latent_size.png", "table.md"],
     ),
     "visualise-digits": (
-        "vae_visualise.py",
+        "visualise",
         ["--dataset", "digits", "--latent", "4", "--steps", "3", "--num-samples", "10",
          "--eval-examples", "20"],
         ["metrics.json", "model.pt", "reconstructions.png", "interpolations.png",
          "attribute_directions.png"],
     ),
     "visualise-gaussian": (
-        "vae_visualise.py",
+        "visualise",
         ["--dataset", "digits", "--latent", "2", "--steps", "3", "--num-samples", "10",
          "--eval-examples", "20", "--likelihood", "gaussian_learned"],
         ["metrics.json", "model.pt", "attribute_directions.png"],
     ),
     "gradient_variance": (
-        "vae_gradient_variance.py",
+        "gradient_variance",
         ["--dataset", "digits", "--latent", "3", "--draws", "5", "--particles", "1", "2",
          "--batch", "10"],
         ["metrics.json", "model.pt", "gradient_variance.png", "table.md"],
@@ -55,7 +55,7 @@ MNIST_CASES = {
 
 def run(script, args, out):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, str(REPO / "experiments" / script), *TINY, *args, "--out", str(out)]
+    cmd = [sys.executable, "-m", f"experiments.vae.{script}", *TINY, *args, "--out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())
@@ -67,7 +67,7 @@ def test_experiment_smoke(case, tmp_path):
     metrics = run(script, args, tmp_path)
     missing = [name for name in outputs if not (tmp_path / name).is_file()]
     assert not missing, f"{script} did not write {missing}"
-    assert metrics["command"].startswith("python")
+    assert metrics["command"].startswith(f"python -m experiments.vae.{script}")
     if case == "headline":
         for objective in ("elbo", "iwae"):
             result = metrics["runs"][objective]["test_subset"]
@@ -82,16 +82,16 @@ def test_visualise_on_mnist_sets(case, tmp_path, mnist_root):
         pytest.skip("Fashion-MNIST not under PYROVAE_DATA")
     args = [*MNIST_CASES[case], "--latent", "3", "--steps", "3", "--num-samples", "5",
             "--eval-examples", "10", "--data-root", str(mnist_root)]
-    metrics = run("vae_visualise.py", args, tmp_path)
+    metrics = run("visualise", args, tmp_path)
     assert metrics["dataset"] in ("mnist", "fashion-mnist")
     assert (tmp_path / "attribute_directions.png").is_file()
 
 
 def test_evaluate_script_reloads_a_checkpoint(tmp_path):
     trained = tmp_path / "trained"
-    run("vae_latent2d.py", ["--dataset", "digits", "--num-samples", "0", "--grid", "3"], trained)
+    run("latent2d", ["--dataset", "digits", "--num-samples", "0", "--grid", "3"], trained)
     out = tmp_path / "evaluated"
-    cmd = [sys.executable, str(REPO / "experiments" / "vae_evaluate.py"), "--dataset", "digits",
+    cmd = [sys.executable, "-m", "experiments.vae.evaluate", "--dataset", "digits",
            "--checkpoints", str(trained / "model.pt"), "--test-size", "30", "--num-samples", "10",
            "--out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

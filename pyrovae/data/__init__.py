@@ -34,6 +34,7 @@ from pyrovae.data.mnist import (
     ensure_files,
     load_mnist_arrays,
 )
+from pyrovae.data.streams import LabelledStream, M1Codes, encode_in_chunks
 from pyrovae.data.transforms import (
     DynamicBinarized,
     SplitIndices,
@@ -49,9 +50,12 @@ __all__ = [
     "DynamicBinarized",
     "IDXError",
     "ImageData",
+    "LabelledStream",
+    "M1Codes",
     "SplitIndices",
     "binarize",
     "data_root",
+    "encode_in_chunks",
     "ensure_files",
     "labelled_split",
     "load_dataset",

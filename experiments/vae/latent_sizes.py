@@ -9,26 +9,16 @@ References:
 
 Example::
 
-    python experiments/vae_latent_sizes.py --epochs 10 --out results/vae/latent_sizes
+    python -m experiments.vae.latent_sizes --epochs 10 --out results/vae/latent_sizes
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _plots import save_grids_side_by_side
-from vae_common import (
-    add_common_args,
-    add_eval_args,
-    command_line,
-    data_from_args,
-    machine,
-    setup,
-    test_metrics,
-    train_vae,
-    write_json,
-)
+
+from experiments.common import write_json
+from experiments.figures import save_grids_side_by_side
+from experiments.vae import common as vae
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -51,24 +41,18 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, out="runs/vae_latent_sizes", epochs=10)
-    add_eval_args(parser)
+    parser = vae.script_parser(__doc__.splitlines()[0], out="runs/vae_latent_sizes", epochs=10)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 5, 10, 20])
     parser.add_argument("--samples", type=int, default=100, help="images per panel")
     args = parser.parse_args(argv)
-    out = setup(args)
-    data = data_from_args(args)
+    out = vae.setup(args)
+    data = vae.data_from_args(args)
     rows, panels = [], []
     for k in args.sizes:
-        model, history, wall = train_vae(args, data, k, out / f"model_z{k}.pt")
+        model, history, wall = vae.train_vae(args, data, k, out / f"model_z{k}.pt")
         panels.append(model.sample(args.samples, generator=torch.Generator().manual_seed(0)))
-        rows.append(dict(latent_dim=k, epochs=len(history), train_seconds=wall, history=history,
-                         test=test_metrics(model, data, args.num_samples, args.eval_examples)))
-        write_json(out / "metrics.json", dict(
-            command=command_line(), machine=machine(), dataset=data.name, arch=args.arch,
-            likelihood=args.likelihood, runs=rows,
-        ))
+        rows.append(vae.trained_record(args, data, model, history, wall))
+        write_json(out / "metrics.json", dict(**vae.run_header(args, data), runs=rows))
     nrow = int(round(args.samples**0.5))
     save_grids_side_by_side(out / "samples_by_latent_size.png", panels,
                             [f"{data.name}, {k}-D latent" for k in args.sizes],

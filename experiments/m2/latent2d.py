@@ -5,7 +5,7 @@ validation-selected); its test images are placed at the mean of ``q(z | x, y_tru
 label is a separate latent, z only has to hold the style: classes overlap in z. A VAE with a 2-D
 latent (``pyrovae.models.VAE``, same MLP width, trained on the same images without labels) must
 put the class into z: classes form clusters. ``--m2-checkpoint`` reuses a 2-D M2 trained
-elsewhere (e.g. ``m2_mnist.py --latent-dim 2``) instead of training one. Writes
+elsewhere (e.g. ``python -m experiments.m2.mnist --latent-dim 2``) instead of training one. Writes
 ``latent2d.png``, ``metrics.json`` and the checkpoints under ``--out``.
 
 References:
@@ -16,25 +16,18 @@ References:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
-from m2_common import (
-    ENUM_WARNING,
-    labelled_weight,
-    machine_description,
-    prepare_data,
-    test_error,
-    train_m2,
-    write_json,
-)
 
 import pyrovae
+from experiments.common import add_run_arguments, command_line, provenance, start_run, write_json
+from experiments.figures import save_latent_panels
+from experiments.m2.common import labelled_weight, prepare_data, test_error, train_m2
 from pyrovae.data import DynamicBinarized, load_dataset
 from pyrovae.infer import param_scope
+from pyrovae.models import VAE
 from pyrovae.models.m2 import M2
 
 
@@ -50,51 +43,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--labelled-weight", default="balanced",
                    help="weight of the supervised bound: a number, or 'balanced' = N_u / N_l")
     p.add_argument("--epochs", type=int, default=10, help="epochs of each model (at most)")
-    p.add_argument("--max-minutes", type=float, default=float("inf"), help="M2's time budget")
+    p.add_argument("--max-minutes", type=float, default=None, help="M2's time budget (none)")
     p.add_argument("--points", type=int, default=5000, help="test images in the scatter")
     p.add_argument("--vae-epochs", type=int, default=None, help="default: --epochs")
     p.add_argument("--skip-vae", action="store_true")
     p.add_argument("--m2-checkpoint", type=Path, default=None,
                    help="use this trained 2-D M2 instead of training one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/m2_latent2d"))
+    add_run_arguments(p, out="runs/m2_latent2d")
     return p.parse_args(argv)
 
 
 def train_vae(x_train: torch.Tensor, hidden: int, epochs: int, seed: int, out: Path):
-    try:
-        from pyrovae.models import VAE
-    except ImportError:  # the VAE engineer adds the export; the class lives in models/vae.py
-        from pyrovae.models.vae import VAE
     torch.manual_seed(seed)
     vae = VAE(data_dim=x_train.shape[1], latent_dim=2, hidden_sizes=[hidden])
     started = time.perf_counter()
     history = pyrovae.fit(vae, DynamicBinarized(x_train, seed), epochs=epochs, batch_size=100,
-                          seed=seed, checkpoint_dir=out)
+                          seed=seed, checkpoint_dir=out, device=x_train.device)
     return vae, history, time.perf_counter() - started
-
-
-def save_side_by_side(path: Path, panels: list[tuple[str, torch.Tensor]], labels: torch.Tensor):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    for ax, (title, codes) in zip(axes[0], panels, strict=True):
-        codes = codes.detach().cpu().numpy()
-        for k in range(10):
-            keep = (labels == k).cpu().numpy()
-            ax.scatter(codes[keep, 0], codes[keep, 1], s=2, alpha=0.5, color=cmap(k), label=str(k))
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("$z_1$")
-        ax.set_ylabel("$z_2$")
-    axes[0, -1].legend(markerscale=5, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def train_m2_2d(args: argparse.Namespace, data) -> dict:
@@ -105,19 +71,20 @@ def train_m2_2d(args: argparse.Namespace, data) -> dict:
     return train_m2(
         m2, data, args.out / "m2", max_epochs=args.epochs, max_minutes=args.max_minutes,
         batch_size=100, labelled_batch_size=100, lr=args.lr, lr_decay=1.0, seed=args.seed,
-        jit=False,
-        info=dict(labels=args.labels, command=" ".join(sys.argv), model_config=m2.config),
+        jit=False, device=args.device,
+        info=dict(labels=args.labels, command=command_line(), model_config=m2.config),
     )
 
 
 def run(args: argparse.Namespace) -> dict:
+    args.device = start_run(args)
     data = prepare_data(args.dataset, args.labels, args.validation, args.seed, "dynamic",
-                        args.limit)
+                        args.limit, device=args.device)
     if args.m2_checkpoint is None:
         m2_metrics = train_m2_2d(args, data)
-        best = pyrovae.load_checkpoint(args.out / "m2" / "best.pt")
-    else:  # a 2-D M2 trained elsewhere (e.g. by m2_mnist.py --latent-dim 2)
-        best = pyrovae.load_checkpoint(args.m2_checkpoint)
+        best = pyrovae.load_checkpoint(args.out / "m2" / "best.pt", map_location=args.device)
+    else:  # a 2-D M2 trained elsewhere (e.g. by experiments.m2.mnist --latent-dim 2)
+        best = pyrovae.load_checkpoint(args.m2_checkpoint, map_location=args.device)
         if best.latent_dim != 2:
             raise ValueError(f"{args.m2_checkpoint} has latent_dim={best.latent_dim}, not 2")
         m2_metrics = dict(checkpoint=str(args.m2_checkpoint),
@@ -128,10 +95,10 @@ def run(args: argparse.Namespace) -> dict:
     panels = [(f"M2, z = mean of q(z | x, y_true), {args.labels} labels "
                f"(test error {100 * m2_metrics['test_error']:.1f}%)", m2_codes)]
     keys = ("checkpoint", "test_error", "epochs_done", "best_epoch", "wall_seconds")
-    metrics = dict(command=" ".join(sys.argv), machine=machine_description(),
+    metrics = dict(**provenance(args.device),
                    m2={k: m2_metrics[k] for k in keys if k in m2_metrics})
     if not args.skip_vae:
-        train = load_dataset(args.dataset, "train")
+        train = load_dataset(args.dataset, "train", device=args.device)
         x_train = train.x if args.limit is None else train.x[: args.limit]
         vae_epochs = args.epochs if args.vae_epochs is None else args.vae_epochs
         vae, history, seconds = train_vae(x_train, args.hidden, vae_epochs, args.seed,
@@ -141,13 +108,12 @@ def run(args: argparse.Namespace) -> dict:
         panels.append(("unsupervised VAE, z = mean of q(z | x)", vae_codes))
         metrics["vae"] = dict(epochs=len(history.epochs), wall_seconds=seconds,
                               final_loss_per_example=history.epochs[-1]["loss_per_example"])
-    save_side_by_side(args.out / "latent2d.png", panels, y)
+    save_latent_panels(args.out / "latent2d.png", panels, y)
     write_json(args.out / "metrics.json", metrics)
     return metrics
 
 
 if __name__ == "__main__":
-    warnings.filterwarnings("ignore", message=ENUM_WARNING)
     # Denormal floats appear late in training and slow CPU steps down (a late 2-D M2
     # checkpoint: 0.14 s -> 0.10 s per 100-image step with flushing); flush them to zero.
     torch.set_flush_denormal(True)

@@ -5,7 +5,7 @@ For every ``(labels, seed)``: a class-balanced labelled set drawn with that seed
 validation. One ``TraceEnum_ELBO`` objective (labels enumerated exactly on unlabelled data, the
 classifier term ``alpha * mean log q(y|x)`` on labelled data), one Adam step per pair of batches;
 the model kept is the one with the best validation accuracy (``best.pt``); its test error is
-reported. With ``--m1 M1.pt`` (a VAE from ``experiments/m1_mnist.py``) M2 models M1's codes
+reported. With ``--m1 M1.pt`` (a VAE from ``experiments.m2.m1``) M2 models M1's codes
 z1 ~ q(z1 | x) with a diagonal Gaussian likelihood (learned or fixed variance,
 ``--code-likelihood``) instead of the pixels: Kingma et al.'s stacked M1+M2. Writes
 ``OUT/labels{n}_seed{s}/{metrics.json,curve.png,best.pt,last.pt}`` (metrics after every epoch),
@@ -24,24 +24,15 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
-from m2_common import (
-    ENUM_WARNING,
-    labelled_weight,
-    machine_description,
-    mean_std,
-    prepare_data,
-    save_learning_curve,
-    train_m2,
-    write_json,
-)
 
 import pyrovae
+from experiments.common import add_run_arguments, provenance, start_run, write_json
+from experiments.figures import save_learning_curve
+from experiments.m2.common import labelled_weight, mean_std, prepare_data, train_m2
 from pyrovae.models.m2 import M2
 
 ANCHORS = {  # test error %, by number of labels
@@ -75,27 +66,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--labelled-weight", default="1",
                    help="weight w of the supervised bound: a number, or 'balanced' = N_u / N_l")
     p.add_argument("--epochs", type=int, default=300, help="maximum epochs per run")
-    p.add_argument("--max-minutes", type=float, default=float("inf"), help="time budget per run")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="time budget per run (default none); a later invocation with the same "
+                   "--out resumes each run's last.pt")
     p.add_argument("--batch-size", type=int, default=100, help="unlabelled images per step")
     p.add_argument("--labelled-batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-decay", type=float, default=1.0, help="lr factor per epoch")
     p.add_argument("--jit", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("runs/m2_mnist"))
+    add_run_arguments(p, out="runs/m2_mnist")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    machine = machine_description()
-    m1 = pyrovae.load_checkpoint(args.m1).eval() if args.m1 else None
+    device = start_run(args)
+    m1 = pyrovae.load_checkpoint(args.m1, map_location=device).eval() if args.m1 else None
     summary = {}
     for n_labels in args.labels:
         for seed in args.seeds:
             data = prepare_data(args.dataset, n_labels, args.validation, seed, args.binarization,
-                                args.limit, m1=m1)
+                                args.limit, m1=m1, device=device)
             torch.manual_seed(seed)
             model = M2(
                 data_dim=data.x_test.shape[1], num_classes=10, latent_dim=args.latent_dim,
@@ -107,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
                 likelihood="bernoulli" if m1 is None else args.code_likelihood,
                 sigma=args.sigma,
             )
-            info = dict(labels=n_labels, seed=seed, command=" ".join(sys.argv), machine=machine,
+            info = dict(labels=n_labels, seed=seed, **provenance(device),
                         num_train=data.num_train, alpha=model.alpha, model_config=model.config,
                         m1=str(args.m1) if args.m1 else None)
             run_dir = args.out / f"labels{n_labels}_seed{seed}"
@@ -115,12 +105,12 @@ def run(args: argparse.Namespace) -> dict:
                 model, data, run_dir,
                 max_epochs=args.epochs, max_minutes=args.max_minutes, batch_size=args.batch_size,
                 labelled_batch_size=args.labelled_batch_size, lr=args.lr,
-                lr_decay=args.lr_decay, seed=seed, jit=args.jit, info=info,
+                lr_decay=args.lr_decay, seed=seed, jit=args.jit, info=info, device=device,
             )
             save_learning_curve(run_dir / "curve.png", metrics["curve"],
                                 f"M2, {n_labels} labels, seed {seed}: test error "
                                 f"{100 * metrics['test_error']:.2f}% (validation-selected)")
-            summary = summarise(finished_runs(args.out), machine)
+            summary = summarise(finished_runs(args.out), device)
             write_json(args.out / "metrics.json", summary)
             (args.out / "table.md").write_text(table(summary))
     return summary
@@ -141,7 +131,7 @@ def finished_runs(out: Path) -> list[dict]:
     return runs
 
 
-def summarise(runs: list[dict], machine: str) -> dict:
+def summarise(runs: list[dict], device: torch.device) -> dict:
     by_labels = {}
     for n in sorted({r["labels"] for r in runs}):
         mine = [r for r in runs if r["labels"] == n]
@@ -155,7 +145,7 @@ def summarise(runs: list[dict], machine: str) -> dict:
             seconds_per_epoch_median=statistics.median(r["seconds_per_epoch_median"] for r in mine),
             time_to_best_seconds=[r["time_to_best_seconds"] for r in mine],
         )
-    return dict(command=" ".join(sys.argv), machine=machine, runs=runs, by_labels=by_labels,
+    return dict(**provenance(device), runs=runs, by_labels=by_labels,
                 anchors=ANCHORS, finished_utc=time.strftime("%H:%M", time.gmtime()))
 
 
@@ -190,7 +180,6 @@ def table(summary: dict) -> str:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    warnings.filterwarnings("ignore", message=ENUM_WARNING)
     # Denormal floats appear late in training and slow CPU steps down (a late 2-D M2
     # checkpoint: 0.14 s -> 0.10 s per 100-image step with flushing); flush them to zero.
     torch.set_flush_denormal(True)

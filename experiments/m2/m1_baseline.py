@@ -1,17 +1,17 @@
 """Baseline for M1+M2: M2's classifier network trained on the labelled M1 codes alone.
 
-The same inputs as ``m2_mnist.py --m1`` (fresh draws of M1's ``q(z1 | x)`` every epoch for the
-labelled images, posterior means for validation and test), the same network as M2's ``q(y|x)``
-(an MLP with softplus hidden layers) and the same validation selection, but no generative model
-and no unlabelled images: cross-entropy on the labelled set only. The difference between the
-two test errors is what M2's unsupervised term adds to the codes.
+The same inputs as ``experiments.m2.mnist --m1`` (fresh draws of M1's ``q(z1 | x)`` every epoch
+for the labelled images, posterior means for validation and test), the same network as M2's
+``q(y|x)`` (an MLP with softplus hidden layers) and the same validation selection, but no
+generative model and no unlabelled images: cross-entropy on the labelled set only. The
+difference between the two test errors is what M2's unsupervised term adds to the codes.
 
 Writes ``OUT/labels{n}_seed{s}.json`` (validation accuracy per epoch, test error of the
 validation-selected network) and ``OUT/metrics.json`` (mean +- std over the seeds).
 
 Example (smoke)::
 
-    python experiments/m1_baseline.py --m1 runs/m1_mnist/m1.pt --dataset digits --labels 20 \\
+    python -m experiments.m2.m1_baseline --m1 runs/m1_mnist/m1.pt --dataset digits --labels 20 \\
         --validation 100 --epochs 3 --out /tmp/m1_baseline
 """
 
@@ -19,22 +19,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from m2_common import machine_description, mean_std, prepare_data, write_json
 
 import pyrovae
+from experiments.common import add_run_arguments, provenance, start_run, write_json
+from experiments.m2.common import mean_std, prepare_data
 from pyrovae.infer.classification import accuracy
 from pyrovae.models.networks import mlp
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--m1", type=Path, required=True, help="M1 VAE checkpoint (m1_mnist.py)")
+    p.add_argument("--m1", type=Path, required=True, help="M1 VAE checkpoint (experiments.m2.m1)")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--labels", type=int, nargs="+", default=[100])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -44,14 +44,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=300, help="passes over the labelled set")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("runs/m1_baseline"))
+    add_run_arguments(p, out="runs/m1_baseline")
     return p.parse_args(argv)
 
 
 def train_classifier(data, args, seed: int) -> dict:
     torch.manual_seed(seed)
-    net = mlp([data.x_test.shape[1], *args.hidden, 10], args.activation)
+    net = mlp([data.x_test.shape[1], *args.hidden, 10], args.activation).to(data.x_test.device)
 
     def classify(v):
         return net(v).argmax(-1)
@@ -61,7 +60,7 @@ def train_classifier(data, args, seed: int) -> dict:
     started = time.perf_counter()
     for epoch in range(args.epochs):
         x, y = data.labelled.for_epoch(epoch)
-        for rows in torch.randperm(len(y)).split(args.batch_size):
+        for rows in torch.randperm(len(y)).to(y.device).split(args.batch_size):
             optimiser.zero_grad()
             F.cross_entropy(net(x[rows]), y[rows]).backward()
             optimiser.step()
@@ -78,14 +77,14 @@ def train_classifier(data, args, seed: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    m1 = pyrovae.load_checkpoint(args.m1).eval()
-    summary = dict(command=" ".join(sys.argv), machine=machine_description(), by_labels={})
+    device = start_run(args)
+    m1 = pyrovae.load_checkpoint(args.m1, map_location=device).eval()
+    summary = dict(**provenance(device), by_labels={})
     for n_labels in args.labels:
         errors = []
         for seed in args.seeds:
-            data = prepare_data(args.dataset, n_labels, args.validation, seed, m1=m1)
+            data = prepare_data(args.dataset, n_labels, args.validation, seed, m1=m1,
+                                device=device)
             result = dict(labels=n_labels, seed=seed, **train_classifier(data, args, seed))
             write_json(args.out / f"labels{n_labels}_seed{seed}.json", result)
             errors.append(100 * result["test_error"])

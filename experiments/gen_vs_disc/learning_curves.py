@@ -4,7 +4,9 @@ Trains both classifiers (scikit-learn) on random subsets of the training images 
 several repeats per size, and writes the test error as a function of the size: ``curve.png``,
 ``table.md`` and ``metrics.json`` (rewritten after every size).
 
-    python experiments/generative_vs_discriminative.py --dataset mnist --features pca --out DIR
+    python -m experiments.gen_vs_disc.learning_curves --dataset mnist --features pca --out DIR
+
+Both classifiers are scikit-learn's and run on the CPU (no ``--device``).
 
 References:
     A. Y. Ng and M. I. Jordan. On discriminative vs. generative classifiers: a comparison of
@@ -14,14 +16,14 @@ References:
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from pyrovae.baselines import (
+from experiments.common import provenance, write_json
+from experiments.figures import pyplot, save_figure
+from experiments.gen_vs_disc.baselines import (
     crossover_sizes,
     default_classifiers,
     learning_curves,
@@ -48,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--var-smoothing", type=float, default=1e-9)
     p.add_argument("--max-test", type=int, default=None, help="evaluate on the first M test images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("runs/gen_vs_disc"))
     return p.parse_args(argv)
 
 
@@ -64,12 +66,7 @@ def load_features(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def plot(curves, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for name, errs in curves.errors.items():
         done = ~np.isnan(errs).any(1)
         sizes = np.asarray(curves.sizes)[done]
@@ -82,9 +79,7 @@ def plot(curves, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -96,8 +91,8 @@ def main(argv=None) -> dict:
     features = f"PCA-{args.pca_dim}" if args.features == "pca" else "pixels"
     title = f"{args.dataset} ({features}): mean ± std over {args.repeats} training sets"
     metrics = dict(
-        command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        dataset=args.dataset, features=features, num_train_pool=len(y), num_test=len(yt),
+        **provenance(), dataset=args.dataset, features=features,
+        num_train_pool=len(y), num_test=len(yt),
         logistic_c=args.logistic_c, var_smoothing=args.var_smoothing, seed=args.seed,
     )
 
@@ -107,7 +102,7 @@ def main(argv=None) -> dict:
         better = [s for s, a, b in zip(done, nb, lr, strict=True) if a < b]
         metrics.update(curves.to_json(), sizes_done=done, seconds=time.perf_counter() - started,
                        naive_bayes_better_at=better, crossovers=crossover_sizes(done, nb, lr))
-        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        write_json(args.out / "metrics.json", metrics)
         plot(curves, args.out / "curve.png", title)
 
     classifiers = default_classifiers(args.logistic_c, var_smoothing=args.var_smoothing)

@@ -15,26 +15,16 @@ References:
 
 Example::
 
-    python experiments/vae_visualise.py --epochs 10 --latent 20 --out results/vae/visualise
+    python -m experiments.vae.visualise --epochs 10 --latent 20 --out results/vae/visualise
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _plots import save_image_rows
-from vae_common import (
-    add_common_args,
-    add_eval_args,
-    command_line,
-    data_from_args,
-    machine,
-    setup,
-    test_metrics,
-    train_vae,
-    write_json,
-)
+
+from experiments.common import write_json
+from experiments.figures import save_image_rows
+from experiments.vae import common as vae
 
 
 def first_of_each_class(y: torch.Tensor, classes) -> list[int]:
@@ -44,7 +34,7 @@ def first_of_each_class(y: torch.Tensor, classes) -> list[int]:
 def interpolate(model, x_a, x_b, steps: int = 10) -> torch.Tensor:
     """Decoder means at ``(1 - t) mu(x_a) + t mu(x_b)`` for ``steps`` values of t in [0, 1]."""
     (loc_a, _), (loc_b, _) = model.encode(x_a[None]), model.encode(x_b[None])
-    t = torch.linspace(0, 1, steps, dtype=loc_a.dtype)[:, None]
+    t = torch.linspace(0, 1, steps, dtype=loc_a.dtype, device=loc_a.device)[:, None]
     return model.decode((1 - t) * loc_a + t * loc_b)
 
 
@@ -56,22 +46,20 @@ def group_direction(model, x: torch.Tensor, from_mask, to_mask) -> torch.Tensor:
 
 def along(model, x_start: torch.Tensor, direction: torch.Tensor, scales) -> torch.Tensor:
     loc, _ = model.encode(x_start[None])
-    t = torch.as_tensor(scales, dtype=loc.dtype)[:, None]
+    t = torch.as_tensor(scales, dtype=loc.dtype, device=loc.device)[:, None]
     return model.decode(loc + t * direction)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, out="runs/vae_visualise", epochs=10)
-    add_eval_args(parser)
+    parser = vae.script_parser(__doc__.splitlines()[0], out="runs/vae_visualise", epochs=10)
     parser.add_argument("--latent", type=int, default=20)
     parser.add_argument("--classes", type=int, nargs=2, default=[1, 7],
                         help="attribute direction from class a to class b (default 1 7)")
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
-    out = setup(args)
-    data = data_from_args(args)
-    model, history, wall = train_vae(args, data, args.latent, out / "model.pt")
+    out = vae.setup(args)
+    data = vae.data_from_args(args)
+    model, history, wall = vae.train_vae(args, data, args.latent, out / "model.pt")
     shape = data.image_shape
 
     # Reconstructions of the first test image of every class.
@@ -106,12 +94,9 @@ def main(argv=None) -> None:
                     title=f"decode(mu(x) + t d), t = {scales[0]:g} ... {scales[-1]:g}")
 
     metrics = dict(
-        command=command_line(), machine=machine(), dataset=data.name, arch=args.arch,
-        likelihood=args.likelihood,
-        latent_dim=args.latent, epochs=len(history), train_seconds=wall, history=history,
+        **vae.run_header(args, data), **vae.trained_record(args, data, model, history, wall),
         attribute_scales=scales,
         direction_norms={"class": float(to_class.norm()), "ink": float(to_heavy.norm())},
-        test=test_metrics(model, data, args.num_samples, args.eval_examples),
     )
     write_json(out / "metrics.json", metrics)
 

@@ -9,7 +9,7 @@ References:
 
 Example::
 
-    python experiments/vae_evaluate.py --checkpoints runs/vae_headline/elbo/last.pt \
+    python -m experiments.vae.evaluate --checkpoints runs/vae_headline/elbo/last.pt \
         --num-samples 5000 --out runs/vae_evaluate
 """
 
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import pyro
-import torch
-from vae_common import Data, command_line, machine, write_json
 
 import pyrovae
+from experiments.common import add_run_arguments, provenance, start_run, write_json
+from experiments.vae.common import Data
 from pyrovae.infer.evaluation import evaluate
 
 
@@ -38,21 +38,21 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--sample-chunk", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/vae_evaluate")
+    add_run_arguments(parser, out="runs/vae_evaluate", threads=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    device = start_run(args)
     pyro.enable_validation(False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = dict(command=command_line(), machine=machine(), dataset=args.dataset, models={})
+    metrics = dict(**provenance(device), dataset=args.dataset, models={})
     data = {}
     for path in args.checkpoints:
-        model = pyrovae.load_checkpoint(path)
+        model = pyrovae.load_checkpoint(path, map_location=device)
         binarized = model.config.get("likelihood", "bernoulli") == "bernoulli"
         if binarized not in data:
             data[binarized] = Data(args.dataset, args.data_root, train_size=1,
-                                   test_size=args.test_size, binarized=binarized)
+                                   test_size=args.test_size, binarized=binarized,
+                                   device=device)
         x = data[binarized].test_x
         model.check_data(x)
         pyro.set_rng_seed(args.seed)

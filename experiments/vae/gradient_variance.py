@@ -19,28 +19,18 @@ References:
 
 Example::
 
-    python experiments/vae_gradient_variance.py --epochs 5 --out results/vae/gradient_variance
+    python -m experiments.vae.gradient_variance --epochs 5 --out results/vae/gradient_variance
 """
 
 from __future__ import annotations
 
-import argparse
-
 import pyro
 import torch
-from _plots import save_figure
 from pyro.infer import Trace_ELBO
-from vae_common import (
-    add_common_args,
-    command_line,
-    data_from_args,
-    machine,
-    make_vae,
-    setup,
-    train_vae,
-    write_json,
-)
 
+from experiments.common import write_json
+from experiments.figures import pyplot, save_figure
+from experiments.vae import common as vae
 from pyrovae.infer import param_scope
 
 ESTIMATORS = ("reparameterisation", "score_function")
@@ -89,18 +79,13 @@ def compare(model, twin, x, particles, draws) -> list[dict]:
 
 
 def score_function_twin(model, args, data):
-    twin = make_vae(args, data, model.latent_dim, reparameterized=False)
+    twin = vae.make_vae(args, data, model.latent_dim, reparameterized=False)
     twin.load_state_dict(model.state_dict())
     return twin.eval()
 
 
 def plot(rows_by_stage: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
     styles = {"reparameterisation": "o-", "score_function": "s--"}
     for stage, rows in rows_by_stage.items():
         for name in ESTIMATORS:
@@ -132,34 +117,32 @@ def markdown(rows_by_stage: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, out="runs/vae_gradient_variance", epochs=5)
+    parser = vae.script_parser(__doc__.splitlines()[0], out="runs/vae_gradient_variance", epochs=5,
+                           evaluation=False)
     parser.add_argument("--latent", type=int, default=20)
     parser.add_argument("--batch", type=int, default=100, help="images in the fixed batch")
     parser.add_argument("--draws", type=int, default=200, help="gradient draws per setting")
     parser.add_argument("--particles", type=int, nargs="+", default=[1, 10, 100])
     args = parser.parse_args(argv)
-    out = setup(args)
-    data = data_from_args(args)
+    out = vae.setup(args)
+    data = vae.data_from_args(args)
     x = data.test_x[: args.batch]
 
     pyro.set_rng_seed(args.seed)
-    initial = make_vae(args, data, args.latent)
+    initial = vae.make_vae(args, data, args.latent)
     rows_by_stage = {}
     rows_by_stage["init"] = compare(initial, score_function_twin(initial, args, data), x,
                                     args.particles, args.draws)
     pyro.set_rng_seed(args.seed)
-    trained, history, wall = train_vae(args, data, args.latent, out / "model.pt")
+    trained, history, wall = vae.train_vae(args, data, args.latent, out / "model.pt")
     rows_by_stage[f"after {len(history)} epochs"] = compare(
         trained, score_function_twin(trained, args, data), x, args.particles, args.draws
     )
     plot(rows_by_stage, out / "gradient_variance.png")
     (out / "table.md").write_text(markdown(rows_by_stage))
     write_json(out / "metrics.json", dict(
-        command=command_line(), machine=machine(), dataset=data.name, arch=args.arch,
-        likelihood=args.likelihood,
-        latent_dim=args.latent, batch=args.batch, draws=args.draws, epochs=len(history),
-        train_seconds=wall, results=rows_by_stage,
+        **vae.run_header(args, data), latent_dim=args.latent, batch=args.batch, draws=args.draws,
+        epochs=len(history), train_seconds=wall, results=rows_by_stage,
     ))
 
 

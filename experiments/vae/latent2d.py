@@ -9,26 +9,16 @@ References:
 
 Example::
 
-    python experiments/vae_latent2d.py --epochs 20 --out results/vae/latent2d
+    python -m experiments.vae.latent2d --epochs 20 --out results/vae/latent2d
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _plots import save_image_grid, save_latent_scatter
-from vae_common import (
-    add_common_args,
-    add_eval_args,
-    command_line,
-    data_from_args,
-    machine,
-    setup,
-    test_metrics,
-    train_vae,
-    write_json,
-)
+
+from experiments.common import write_json
+from experiments.figures import save_image_grid, save_latent_scatter
+from experiments.vae import common as vae
 
 FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Boot"]
@@ -45,14 +35,12 @@ def manifold_grid(model, n: int = 20, edge: float = 0.05) -> torch.Tensor:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, out="runs/vae_latent2d", epochs=20)
-    add_eval_args(parser)
+    parser = vae.script_parser(__doc__.splitlines()[0], out="runs/vae_latent2d", epochs=20)
     parser.add_argument("--grid", type=int, default=20, help="manifold grid size (default 20)")
     args = parser.parse_args(argv)
-    out = setup(args)
-    data = data_from_args(args)
-    model, history, wall = train_vae(args, data, 2, out / "model.pt")
+    out = vae.setup(args)
+    data = vae.data_from_args(args)
+    model, history, wall = vae.train_vae(args, data, 2, out / "model.pt")
 
     save_image_grid(out / "manifold.png", manifold_grid(model, args.grid), data.image_shape,
                     nrow=args.grid, title=f"{data.name}: decoder means over Phi^-1(grid)")
@@ -60,13 +48,8 @@ def main(argv=None) -> None:
     names = FASHION if data.name == "fashion-mnist" else None
     save_latent_scatter(out / "latent_scatter.png", loc, data.test_y, class_names=names,
                         title=f"{data.name} test set: posterior means of q(z|x)")
-    metrics = dict(
-        command=command_line(), machine=machine(), dataset=data.name, arch=args.arch,
-        likelihood=args.likelihood,
-        latent_dim=2, epochs=len(history), train_seconds=wall, history=history,
-        test=test_metrics(model, data, args.num_samples, args.eval_examples),
-    )
-    write_json(out / "metrics.json", metrics)
+    record = vae.trained_record(args, data, model, history, wall)
+    write_json(out / "metrics.json", {**vae.run_header(args, data), **record})
 
 
 if __name__ == "__main__":

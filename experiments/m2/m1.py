@@ -2,32 +2,31 @@
 
 Trains ``VAE(784 -> hidden -> latent)`` (Bernoulli likelihood, softplus, dynamically binarised
 images) on all training images *without their labels*, for a number of epochs or a wall-time
-budget, and saves ``OUT/m1.pt`` (``pyrovae.load_checkpoint``) and ``OUT/metrics.json`` (test
-ELBO per example after every epoch, seconds per epoch). ``experiments/m2_mnist.py
---m1 OUT/m1.pt`` then trains M2 on samples of q(z1 | x) instead of pixels.
+budget (``--max-minutes``; a later invocation with the same ``--out`` resumes ``last.pt``),
+and saves ``OUT/m1.pt`` (``pyrovae.load_checkpoint``) and ``OUT/metrics.json`` (test ELBO per
+example after every epoch, seconds per epoch). ``python -m experiments.m2.mnist --m1
+OUT/m1.pt`` then trains M2 on samples of q(z1 | x) instead of pixels.
 
 The test images are never used for training; the validation images of the M2 runs are among
 the training images here, but only as unlabelled images, as they are in M2 itself.
 
 Example (smoke)::
 
-    python experiments/m1_mnist.py --limit 500 --epochs 1 --out /tmp/m1
+    python -m experiments.m2.m1 --limit 500 --epochs 1 --out /tmp/m1
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
-from pathlib import Path
 
 import torch
-from m2_common import machine_description, write_json
 
 import pyrovae
-from pyrovae.data import binarize, load_dataset
-from pyrovae.data.transforms import DynamicBinarized
+from experiments.common import add_run_arguments, provenance, start_run, write_json
+from pyrovae.data import DynamicBinarized, binarize, load_dataset
+from pyrovae.infer import TimeBudget
 from pyrovae.infer.evaluation import elbo_terms
 from pyrovae.models import VAE
 
@@ -42,19 +41,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, nargs="+", default=[600, 600])
     p.add_argument("--activation", default="softplus")
     p.add_argument("--epochs", type=int, default=1000)
-    p.add_argument("--max-minutes", type=float, default=float("inf"), help="training budget")
+    p.add_argument("--max-minutes", type=float, default=None, help="training budget (none)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("runs/m1_mnist"))
+    add_run_arguments(p, out="runs/m1_mnist")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
+    device = start_run(args)
+    train = load_dataset(args.dataset, "train", device=device)
+    test = load_dataset(args.dataset, "test", device=device)
     x, x_test = train.x[: args.limit], binarize(test.x[: args.limit], 20_000)
     torch.manual_seed(args.seed)
     vae = VAE(data_dim=x.shape[1], latent_dim=args.latent_dim, hidden_sizes=args.hidden,
@@ -66,15 +64,14 @@ def run(args: argparse.Namespace) -> dict:
         minutes = (time.perf_counter() - started) / 60
         logger.info("epoch %d: test ELBO %.2f nats/example, %.1f min", state.epoch,
                     test_elbo, minutes)
-        # Stop when another epoch would overrun the budget (epochs are roughly equal).
-        per_epoch = minutes / (state.epoch + 1)
-        return {"test_elbo": test_elbo, "stop": minutes + per_epoch > args.max_minutes}
+        return {"test_elbo": test_elbo}
 
     history = pyrovae.fit(vae, DynamicBinarized(x, args.seed), lr=args.lr, epochs=args.epochs,
-                          batch_size=args.batch_size, seed=args.seed, callbacks=[monitor],
-                          checkpoint_dir=args.out)
+                          batch_size=args.batch_size, seed=args.seed, device=device,
+                          callbacks=[monitor, TimeBudget(args.max_minutes)],
+                          checkpoint_dir=args.out, resume=True)
     pyrovae.save_checkpoint(args.out / "m1.pt", vae)
-    metrics = dict(command=" ".join(sys.argv), machine=machine_description(),
+    metrics = dict(**provenance(device),
                    model_config=vae.config, epochs_done=len(history.epochs),
                    wall_seconds=time.perf_counter() - started, curve=history.epochs,
                    final_test_elbo=history.epochs[-1]["test_elbo"])

@@ -1,25 +1,23 @@
 """Helpers shared by the VAE experiments: data, model options, time-budgeted training, metrics.
 
-Not a script: ``experiments/vae_*.py`` import it (``from vae_common import ...``).
+Not a script: the modules of ``experiments.vae`` import it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
-import os
-import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyro
 import torch
 
+from experiments.common import add_run_arguments, command_line, provenance, start_run
 from pyrovae.data import DynamicBinarized, binarize, load_dataset
-from pyrovae.infer import fit
+from pyrovae.infer import TimeBudget, fit
 from pyrovae.infer.evaluation import elbo_terms
 from pyrovae.models.vae import VAE
 
@@ -28,10 +26,10 @@ TEST_BINARIZATION_SEED = 1234  # the one fixed stochastic binarisation of every 
 
 
 def setup(args: argparse.Namespace) -> Path:
-    """Logging, threads, validation (off unless ``--validate``), seeds; returns ``args.out``."""
+    """Logging, threads, validation (off unless ``--validate``), seeds and ``args.device`` (a
+    ``torch.device`` afterwards); returns ``args.out``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.device = start_run(args)
     pyro.enable_validation(bool(getattr(args, "validate", False)))
     pyro.set_rng_seed(args.seed)
     out = Path(args.out)
@@ -41,7 +39,6 @@ def setup(args: argparse.Namespace) -> Path:
 
 def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10) -> None:
     """Options every VAE script shares: data, architecture, training, output."""
-    parser.add_argument("--out", default=out, help="output folder (default %(default)s)")
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "digits"])
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
     parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
@@ -57,8 +54,32 @@ def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10)
     parser.add_argument("--train-size", type=int, default=None, help="first N training images")
     parser.add_argument("--test-size", type=int, default=None, help="first N test images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--validate", action="store_true", help="Pyro validation (slower)")
+    add_run_arguments(parser, out, threads=1)
+
+
+def script_parser(description: str, out: str, epochs: int, evaluation: bool = True):
+    """A parser with the options every VAE script shares (and ``add_eval_args``'s unless
+    ``evaluation=False``)."""
+    parser = argparse.ArgumentParser(description=description)
+    add_common_args(parser, out=out, epochs=epochs)
+    if evaluation:
+        add_eval_args(parser)
+    return parser
+
+
+def run_header(args: argparse.Namespace, data: Data) -> dict:
+    """What every VAE script's metrics.json starts with: provenance, data set, architecture."""
+    return dict(**provenance(args.device), dataset=data.name, arch=args.arch,
+                likelihood=args.likelihood)
+
+
+def trained_record(args: argparse.Namespace, data: Data, model: VAE, history: list[dict],
+                   wall: float) -> dict:
+    """One trained model's entry: its latent size, training history and time, test metrics."""
+    return dict(latent_dim=model.latent_dim, epochs=len(history), train_seconds=wall,
+                history=history,
+                test=test_metrics(model, data, args.num_samples, args.eval_examples))
 
 
 class Data:
@@ -67,13 +88,13 @@ class Data:
     Binarised (default): a dynamically binarised training stream (``train``) and one fixed
     stochastic binarisation of the test images. With ``binarized=False`` the grey levels in
     [0, 1] are used as they are (for the Gaussian likelihoods). ``train_x`` always holds the
-    grey-level training images.
+    grey-level training images. Every tensor is on ``device`` (default: the CPU).
     """
 
     def __init__(self, name: str, root=None, train_size=None, test_size=None, seed: int = 0,
-                 binarized: bool = True):
-        train = load_dataset(name, "train", root=root)
-        test = load_dataset(name, "test", root=root)
+                 binarized: bool = True, device: torch.device | str | None = None):
+        train = load_dataset(name, "train", root=root, device=device)
+        test = load_dataset(name, "test", root=root, device=device)
         self.name, self.image_shape = train.name, tuple(train.image_shape)
         self.train_x, self.train_y = train.x[:train_size], train.y[:train_size]
         self.test_y = test.y[:test_size]
@@ -92,7 +113,7 @@ class Data:
 
 def data_from_args(args: argparse.Namespace) -> Data:
     return Data(args.dataset, args.data_root, args.train_size, args.test_size, args.seed,
-                binarized=args.likelihood == "bernoulli")
+                binarized=args.likelihood == "bernoulli", device=args.device)
 
 
 def arch_for(args: argparse.Namespace, data: Data) -> str:
@@ -112,7 +133,7 @@ def make_vae(args: argparse.Namespace, data: Data, latent_dim: int, **overrides)
         sigma=args.sigma,
     )
     options.update(overrides)
-    return VAE(**options)
+    return VAE(**options).to(args.device)
 
 
 def burda_schedule(epoch: int) -> float:
@@ -144,74 +165,30 @@ def train(
     epochs: int,
     minutes: float | None = None,
     checkpoint_dir: Path,
-    on_chunk=None,
-    max_chunk: int = 10,
+    on_epoch: Callable[[list[dict]], None] | None = None,
+    callbacks=(),
     **fit_kwargs,
 ):
-    """``pyrovae.fit`` for ``epochs`` epochs or until ``minutes`` of wall time have passed.
+    """One ``pyrovae.fit`` for ``epochs`` epochs, stopped by a ``TimeBudget(minutes)``.
 
-    With a time budget the run is cut into chunks of whole epochs (resuming from
-    ``checkpoint_dir/last.pt``), each sized from the measured epoch time so as not to overrun;
-    ``on_chunk(history)`` runs after each chunk (e.g. to write metrics.json). Returns the
-    ``History`` (all epochs) and the wall time in seconds.
+    The run resumes from ``checkpoint_dir/last.pt`` when there is one, so a protocol longer
+    than one budget is a series of invocations with the same ``--out``. ``on_epoch(rows)``
+    gets the history rows so far after every epoch (e.g. to write metrics.json). Returns the
+    ``History`` (all epochs, earlier invocations' included) and this invocation's wall time.
     """
     started = time.perf_counter()
-    if minutes is None:
-        history = fit(module, data, epochs=epochs, checkpoint_dir=checkpoint_dir, **fit_kwargs)
-        if on_chunk:
-            on_chunk(history)
-        return history, time.perf_counter() - started
-    done, history = 0, None
-    budget = 60.0 * minutes
-    resume = fit_kwargs.pop("resume", False)
-    while done < epochs:
-        elapsed = time.perf_counter() - started
-        if history is None:
-            chunk = 1
-        else:
-            per_epoch = elapsed / max(done, 1)
-            chunk = min(max_chunk, epochs - done, int((budget - elapsed) / per_epoch))
-        if chunk <= 0:
-            break
-        history = fit(
-            module, data, epochs=done + chunk, checkpoint_dir=checkpoint_dir,
-            resume=True if history is not None else resume, **fit_kwargs,
-        )
-        done = len(history.epochs)
-        if on_chunk:
-            on_chunk(history)
-    return history, time.perf_counter() - started
 
+    def report(info) -> None:
+        on_epoch([*info.history.epochs, info.row])
 
-def machine() -> str:
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
-        f"pyro {pyro.__version__}"
+    history = fit(
+        module, data, epochs=epochs, checkpoint_dir=checkpoint_dir, resume=True,
+        callbacks=[*callbacks, *([report] if on_epoch else []), TimeBudget(minutes)],
+        **fit_kwargs,
     )
-
-
-def command_line() -> str:
-    return " ".join(["python", *sys.argv])
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` as indented JSON atomically (NaN becomes null)."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean(payload), indent=2) + "\n")
-    os.replace(tmp, path)
+    if on_epoch:
+        on_epoch(history.epochs)
+    return history, time.perf_counter() - started
 
 
 def add_eval_args(parser: argparse.ArgumentParser, num_samples: int = 1000) -> None:
@@ -234,7 +211,7 @@ def train_vae(
     started = time.perf_counter()
     history = fit(
         model, data.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, objective=objective, num_particles=num_particles,
+        seed=args.seed, objective=objective, num_particles=num_particles, device=args.device,
     )
     wall = time.perf_counter() - started
     from pyrovae import save_checkpoint

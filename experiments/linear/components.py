@@ -6,7 +6,7 @@ in ``metrics.json`` (rewritten after every epoch): the ELBO per image, the exact
 log-likelihood where there is one (PPCA, FA), and the squared reconstruction error of the
 posterior mean. Checkpoints go to ``OUT/<model>/last.pt``.
 
-    python experiments/linear_components.py --dataset mnist --components 16 --out DIR
+    python -m experiments.linear.components --dataset mnist --components 16 --out DIR
 
 References:
     M. E. Tipping and C. M. Bishop. Probabilistic principal component analysis. JRSS B, 1999.
@@ -19,14 +19,14 @@ References:
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from pyro.infer import Trace_ELBO
 
+from experiments.common import add_run_arguments, provenance, start_run, write_json
+from experiments.figures import pyplot, save_figure
 from pyrovae import fit
 from pyrovae.data import load_dataset
 from pyrovae.infer import param_scope
@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=["fa", "ica", "nmf"],
                    choices=["fa", "ica", "nmf"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    add_run_arguments(p, out="runs/linear_components")
     return p.parse_args(argv)
 
 
@@ -112,13 +112,8 @@ def build(name: str, args, d: int):
 
 
 def plot_components(rows: dict, image_shape, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = max(len(c) for c in rows.values())
-    fig, axes = plt.subplots(len(rows), k, figsize=(0.9 * k + 1.2, 1.0 * len(rows) + 0.5),
+    fig, axes = pyplot().subplots(len(rows), k, figsize=(0.9 * k + 1.2, 1.0 * len(rows) + 0.5),
                              squeeze=False)
     for r, (name, comps) in enumerate(rows.items()):
         for c in range(k):
@@ -136,29 +131,29 @@ def plot_components(rows: dict, image_shape, path: Path, title: str) -> None:
                 ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
         axes[r, 0].set_ylabel(ROW_TITLES[name], rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    device = start_run(args)
     torch.manual_seed(args.seed)
-    train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
+    train = load_dataset(args.dataset, "train", device=device)
+    test = load_dataset(args.dataset, "test", device=device)
     gen = torch.Generator().manual_seed(args.seed)
     n_train = min(args.n_train, len(train))
-    x = train.x[torch.randperm(len(train), generator=gen)[:n_train]]
+    x = train.x[torch.randperm(len(train), generator=gen)[:n_train].to(device)]
     x_test = test.x[: args.n_test] if args.n_test else test.x
     k, d = args.components, x.shape[1]
     metrics = dict(
-        command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        dataset=args.dataset, components=k, n_train=n_train, n_test=len(x_test),
+        **provenance(device), dataset=args.dataset, components=k,
+        n_train=n_train, n_test=len(x_test),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, models={},
     )
 
     def save():
-        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        write_json(args.out / "metrics.json", metrics)
 
     pca = pca_svd(x, k)
     ppca = fit_closed_form(x.double(), k)
@@ -173,7 +168,7 @@ def main(argv=None) -> dict:
 
     for name in args.models:
         torch.manual_seed(args.seed)
-        module = build(name, args, d)
+        module = build(name, args, d).to(device)
         data, test_data = x, x_test
         if name == "nmf":
             data, test_data = to_counts(x, args.count_scale), to_counts(x_test, args.count_scale)
@@ -186,7 +181,7 @@ def main(argv=None) -> dict:
 
         started = time.perf_counter()
         fit(module, data, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
-            lr_schedule="cosine", seed=args.seed, callbacks=[log_epoch],
+            lr_schedule="cosine", seed=args.seed, callbacks=[log_epoch], device=device,
             checkpoint_dir=args.out / name, config=dict(experiment="linear_components"))
         entry["train_seconds"] = time.perf_counter() - started
         entry["test_elbo"] = elbo_per_example(module, test_data, args.elbo_particles)

@@ -1,4 +1,4 @@
-"""Figure helpers shared by the experiments: image grids and scatter plots of latent codes.
+"""Figure helpers shared by the experiments: image grids and tables, latent scatters, curves.
 
 Only numpy is imported at module level; matplotlib is imported inside the functions that draw,
 with the non-interactive ``Agg`` backend. Images are flattened ``[N, H*W]`` arrays or tensors
@@ -6,7 +6,7 @@ with values in [0, 1] (``image_shape`` gives ``(H, W)``).
 
 Example::
 
-    from _plots import save_image_grid
+    from experiments.figures import save_image_grid
     save_image_grid("samples.png", model.sample(100), image_shape=(28, 28), nrow=10)
 """
 
@@ -153,6 +153,21 @@ def save_image_rows(
     return save_figure(fig, path)
 
 
+def _scatter_by_class(ax, codes, labels, class_names=None, size=3.0, alpha=0.6) -> None:
+    """Points ``codes`` [N, 2] on ``ax``, one colour (tab10) and legend entry per class."""
+    codes, labels = to_numpy(codes), to_numpy(labels).astype(int)
+    if codes.ndim != 2 or codes.shape[1] != 2:
+        raise ValueError(f"codes must be [N, 2], got {codes.shape}")
+    cmap = pyplot().get_cmap("tab10")
+    for c in np.unique(labels):
+        keep = labels == c
+        name = class_names[c] if class_names is not None else str(c)
+        ax.scatter(codes[keep, 0], codes[keep, 1], s=size, alpha=alpha, color=cmap(c % 10),
+                   label=name)
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+
+
 def save_latent_scatter(
     path: str | Path,
     codes,
@@ -161,32 +176,85 @@ def save_latent_scatter(
     class_names: Sequence[str] | None = None,
 ) -> Path:
     """Scatter of 2-D latent codes ``[N, 2]`` coloured by integer ``labels`` [N]."""
-    codes, labels = to_numpy(codes), to_numpy(labels).astype(int)
-    if codes.ndim != 2 or codes.shape[1] != 2:
-        raise ValueError(f"codes must be [N, 2], got {codes.shape}")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 5.4))
-    classes = np.unique(labels)
-    cmap = plt.get_cmap("tab10")
-    for c in classes:
-        keep = labels == c
-        name = class_names[c] if class_names is not None else str(c)
-        ax.scatter(codes[keep, 0], codes[keep, 1], s=3, alpha=0.6, color=cmap(c % 10), label=name)
+    _scatter_by_class(ax, codes, labels, class_names)
     ax.legend(markerscale=4, fontsize=8, loc="best", ncol=2)
-    ax.set_xlabel("$z_1$")
-    ax.set_ylabel("$z_2$")
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Save ``fig`` as ``path`` (folders created), close it and return the path."""
-    import matplotlib.pyplot as plt
+def save_latent_panels(path: str | Path, panels: Sequence[tuple[str, object]], labels) -> Path:
+    """2-D codes of the same points under several models, side by side: ``panels`` holds
+    ``(title, codes [N, 2])`` pairs, ``labels`` [N] colours the points; one legend at the right."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
+    for ax, (title, codes) in zip(axes[0], panels, strict=True):
+        _scatter_by_class(ax, codes, labels, size=2.0, alpha=0.5)
+        ax.set_title(title, fontsize=10)
+    axes[0, -1].legend(markerscale=5, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return save_figure(fig, path, dpi=110)
 
+
+def save_table_of_images(path, images, image_shape, column_titles=(), row_titles=(),
+                         title=None, inches=0.55) -> Path:
+    """Images ``[R, C, H*W]`` (values in [0, 1]) as an R x C table with optional headers."""
+    images = to_numpy(images)
+    n_rows, n_cols = images.shape[:2]
+    plt = pyplot()
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(inches * n_cols + 0.6,
+                                                      inches * n_rows + 0.5 + 0.3 * bool(title)),
+                             squeeze=False)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.imshow(images[r, c].reshape(image_shape), cmap="gray_r", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and column_titles:
+                ax.set_title(column_titles[c], fontsize=8)
+            if c == 0 and row_titles:
+                ax.set_ylabel(row_titles[r], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    top = 1 - 0.35 / (inches * n_rows + 0.8) if title else 1
+    fig.tight_layout(pad=0.3, h_pad=0.1, w_pad=0.1, rect=(0, 0, 1, top))
+    return save_figure(fig, path, dpi=110, tight=False)
+
+
+def save_learning_curve(path, curve: list[dict], title: str = "") -> Path:
+    """Validation accuracy, test error (never used for selection) and seconds per epoch of a
+    semi-supervised run's history rows."""
+    epochs = [row["epoch"] for row in curve]
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(epochs, [100 * row["val_accuracy"] for row in curve], label="validation accuracy")
+    if "test_error_current" in curve[0]:
+        left.plot(epochs, [100 * (1 - row["test_error_current"]) for row in curve],
+                  label="test accuracy (not used for selection)", alpha=0.7)
+    best = max(curve, key=lambda row: row["val_accuracy"])
+    left.axvline(best["epoch"], color="grey", ls=":", label=f"selected: epoch {best['epoch']}")
+    left.set_xlabel("epoch")
+    left.set_ylabel("%")
+    left.legend(fontsize=8)
+    right.plot(epochs, [row["seconds"] for row in curve], marker=".")
+    right.set_xlabel("epoch")
+    right.set_ylabel("training seconds per epoch")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120, tight: bool = True) -> Path:
+    """Save ``fig`` as ``path`` (folders created; ``tight_layout`` first unless ``tight=False``),
+    close it and return the path."""
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -7,7 +7,7 @@
    ``p(x | y=k, z)`` with ``z`` the mean of ``q(z | x, y_true)``: the test image's style carried
    over to every class.
 
-With ``--m1 M1.pt`` (an M1+M2 model, trained by ``m2_mnist.py --m1``) M2's inputs are M1's
+With ``--m1 M1.pt`` (an M1+M2 model, trained by ``experiments.m2.mnist --m1``) M2's inputs are M1's
 posterior means of the images, and every decoded code ``E[z1 | y, z]`` is shown as M1's decoder
 mean ``p(x | z1)``.
 
@@ -26,10 +26,12 @@ import argparse
 from pathlib import Path
 
 import torch
-from m2_common import generative_error, m1_encode, save_table_of_images, test_error, write_json
 
 import pyrovae
-from pyrovae.data import binarize, load_dataset
+from experiments.common import add_run_arguments, provenance, start_run, write_json
+from experiments.figures import save_table_of_images
+from experiments.m2.common import generative_error, test_error
+from pyrovae.data import binarize, encode_in_chunks, load_dataset
 from pyrovae.infer import param_scope
 
 
@@ -45,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-model-copy", action="store_true", help="do not write OUT/model.pt")
     p.add_argument("--elbo-samples", type=int, default=1,
                    help="draws of z per class for argmax_y L(x, y)")
-    p.add_argument("--out", type=Path, default=Path("runs/m2_figures"))
+    add_run_arguments(p, out="runs/m2_figures")
     return p.parse_args(argv)
 
 
@@ -55,9 +57,10 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 
 def class_conditional_samples(model, columns: int, seed: int, to_pixels=identity) -> torch.Tensor:
     """``[C, columns, D]``: row y, column j is the decoder mean of ``p(x | y, z_j)``."""
+    like = next(model.parameters())
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(columns, model.latent_dim, generator=gen)
-    classes = torch.arange(model.num_classes)
+    z = torch.randn(columns, model.latent_dim, generator=gen).to(like)
+    classes = torch.arange(model.num_classes, device=like.device)
     y = classes[:, None].expand(-1, columns).reshape(-1)
     means = to_pixels(model.sample(y, z.repeat(model.num_classes, 1)))
     return means.reshape(model.num_classes, columns, -1)
@@ -67,7 +70,7 @@ def analogies(model, x: torch.Tensor, y: torch.Tensor, to_inputs=identity,
               to_pixels=identity) -> torch.Tensor:
     """``[R, 1 + C, D]``: each test image, then its style ``E_q[z|x,y]`` decoded as every class."""
     loc, _ = model.encode(to_inputs(x), y)
-    classes = torch.arange(model.num_classes)
+    classes = torch.arange(model.num_classes, device=loc.device)
     z = loc.repeat_interleave(model.num_classes, 0)
     y_all = classes.repeat(x.shape[0])
     decoded = to_pixels(model.sample(y_all, z)).reshape(x.shape[0], model.num_classes, -1)
@@ -76,16 +79,17 @@ def analogies(model, x: torch.Tensor, y: torch.Tensor, to_inputs=identity,
 
 def run(args: argparse.Namespace) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
-    model = pyrovae.load_checkpoint(args.checkpoint)
+    device = start_run(args)
+    model = pyrovae.load_checkpoint(args.checkpoint, map_location=device)
     to_inputs = to_pixels = identity
     if args.m1 is not None:
-        m1 = pyrovae.load_checkpoint(args.m1).eval()
+        m1 = pyrovae.load_checkpoint(args.m1, map_location=device).eval()
         to_pixels = m1.decode
 
         def to_inputs(x):
-            return m1_encode(m1, x)[0]
+            return encode_in_chunks(m1, x)[0]
 
-    test = load_dataset(args.dataset, "test")
+    test = load_dataset(args.dataset, "test", device=device)
     x_test, y_test = binarize(test.x, 20_000), test.y
     if args.limit is not None:
         x_test, y_test = x_test[: args.limit], y_test[: args.limit]
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
         first = [int((y_test == k).nonzero()[0]) for k in range(model.num_classes)
                  if (y_test == k).any()]
         extra = torch.randperm(len(y_test), generator=gen)[: max(args.rows - len(first), 0)]
-        shown = torch.tensor((first + extra.tolist())[: args.rows])
+        shown = torch.tensor((first + extra.tolist())[: args.rows], device=device)
         table = analogies(model, x_test[shown], y_test[shown], to_inputs, to_pixels)
         inputs = to_inputs(x_test)
         error = test_error(model, inputs, y_test)
@@ -113,7 +117,8 @@ def run(args: argparse.Namespace) -> dict:
     # Weights and config only (no optimiser state): loadable with pyrovae.load_checkpoint.
     if not args.no_model_copy:
         pyrovae.save_checkpoint(args.out / "model.pt", model, source=str(args.checkpoint))
-    metrics = dict(checkpoint=str(args.checkpoint), m1=str(args.m1) if args.m1 else None,
+    metrics = dict(**provenance(device), checkpoint=str(args.checkpoint),
+                   m1=str(args.m1) if args.m1 else None,
                    test_error=error, generative_test_error=generative,
                    elbo_samples=args.elbo_samples,
                    test_images=len(y_test), analogy_test_indices=shown.tolist(),

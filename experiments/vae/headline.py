@@ -16,7 +16,7 @@ References:
 
 Example (smoke)::
 
-    python experiments/vae_headline.py --train-size 500 --test-size 200 --epochs 1 \
+    python -m experiments.vae.headline --train-size 500 --test-size 200 --epochs 1 \
         --eval-examples 20 --num-samples 50 --out /tmp/vae_headline
 """
 
@@ -26,19 +26,18 @@ import argparse
 import time
 
 import torch
-from vae_common import (
+
+from experiments.common import command_line, provenance, write_json
+from experiments.figures import pyplot, save_figure
+from experiments.vae.common import (
     add_common_args,
     burda_schedule,
-    command_line,
     data_from_args,
-    machine,
     make_vae,
     setup,
     test_elbo_callback,
     train,
-    write_json,
 )
-
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
 
 
@@ -51,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=["elbo", "meanfield", "iwae"])
     parser.add_argument("--iwae-k", type=int, default=5, help="K of the IWAE training bound")
     parser.add_argument("--minutes", type=float, nargs="+", default=None,
-                        help="training wall-time budget per objective (one value or one each)")
+                        help="training wall-time budget per objective (one value or one each); "
+                        "a later run with the same --out resumes each objective's last.pt")
     parser.add_argument("--lr-schedule", default="burda", choices=["burda", "constant"])
     parser.add_argument("--eval-every", type=int, default=5, help="epochs between test ELBOs")
     parser.add_argument("--monitor-examples", type=int, default=1000)
@@ -73,10 +73,10 @@ def run_objective(args, data, objective: str, minutes, out, metrics: dict, eval_
     )
     monitor = data.test_x[: args.monitor_examples]
 
-    def on_chunk(history) -> None:
-        entry["epochs"] = len(history.epochs)
-        entry["train_seconds"] = sum(r["seconds"] for r in history.epochs)
-        entry["curve"] = history.epochs
+    def on_epoch(rows: list[dict]) -> None:
+        entry["epochs"] = len(rows)
+        entry["train_seconds"] = sum(r["seconds"] for r in rows)
+        entry["curve"] = rows
         write_json(out / "metrics.json", metrics)
 
     history, wall = train(
@@ -85,13 +85,14 @@ def run_objective(args, data, objective: str, minutes, out, metrics: dict, eval_
         epochs=args.epochs,
         minutes=minutes,
         checkpoint_dir=out / objective,
-        on_chunk=on_chunk,
+        on_epoch=on_epoch,
         objective=objective,
         num_particles=entry["num_particles"],
         lr=args.lr,
         lr_schedule=burda_schedule if args.lr_schedule == "burda" else None,
         batch_size=args.batch_size,
         seed=args.seed,
+        device=args.device,
         callbacks=[test_elbo_callback(model, monitor, every=args.eval_every)],
         config={"command": command_line()},
     )
@@ -114,14 +115,13 @@ def run_objective(args, data, objective: str, minutes, out, metrics: dict, eval_
     )
     entry["test_subset"] = subset
     entry["eval_seconds"] = time.perf_counter() - started
-    torch.save({"index": eval_idx, "log_likelihood": log_px}, out / objective / "log_px.pt")
+    torch.save({"index": eval_idx.cpu(), "log_likelihood": log_px.cpu()},
+               out / objective / "log_px.pt")
     write_json(out / "metrics.json", metrics)
 
 
 def plot_curves(metrics: dict, path) -> None:
     """Training loss and monitored test ELBO per epoch, one line per objective."""
-    from _plots import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, run in metrics["runs"].items():
@@ -156,9 +156,9 @@ def main(argv=None) -> None:
     n_test = data.test_x.shape[0]
     gen = torch.Generator().manual_seed(20160101)
     eval_idx = torch.randperm(n_test, generator=gen)[: min(args.eval_examples, n_test)].sort()[0]
+    eval_idx = eval_idx.to(data.test_x.device)
     metrics = dict(
-        command=command_line(),
-        machine=machine(),
+        **provenance(args.device),
         dataset=data.name,
         test_binarization="one fixed stochastic binarisation (seed 1234) of the test images",
         eval_subset=(

@@ -1,0 +1,198 @@
+"""Helpers for the M2 experiments: data splits, time-budgeted training, evaluation.
+
+Not a script: the modules of ``experiments.m2`` import it; their smoke tests cover it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import pyrovae
+from experiments.common import write_json
+from pyrovae.data import (
+    DynamicBinarized,
+    LabelledStream,
+    M1Codes,
+    binarize,
+    encode_in_chunks,
+    labelled_split,
+    load_dataset,
+)
+from pyrovae.infer import TimeBudget, param_scope
+from pyrovae.infer.classification import accuracy, validation_callback
+from pyrovae.models.m2 import M2
+
+logger = logging.getLogger("m2")
+
+
+@dataclass
+class SemiSupervisedData:
+    unlabelled: Any
+    labelled: Any
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_train: int
+    image_shape: tuple[int, int]
+
+
+def prepare_data(
+    dataset: str,
+    n_labelled: int,
+    n_validation: int,
+    seed: int,
+    binarization: str = "dynamic",
+    limit: int | None = None,
+    m1=None,
+    device: torch.device | str | None = None,
+) -> SemiSupervisedData:
+    """Balanced labelled set (``labelled_split``, seeded), the rest unlabelled, a validation split.
+
+    Training images are binarised afresh every epoch (``"dynamic"``) or once (``"static"``);
+    validation and test images once, with fixed seeds; every tensor on ``device`` (default
+    the CPU; ``m1`` must be there too). ``limit`` keeps the first ``limit``
+    training and test images (smoke tests). With an M1 VAE ``m1`` (M1+M2), the data are
+    M1's codes instead of pixels: fresh draws of ``q(z1 | x)`` every epoch for training
+    (:class:`M1Codes`, dynamic binarisation only), the posterior means of the binarised
+    validation and test images.
+    """
+    train = load_dataset(dataset, "train", device=device)
+    test = load_dataset(dataset, "test", device=device)
+    x, y, x_test, y_test = train.x, train.y, test.x, test.y
+    if limit is not None:
+        x, y, x_test, y_test = x[:limit], y[:limit], x_test[:limit], y_test[:limit]
+    split = labelled_split(y, n_labelled, n_validation, seed, num_classes=train.num_classes)
+    x_l, y_l = x[split.labelled], y[split.labelled]
+    x_u = x[split.unlabelled]
+    x_val, x_test = binarize(x[split.validation], 10_000 + seed), binarize(x_test, 20_000)
+    if m1 is not None:
+        if binarization != "dynamic":
+            raise ValueError("M1 codes are drawn afresh every epoch: use binarization='dynamic'")
+        unlabelled, labelled = M1Codes(m1, x_u, seed), M1Codes(m1, x_l, seed + 1, y_l)
+        x_val, x_test = encode_in_chunks(m1, x_val)[0], encode_in_chunks(m1, x_test)[0]
+    elif binarization == "dynamic":
+        unlabelled, labelled = DynamicBinarized(x_u, seed), LabelledStream(x_l, y_l, seed + 1)
+    elif binarization == "static":
+        unlabelled, labelled = (binarize(x_u, seed),), (binarize(x_l, seed + 1), y_l)
+    else:
+        raise ValueError(f"binarization must be 'dynamic' or 'static', got {binarization!r}")
+    return SemiSupervisedData(
+        unlabelled=unlabelled,
+        labelled=labelled,
+        x_val=x_val,
+        y_val=y[split.validation],
+        x_test=x_test,
+        y_test=y_test,
+        num_train=len(split.labelled) + len(split.unlabelled),
+        image_shape=tuple(train.image_shape),
+    )
+
+
+def labelled_weight(option: str, num_train: int, n_labelled: int) -> float:
+    if option == "balanced":
+        return (num_train - n_labelled) / n_labelled
+    return float(option)
+
+
+def test_error(model: M2, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of the test examples misclassified by ``argmax q(y|x)``."""
+    with param_scope(model):
+        return 1.0 - accuracy(model.classify, x, y, num_classes=model.num_classes)
+
+
+def generative_error(model: M2, x: torch.Tensor, y: torch.Tensor, num_samples: int = 1,
+                     batch_size: int = 500) -> float:
+    """Fraction misclassified by ``argmax_k L(x, k)``, the generative model's own classification."""
+    with param_scope(model):
+        guesses = torch.cat([model.class_elbos(xb, num_samples).argmax(-1)
+                             for xb in x.split(batch_size)])
+    return float((guesses != y).double().mean())
+
+
+def train_m2(
+    model: M2,
+    data: SemiSupervisedData,
+    out: Path,
+    *,
+    max_epochs: int,
+    max_minutes: float,
+    batch_size: int,
+    labelled_batch_size: int,
+    lr: float,
+    lr_decay: float,
+    seed: int,
+    jit: bool,
+    info: dict,
+    device: torch.device | str | None = None,
+) -> dict:
+    """One ``pyrovae.fit`` (resumed from ``out/last.pt`` when there is one) for ``max_epochs``
+    epochs or until ``TimeBudget(max_minutes)`` stops it, writing ``out/metrics.json`` after
+    every epoch; report the validation-selected model (``best.pt``) on the test set.
+
+    The epoch that crosses the budget is finished; a later invocation with the same ``out``
+    goes on from there.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    streams = {"unlabelled": data.unlabelled, "labelled": data.labelled}
+    sizes = {"unlabelled": batch_size, "labelled": labelled_batch_size}
+    started = time.perf_counter()
+    metrics: dict[str, Any] = dict(info, status="running")
+
+    def test_callback(state):
+        # Recorded for the learning curve only; never used to select the model.
+        return {"test_error_current": 1.0 - accuracy(state.module.classify, data.x_test,
+                                                     data.y_test)}
+
+    def report(state) -> None:
+        row, best = state.row, state.history.best
+        if best is None or row["val_accuracy"] > best["val_accuracy"]:
+            best = row
+        metrics.update(
+            epochs_done=len(state.history.epochs) + 1,
+            wall_seconds=time.perf_counter() - started,
+            curve=[*state.history.epochs, row],
+            best_epoch=best["epoch"],
+            best_val_accuracy=best["val_accuracy"],
+        )
+        write_json(out / "metrics.json", metrics)
+        logger.info("epoch %d: loss/example %.2f, val acc %.4f, %.1f s", row["epoch"],
+                    row["loss_per_example"], row["val_accuracy"], row["seconds"])
+
+    history = pyrovae.fit(
+        model, streams, objective="enum", jit=jit, lr=lr,
+        lr_schedule=f"exponential:{lr_decay}" if lr_decay != 1 else None,
+        epochs=max_epochs, batch_size=sizes, seed=seed, device=device,
+        callbacks=[validation_callback(data.x_val, data.y_val), test_callback, report,
+                   TimeBudget(max_minutes)],
+        checkpoint_dir=out, resume=True, select_metric="val_accuracy", config=info,
+    )
+    done = len(history.epochs)
+    metrics.update(
+        epochs_done=done, curve=history.epochs, best_epoch=history.best["epoch"],
+        best_val_accuracy=history.best["val_accuracy"],
+        status=(f"finished {max_epochs} epochs" if done >= max_epochs
+                else f"stopped by the time budget ({max_minutes} min) after {done}"),
+    )
+    best = pyrovae.load_checkpoint(out / "best.pt", map_location=data.x_test.device)
+    metrics["test_error"] = test_error(best, data.x_test, data.y_test)
+    metrics["time_to_best_seconds"] = sum(
+        row["seconds"] for row in metrics["curve"][: metrics["best_epoch"] + 1]
+    )
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var)

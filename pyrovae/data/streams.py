@@ -1,0 +1,61 @@
+"""Training streams for :func:`pyrovae.fit` that draw their data afresh every epoch.
+
+A stream has ``__len__`` and ``for_epoch(epoch) -> tuple of tensors``; what it yields depends
+only on ``(seed, epoch)``, so a resumed run sees the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyrovae.data.transforms import DynamicBinarized, epoch_seed
+
+
+class LabelledStream:
+    """``(x_bin, y)`` with the images ``x`` [N, D] re-binarised every epoch, the labels ``y`` [N]
+    unchanged (the labelled stream of semi-supervised training)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
+        self.images, self.y = DynamicBinarized(x, seed), y
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def for_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (*self.images.for_epoch(epoch), self.y)
+
+
+def encode_in_chunks(
+    encoder, x: torch.Tensor, batch_size: int = 5000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loc, scale)`` of a model's ``q(z | x)`` for the rows of ``x`` [N, D], in chunks.
+
+    ``encoder`` is a model with ``encode(x) -> (loc, scale)`` (a trained VAE, e.g. M1).
+    """
+    parts = [encoder.encode(xb) for xb in x.split(batch_size)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+class M1Codes:
+    """Draws of a VAE's posterior ``z1 ~ q(z1 | x_bin)``, afresh every epoch (Kingma et al.'s M1).
+
+    Every epoch binarises the images ``x`` [N, D] anew (as :class:`DynamicBinarized`), encodes
+    them with the VAE ``m1`` and draws one ``z1`` per image; with labels ``y`` [N] it yields
+    ``(z1, y)``, else ``(z1,)``. The draw depends only on ``(seed, epoch)``, so a resumed run
+    sees the same codes; the codes are on ``x``'s device with ``m1``'s dtype.
+    """
+
+    def __init__(self, m1, x: torch.Tensor, seed: int, y: torch.Tensor | None = None) -> None:
+        self.m1, self.images, self.y, self.seed = m1, DynamicBinarized(x, seed), y, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def for_epoch(self, epoch: int) -> tuple[torch.Tensor, ...]:
+        (x_bin,) = self.images.for_epoch(epoch)
+        loc, scale = encode_in_chunks(self.m1, x_bin)
+        generator = torch.Generator(device=loc.device)
+        generator.manual_seed(epoch_seed(self.seed + 7919, epoch))
+        z1 = loc + scale * torch.randn(loc.shape, generator=generator, dtype=loc.dtype,
+                                       device=loc.device)
+        return (z1,) if self.y is None else (z1, self.y)
