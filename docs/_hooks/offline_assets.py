@@ -22,7 +22,7 @@ from mkdocs.structure.files import File, Files
 #: Where the vendored MathJax lands in the site; ``mkdocs.yml`` loads ``MATHJAX_DEST/tex-mml-chtml.js``.
 MATHJAX_DEST = "assets/mathjax"
 #: The parts of MathJax's ``es5`` folder the browser can ask for after loading ``tex-mml-chtml.js``.
-MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output/chtml", "a11y", "ui", "sre", "adaptors")
+MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output/chtml", "a11y", "ui", "sre")
 PYGMENTS_CSS = "css/pygments.css"
 
 
