@@ -19,9 +19,9 @@ from pathlib import Path
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
-#: Where the vendored MathJax lands in the site; ``mkdocs.yml`` loads ``MATHJAX_DEST/tex-mml-chtml.js``.
+#: Where the vendored MathJax lands in the site (``mkdocs.yml`` loads its tex-mml-chtml.js).
 MATHJAX_DEST = "assets/mathjax"
-#: The parts of MathJax's ``es5`` folder the browser can ask for after loading ``tex-mml-chtml.js``.
+#: The parts of MathJax's ``es5`` folder a browser can ask for after loading tex-mml-chtml.js.
 MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output/chtml", "a11y", "ui", "sre")
 PYGMENTS_CSS = "css/pygments.css"
 
@@ -45,12 +45,12 @@ def on_files(files: Files, config) -> Files:
     sources = [license_file] if license_file.is_file() else []
     for part in MATHJAX_PARTS:
         path = es5 / part
-        sources.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+        found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        sources.extend(found)
     for source in sources:
         relative = source.relative_to(es5 if source != license_file else es5.parent)
-        files.append(
-            File.generated(config, f"{MATHJAX_DEST}/{relative.as_posix()}", abs_src_path=str(source))
-        )
+        uri = f"{MATHJAX_DEST}/{relative.as_posix()}"
+        files.append(File.generated(config, uri, abs_src_path=str(source)))
 
     from pygments.formatters import HtmlFormatter
 
