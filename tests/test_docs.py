@@ -1,11 +1,16 @@
-"""The documentation builds (``mkdocs build --strict``) and the tutorial's code runs and says
-what the tutorial claims it says."""
+"""The documentation builds (``mkdocs build --strict``) into a site that needs no network, and
+the tutorial's code runs and says what the tutorial claims it says.
+
+(tests/test_docs_browser.py opens the built pages in headless Chromium, offline.)"""
 
 import importlib.util
 import re
 import runpy
 import subprocess
 import sys
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -51,16 +56,157 @@ def test_every_tutorial_file_is_included_in_the_docs():
     assert files <= included, f"tutorial files no page shows: {sorted(files - included)}"
 
 
-@pytest.mark.skipif(
+needs_docs_extra = pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
-    reason="docs extra not installed: pip install mkdocs mkdocstrings-python",
+    reason="docs extra not installed: pip install -e '.[docs]'",
 )
-def test_mkdocs_build_strict(tmp_path):
+
+
+def build_site(out: Path) -> Path:
+    """``mkdocs build --strict`` into ``out``; fails the test with mkdocs' output if it fails."""
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(tmp_path)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "tutorial.html").exists()
-    api = (tmp_path / "api" / "linear.html").read_text()
+    return out
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    return build_site(tmp_path_factory.mktemp("site"))
+
+
+# A Sphinx role as it would show in a page, and an autorefs link that did not resolve
+# (autorefs leaves ``[`name`][]`` / ``[`text`][id]`` as text when no page renders ``id``).
+SPHINX_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|obj|exc|const|ref):`")
+UNRESOLVED_REF = re.compile(r"(?<![\w`\]])\[[^\[\]]+\]\[[\w.]*\]")
+# TeX that a reader would see raw: its delimiters, or a control word, outside the math.
+RAW_TEX = re.compile(r"\\[()\[\]]|\$\$|\\[a-zA-Z]+")
+CDN = re.compile(r"https?://(cdn|[\w.-]*(unpkg|jsdelivr|cdnjs|cloudflare|googleapis)\b)")
+MATH_PAGES = sorted(
+    p.relative_to(DOCS).with_suffix(".html") for p in (DOCS / "derivations").glob("*.md")
+)
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr"}
+
+
+class PageText(HTMLParser):
+    """A page's text as a reader sees it, in three streams.
+
+    ``text``: text outside scripts, styles and math, code in backticks (so that an unresolved
+    ``[`name`][]`` reads as written); ``plain``: the same without the code; ``math``: the
+    number of math elements, by CSS class; ``tags``: every tag name seen, counted.
+    """
+
+    SKIP = {"script", "style", "template"}
+
+    def __init__(self, html: str, math_classes=("arithmatex",)) -> None:
+        super().__init__(convert_charrefs=True)
+        self.math_classes = set(math_classes)
+        self.stack: list[tuple[str, bool, bool]] = []  # (tag, hidden, code)
+        self.prose: list[str] = []
+        self.plain_prose: list[str] = []
+        self.math: Counter = Counter()
+        self.tags: Counter = Counter()
+        self.feed(html)
+        self.close()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.prose)
+
+    @property
+    def plain(self) -> str:
+        return "".join(self.plain_prose)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] += 1
+        if tag in VOID:
+            return
+        classes = set((dict(attrs).get("class") or "").split())
+        hidden = bool(self.stack and self.stack[-1][1])
+        math = classes & self.math_classes or tag.startswith("mjx-")
+        for name in classes & self.math_classes:
+            self.math[name] += 1
+        hidden = hidden or tag in self.SKIP or bool(math)
+        code = tag in ("code", "pre") or bool(self.stack and self.stack[-1][2])
+        if tag in ("code", "pre") and not hidden and not (self.stack and self.stack[-1][2]):
+            self.prose.append("`")
+        self.stack.append((tag, hidden, code))
+
+    def handle_endtag(self, tag):
+        if tag in VOID or tag not in {t for t, _, _ in self.stack}:
+            return
+        while self.stack:
+            name, hidden, code = self.stack.pop()
+            outer_code = bool(self.stack and self.stack[-1][2])
+            if name in ("code", "pre") and not hidden and not outer_code:
+                self.prose.append("`")
+            if name == tag:
+                break
+
+    def handle_data(self, data):
+        if self.stack and self.stack[-1][1]:
+            return
+        self.prose.append(data)
+        if not (self.stack and self.stack[-1][2]):
+            self.plain_prose.append(data)
+
+
+def assert_reads_clean(name, page: PageText) -> None:
+    """No Sphinx role, unresolved cross-reference or raw TeX (outside code) in a page's text."""
+    for what, pattern, text in [
+        ("Sphinx role", SPHINX_ROLE, page.text),
+        ("unresolved reference", UNRESOLVED_REF, page.text),
+        ("raw TeX", RAW_TEX, page.plain),
+    ]:
+        found = pattern.search(text)
+        context = text[max(found.start() - 60, 0) : found.end() + 60] if found else ""
+        assert found is None, f"{name}: {what} {found[0]!r} in {' '.join(context.split())!r}"
+
+
+@needs_docs_extra
+def test_mkdocs_build_strict(site):
+    assert (site / "tutorial.html").exists()
+    api = (site / "api" / "linear.html").read_text()
     assert 'id="pyrovae.models.factor_analysis.FactorAnalysis"' in api
+
+
+@needs_docs_extra
+def test_site_loads_nothing_from_a_cdn(site):
+    """Issue #17: every script, stylesheet and font a page uses is in the site itself."""
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        html = page.read_text()
+        assert not CDN.search(html), f"{page.relative_to(site)} names a CDN: {CDN.search(html)[0]}"
+        for ref in re.findall(r'<(?:script|link)\b[^>]*?(?:src|href)="([^"]+)"', html):
+            if ref.startswith(("http:", "https:", "//")):
+                continue  # a plain link (<link rel="canonical">), checked for CDNs above
+            path = ref.split("?")[0].split("#")[0]
+            # 404.html is served from any folder, so its links start at the site's root.
+            target = site / path.lstrip("/") if path.startswith("/") else page.parent / path
+            assert target.is_file(), f"{page.relative_to(site)} loads {ref}, which is missing"
+    mathjax = site / "assets" / "mathjax"
+    assert (mathjax / "tex-mml-chtml.js").stat().st_size > 500_000  # MathJax's TeX bundle
+    assert len(list((mathjax / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))) > 10
+    assert (mathjax / "input" / "tex" / "extensions" / "cancel.js").is_file()  # autoloadable
+    assert ".highlight .k" in (site / "css" / "pygments.css").read_text()
+    for name in MATH_PAGES:
+        assert '"../assets/mathjax/tex-mml-chtml.js"' in (site / name).read_text(), name
+
+
+@needs_docs_extra
+def test_pages_show_no_raw_tex_and_no_sphinx_roles(site):
+    """The built HTML hands every formula to MathJax and links every cross-reference.
+
+    What MathJax typesets is inside ``arithmatex`` elements; any TeX outside them (a formula
+    that arithmatex did not pick up) would reach the reader raw. Docstrings link with autorefs'
+    syntax; a Sphinx role, or a reference to an object no API page renders, shows as text.
+    """
+    for page in sorted(site.rglob("*.html")):
+        name = page.relative_to(site)
+        assert_reads_clean(name, PageText(page.read_text()))
+    for name in [*MATH_PAGES, Path("faq.html"), Path("tutorial.html")]:
+        assert PageText((site / name).read_text()).math["arithmatex"] > 0, name
