@@ -126,7 +126,8 @@ def warn_missing_classes(y: torch.Tensor, num_classes: int, what: str = "y") -> 
     if missing:
         warnings.warn(
             f"the labelled data {what} has no example of class(es) {missing} of "
-            f"0..{num_classes - 1}: q(y|x) gets no supervision for them (see pyrovae.data.labelled_split)",
+            f"0..{num_classes - 1}: q(y|x) gets no supervision for them "
+            "(see pyrovae.data.labelled_split)",
             stacklevel=2,
         )
 
