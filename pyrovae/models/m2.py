@@ -67,6 +67,8 @@ References:
 
 from __future__ import annotations
 
+import copy
+
 import contextlib
 import warnings
 from collections.abc import Sequence
@@ -170,8 +172,9 @@ class M2(ConfigurableModule):
             from ``z`` concatenated with the one-hot label (``H = 2`` heads for
             ``"gaussian_learned"``, else 1).
         classifier: your own ``q(y|x)`` network: ``x [..., D] -> logits [..., C]``.
-            Modules you give are converted to ``PyroModule`` in place; a checkpoint pickles
-            them in its config, so their class must be importable to load it.
+            Modules you give are converted to ``PyroModule`` in place; ``config`` keeps a
+            copy of each as given, so a checkpoint can rebuild the model (the module's class
+            must be importable to load it).
 
     Methods: :meth:`encode` ``(x, y) -> (loc, scale)`` of ``q(z|x,y)``; :meth:`decode`
     ``(z, y) -> E[x | y, z]``; :meth:`sample` ``y -> x`` with ``z`` from the prior;
@@ -239,8 +242,10 @@ class M2(ConfigurableModule):
             hidden_sizes=hidden_sizes, decoder_hidden_sizes=decoder_hidden_sizes, arch=arch,
             classifier_arch=classifier_arch, activation=activation, alpha=float(alpha),
             num_train=num_train, labelled_weight=float(labelled_weight), likelihood=likelihood,
-            sigma=float(sigma), allow_continuous=bool(allow_continuous), encoder=encoder,
-            decoder=decoder, classifier=classifier,
+            sigma=float(sigma), allow_continuous=bool(allow_continuous),
+            # Copies as given, unconverted, so that a checkpoint can rebuild the model.
+            encoder=copy.deepcopy(encoder), decoder=copy.deepcopy(decoder),
+            classifier=copy.deepcopy(classifier),
         )
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.alpha, self.labelled_weight = float(alpha), float(labelled_weight)

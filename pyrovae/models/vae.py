@@ -9,6 +9,8 @@ References:
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Sequence
 
 import pyro
@@ -83,8 +85,8 @@ class VAE(ConfigurableModule):
             per pixel (1: Bernoulli logits, or Gaussian means before ``mean_activation``; 2 for
             ``"gaussian_learned"``: means, then raw log-variances). Both are converted to
             ``PyroModule`` in place, so that their weights go through Pyro's param store.
-            A checkpoint of such a model pickles the modules in its config: their class must be
-            importable to load it.
+            ``config`` keeps a copy of each module as given, so a checkpoint can rebuild the
+            model: the module's class must be importable to load it.
 
     Methods: :meth:`encode` ``x -> (loc, scale)`` of ``q(z | x)``; :meth:`decode`
     ``z -> E[x | z]``, the mean of ``p(x | z)``; :meth:`sample` draws ``z`` from the prior and
@@ -131,8 +133,8 @@ class VAE(ConfigurableModule):
             mean_activation=mean_activation,
             allow_continuous=allow_continuous,
             reparameterized=reparameterized,
-            encoder=encoder,
-            decoder=decoder,
+            encoder=copy.deepcopy(encoder),  # as given, unconverted: a checkpoint rebuilds it
+            decoder=copy.deepcopy(decoder),
         )
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.reparameterized = bool(reparameterized)
