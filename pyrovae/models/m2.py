@@ -67,9 +67,8 @@ References:
 
 from __future__ import annotations
 
-import copy
-
 import contextlib
+import copy
 import warnings
 from collections.abc import Sequence
 from typing import Any

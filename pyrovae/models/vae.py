@@ -10,7 +10,6 @@ References:
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Sequence
 
 import pyro
