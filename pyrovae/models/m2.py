@@ -397,8 +397,9 @@ class M2(ConfigurableModule):
         bound's gap), which the unsupervised term pulls ``q(y|x)`` towards.
 
         Read from traces of the same model and guide that training uses: the guide is traced
-        with ``y = k`` for every row and class at once (C copies of ``x``) and its ``z`` site
-        observed, which records ``q(z | x, k)`` without drawing; ``z = loc + scale * eps``;
+        with the labels ``y = [[0], ..., [C-1]]`` (every class for every row, as enumeration
+        lays them out) and its ``z`` site observed, which records ``q(z | x, y)`` without
+        drawing; ``z = loc + scale * eps``;
         the model is traced with that ``z``; per row ``L = sum_model log p - log q(z | x, k)``
         (unscaled log-densities; the guide's classifier factor is not part of ``L``).
 
@@ -411,24 +412,19 @@ class M2(ConfigurableModule):
         n, c, k = x.shape[0], self.num_classes, self.latent_dim
         if eps is None:
             eps = torch.randn((num_samples, c, n, k), dtype=x.dtype, device=x.device)
-        xs = x.repeat(c, 1)  # [C * N, D], class-major
-        ys = torch.arange(c, device=x.device).repeat_interleave(n)  # [C * N]
-        placeholder = {"z": x.new_zeros(c * n, k)}
+        classes = torch.arange(c, device=x.device)[:, None]  # [C, 1]: every class, every row
+        placeholder = {"z": x.new_zeros(c, n, k)}
         q = poutine.trace(poutine.condition(self._guide, data=placeholder)).get_trace(
-            xs, ys, None
+            x, classes, None
         ).nodes["z"]["fn"]
-        total = x.new_zeros(c * n)
+        bounds = []
         for noise in eps:
-            z = q.base_dist.loc + q.base_dist.scale * noise.reshape(c * n, k)
+            z = q.base_dist.loc + q.base_dist.scale * noise  # [C, N, K]
             model = poutine.condition(self._model, data={"z": z})
-            log_p = sum(
-                site["fn"].log_prob(site["value"])
-                for site in poutine.trace(model).get_trace(xs, ys, None).nodes.values()
-                if site["type"] == "sample"
-            )
-            total = total + log_p - q.log_prob(z)
-        draws = eps.shape[0]
-        return (total / draws).reshape(c, n).T
+            sites = poutine.trace(model).get_trace(x, classes, None).nodes
+            log_p = {name: sites[name]["fn"].log_prob(sites[name]["value"]) for name in "xyz"}
+            bounds.append(log_p["x"] + log_p["y"] + log_p["z"] - q.log_prob(z))  # [C, N]
+        return torch.stack(bounds).mean(0).T
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
