@@ -54,7 +54,7 @@ Notes:
       range and every class present in the labelled set once per data tensor, while Pyro
       validation is on).
     * ``fit(..., objective="enum", jit=True)`` works: ``JitTraceEnum_ELBO`` compiles one graph
-      per call signature, ``(x, idx)`` and ``(x, y, idx)``; label checks are skipped while
+      per call signature, ``(x, idx)`` and ``(x, y, idx)``; value checks are skipped while
       tracing. Both signatures read the parameters in the same order, which Pyro's
       ``CompiledFunction`` silently relies on (it keeps a single list of parameter names).
     * On labelled batches ``TraceEnum_ELBO`` warns that no site is enumerated; it is harmless,
