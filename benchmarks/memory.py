@@ -37,7 +37,7 @@ def _child(what: str, device: str, root: str | None) -> dict:
     x = binarize(test.x, seed=0)
     torch.manual_seed(0)
     if what == "m2_step":
-        model = M2(784, 10, 50, hidden_dims=(500,), num_train=60000).to(dev)
+        model = M2(784, 10, 50, hidden_sizes=(500,), num_train=60000).to(dev)
         settings = {"unlabelled batch": 200, "labelled batch": 100, "classes": 10}
     else:
         model = VAE(784, 20, hidden_sizes=(400,)).to(dev)

@@ -110,7 +110,7 @@ class PlainM2(nn.Module):
         c = m2.config
         acts = {"softplus": nn.Softplus, "relu": nn.ReLU, "tanh": nn.Tanh}
         act = acts[c["activation"]]
-        d, k, h, classes = c["data_dim"], c["latent_dim"], c["hidden_dims"], c["num_classes"]
+        d, k, h, classes = c["data_dim"], c["latent_dim"], c["hidden_sizes"], c["num_classes"]
         self.num_classes, self.alpha = classes, m2.alpha
         self.classifier_body = mlp([d, *h], act, activate_last=True)
         self.classifier_head = nn.Linear(h[-1], classes)

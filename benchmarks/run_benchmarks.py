@@ -268,7 +268,7 @@ def main() -> int:
         data = {"unlabelled": (xu,), "labelled": (x[split.labelled], y[split.labelled])}
         for jit in (False, True):
             torch.manual_seed(0)
-            m2 = M2(784, 10, 50, hidden_dims=(500,), num_train=x.shape[0]).to(device)
+            m2 = M2(784, 10, 50, hidden_sizes=(500,), num_train=x.shape[0]).to(device)
             try:
                 results.append(
                     compare(

@@ -69,7 +69,7 @@ def test_ppca_twin():
 def test_m2_twin():
     x = _binary(40, 12, seed=2)
     y = torch.arange(20) % 4
-    m2 = M2(12, 4, 3, hidden_dims=(8,), alpha=7.0)
+    m2 = M2(12, 4, 3, hidden_sizes=(8,), alpha=7.0)
     _sharpen(m2.encoder.raw_scale)
     plain = PlainM2(m2)
     iu, il = torch.arange(5), torch.arange(8)

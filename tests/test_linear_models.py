@@ -168,7 +168,7 @@ def test_ica_breaks_the_rotation_symmetry_that_ppca_has():
 def test_nmf_recovers_factors_up_to_permutation_and_scale():
     x, factors = planted_nmf()
     pyro.set_rng_seed(0)
-    model = NMF(20, 3, hidden_dim=32).initialise(x)
+    model = NMF(20, 3, hidden_sizes=[32]).initialise(x)
     fit(model, x, lr=0.02, epochs=150, batch_size=100, lr_schedule="cosine", seed=0)
     match = match_components(model.factors().T, factors.T)
     # Non-negative vectors: all cosines are positive, so the sign is always +1. Poisson noise on
@@ -197,7 +197,7 @@ def make(name):
         return FactorAnalysis(6, 2), torch.randn(64, 6)
     if name == "ica":
         return ICA(6, 2), torch.randn(64, 6)
-    return NMF(6, 2, hidden_dim=8), torch.poisson(3 * torch.ones(64, 6))
+    return NMF(6, 2, hidden_sizes=[8]), torch.poisson(3 * torch.ones(64, 6))
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -223,7 +223,7 @@ def test_fit_changes_every_parameter_and_checkpoint_round_trips(name, jit, tmp_p
         (FactorAnalysis, dict(data_dim=0, latent_dim=2), "data_dim"),
         (FactorAnalysis, dict(data_dim=4, latent_dim=2, min_noise=0.0), "min_noise"),
         (ICA, dict(data_dim=4, latent_dim=2.5), "latent_dim"),
-        (NMF, dict(data_dim=4, latent_dim=2, hidden_dim=-1), "hidden_dim"),
+        (NMF, dict(data_dim=4, latent_dim=2, hidden_sizes=[-1]), "hidden_sizes"),
         (NMF, dict(data_dim=4, latent_dim=2, prior_rate=0.0), "prior_rate"),
     ],
 )

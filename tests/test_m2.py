@@ -25,7 +25,7 @@ C, D, K = 4, 12, 3
 
 
 def small_m2(**kwargs) -> M2:
-    options = dict(data_dim=D, num_classes=C, latent_dim=K, hidden_dims=[8], alpha=7.0)
+    options = dict(data_dim=D, num_classes=C, latent_dim=K, hidden_sizes=[8], alpha=7.0)
     options.update(kwargs)
     return M2(**options).double()
 
@@ -147,8 +147,8 @@ def test_default_alpha_follows_kingma():
         (dict(alpha=1.0, labelled_weight=0.0), "labelled_weight must be > 0"),
         (dict(alpha=1.0, num_classes=1), "num_classes must be >= 2"),
         (dict(alpha=1.0, classifier_arch="resnet"), "classifier_arch must be one of"),
-        (dict(alpha=1.0, data_dim=64, decoder_arch="conv"), "28x28"),
-        (dict(alpha=1.0, hidden_dims=[0]), "positive integer"),
+        (dict(alpha=1.0, data_dim=64, arch="conv"), "28x28"),
+        (dict(alpha=1.0, hidden_sizes=[0]), "positive integer"),
         (dict(alpha=1.0, likelihood="poisson"), "likelihood must be one of"),
     ],
 )
@@ -163,12 +163,13 @@ def test_bad_arguments_raise(kwargs, match):
         (torch.tensor([0, 1, 2, 3, 4, 0]), r"must lie in 0\.\.3"),
         (torch.tensor([0, 1, 2, -1, 1, 0]), r"must lie in 0\.\.3"),
         (torch.tensor([0.0, 1, 2, 3, 1, 0]), "integer tensor"),
-        (torch.tensor([0, 1, 2]), "3 labelled examples for 4 classes"),
+        (torch.tensor([0, 1, 2, 3.5]), "integer tensor"),
+        (torch.tensor([0, 1, 2]), "x has 6 rows but y has 3 labels"),
     ],
 )
 def test_bad_labels_raise(y, match):
     m2 = small_m2()
-    x, _ = binary_data(len(y))
+    x, _ = binary_data(6)
     with pytest.raises(ValueError, match=match):
         enum_loss(m2, m2.guide, x, y)
 
@@ -245,24 +246,24 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(loaded.classify(x), m2.eval().classify(x))
     z = torch.randn(4, K)
     labels = torch.tensor([0, 1, 2, 3])
-    assert torch.equal(loaded.sample(labels, z), m2.sample(labels, z))
+    assert torch.equal(loaded.decode(z, labels), m2.decode(z, labels))
 
 
-def test_classify_is_argmax_of_q_y_and_sample_uses_the_decoder():
+def test_classify_is_argmax_of_q_y_and_decode_uses_the_decoder():
     m2 = small_m2()
     x, _ = binary_data(7)
     logits = torch.log_softmax(m2.classifier(x), -1)
     assert torch.equal(m2.classify(x, batch_size=3), logits.argmax(-1))
     assert m2.classify(x).dtype == torch.long
     y, z = torch.tensor([0, 3]), torch.randn(2, K, dtype=torch.float64)
-    assert torch.allclose(m2.sample(y, z), torch.sigmoid(m2.decoder_logits(z, y)))
+    assert torch.allclose(m2.decode(z, y), torch.sigmoid(m2.decoder_logits(z, y)))
     with pytest.raises(ValueError, match="z must have shape"):
-        m2.sample(y, torch.randn(3, K, dtype=torch.float64))
+        m2.decode(torch.randn(3, K, dtype=torch.float64), y)
     # A Gaussian M2's sample is its mean head (identity), not a sigmoid of the outputs.
     gaussian = small_m2(likelihood="gaussian_learned")
     mean = gaussian.decoder_logits(z, y)[..., :D]
-    assert gaussian.sample(y, z).shape == (2, D)
-    assert torch.allclose(gaussian.sample(y, z), mean)
+    assert gaussian.decode(z, y).shape == (2, D)
+    assert torch.allclose(gaussian.decode(z, y), mean)
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "gaussian_learned"])
@@ -284,8 +285,7 @@ def test_class_elbos_are_the_supervised_bound_of_every_class(likelihood):
 @pytest.mark.parametrize("arch", ["conv"])
 def test_conv_networks_run_on_28x28(arch):
     m2 = M2(
-        alpha=1.0, latent_dim=4, hidden_dims=[16], classifier_arch=arch, encoder_arch=arch,
-        decoder_arch=arch,
+        alpha=1.0, latent_dim=4, hidden_sizes=[16], arch=arch, classifier_arch=arch,
     )
     x = (torch.rand(5, 784) < 0.3).float()
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0])

@@ -55,7 +55,7 @@ def test_validation_callback_selects_best_checkpoint(tmp_path):
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(60, 20, generator=gen) < 0.4).float()
     y = torch.arange(60) % 3
-    m2 = M2(data_dim=20, num_classes=3, latent_dim=2, hidden_dims=[8], alpha=30.0)
+    m2 = M2(data_dim=20, num_classes=3, latent_dim=2, hidden_sizes=[8], alpha=30.0)
     history = pyrovae.fit(
         m2, {"unlabelled": (x[:40],), "labelled": (x[40:49], y[40:49])}, objective="enum",
         epochs=4, batch_size=16, lr=3e-2, callbacks=[validation_callback(x[49:], y[49:])],

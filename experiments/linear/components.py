@@ -108,7 +108,7 @@ def build(name: str, args, d: int):
         return FactorAnalysis(d, k, min_noise=args.min_noise)
     if name == "ica":
         return ICA(d, k, min_noise=args.min_noise)
-    return NMF(d, k, hidden_dim=args.nmf_hidden)
+    return NMF(d, k, hidden_sizes=[args.nmf_hidden] if args.nmf_hidden else [])
 
 
 def plot_components(rows: dict, image_shape, path: Path, title: str) -> None:

@@ -62,7 +62,7 @@ def class_conditional_samples(model, columns: int, seed: int, to_pixels=identity
     z = torch.randn(columns, model.latent_dim, generator=gen).to(like)
     classes = torch.arange(model.num_classes, device=like.device)
     y = classes[:, None].expand(-1, columns).reshape(-1)
-    means = to_pixels(model.sample(y, z.repeat(model.num_classes, 1)))
+    means = to_pixels(model.decode(z.repeat(model.num_classes, 1), y))
     return means.reshape(model.num_classes, columns, -1)
 
 
@@ -73,7 +73,7 @@ def analogies(model, x: torch.Tensor, y: torch.Tensor, to_inputs=identity,
     classes = torch.arange(model.num_classes, device=loc.device)
     z = loc.repeat_interleave(model.num_classes, 0)
     y_all = classes.repeat(x.shape[0])
-    decoded = to_pixels(model.sample(y_all, z)).reshape(x.shape[0], model.num_classes, -1)
+    decoded = to_pixels(model.decode(z, y_all)).reshape(x.shape[0], model.num_classes, -1)
     return torch.cat([x[:, None, :], decoded], 1)
 
 

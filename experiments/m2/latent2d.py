@@ -65,7 +65,7 @@ def train_vae(x_train: torch.Tensor, hidden: int, epochs: int, seed: int, out: P
 
 def train_m2_2d(args: argparse.Namespace, data) -> dict:
     torch.manual_seed(args.seed)
-    m2 = M2(data_dim=data.x_test.shape[1], latent_dim=2, hidden_dims=[args.hidden],
+    m2 = M2(data_dim=data.x_test.shape[1], latent_dim=2, hidden_sizes=[args.hidden],
             activation=args.activation, num_train=data.num_train,
             labelled_weight=labelled_weight(args.labelled_weight, data.num_train, args.labels))
     return train_m2(

@@ -59,8 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, nargs="+", default=[500])
     p.add_argument("--classifier-arch", choices=["mlp", "conv"], default="conv")
-    p.add_argument("--encoder-arch", choices=["mlp", "conv"], default="mlp")
-    p.add_argument("--decoder-arch", choices=["mlp", "conv"], default="mlp")
+    p.add_argument("--arch", choices=["mlp", "conv"], default="mlp")  # encoder and decoder
     p.add_argument("--activation", default="relu")
     p.add_argument("--alpha-factor", type=float, default=0.1, help="alpha = factor * N_train")
     p.add_argument("--labelled-weight", default="1",
@@ -89,8 +88,8 @@ def run(args: argparse.Namespace) -> dict:
             torch.manual_seed(seed)
             model = M2(
                 data_dim=data.x_test.shape[1], num_classes=10, latent_dim=args.latent_dim,
-                hidden_dims=args.hidden, classifier_arch=args.classifier_arch,
-                encoder_arch=args.encoder_arch, decoder_arch=args.decoder_arch,
+                hidden_sizes=args.hidden, classifier_arch=args.classifier_arch,
+                arch=args.arch,
                 activation=args.activation, alpha=args.alpha_factor * data.num_train,
                 num_train=data.num_train,
                 labelled_weight=labelled_weight(args.labelled_weight, data.num_train, n_labels),

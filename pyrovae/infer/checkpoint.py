@@ -193,7 +193,8 @@ def build_model(payload: dict[str, Any]) -> torch.nn.Module:
         )
     module_name, _, qualname = payload["model_class"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), qualname)
-    return cls(**payload["model_config"])
+    build = getattr(cls, "from_config", None)  # upgrades configs with old argument names
+    return build(payload["model_config"]) if build else cls(**payload["model_config"])
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """Model/guide pairs."""
 
-from .base import ConfigurableModule, data_plate, take
+from .base import ConfigurableModule, DataError, data_plate, take
 from .factor_analysis import FactorAnalysis, FAParams
 from .ica import ICA, match_components
 from .m2 import M2
@@ -10,6 +10,7 @@ from .vae import VAE
 
 __all__ = [
     "ConfigurableModule",
+    "DataError",
     "FAParams",
     "FactorAnalysis",
     "ICA",

@@ -1,12 +1,47 @@
-"""Pieces every pyrovae model shares: the data plate and a rebuildable configuration."""
+"""Pieces every pyrovae model shares: the data plate, the data checks and a rebuildable config.
+
+Data-check rule (the same for every model):
+
+1. **Structure, always.** Every ``model``/``guide`` call checks that ``x`` is a floating-point
+   tensor ``[N, data_dim]`` (and, for M2, that labels are a 1-D integer tensor with one label per
+   row). These checks read only shapes and dtypes: no host sync, safe under JIT and CUDA graphs.
+2. **Values, once per data tensor, while Pyro validation is on.** Checks that read the values
+   (the likelihood's support: binary for Bernoulli, [0, 1] with ``allow_continuous=True``,
+   counts for Poisson, finite numbers for Gaussians; labels in ``0..C-1``, every class present)
+   cost a host sync. They run on the *whole* tensor the model is given (not only the minibatch
+   it scores), the first time the model sees that tensor, and again only if the tensor is
+   modified in place (its version counter moves); the result is remembered on the tensor
+   itself. They run while Pyro validation is enabled (Pyro's default; switch them off with
+   ``pyro.enable_validation(False)``) and never while JIT-tracing.
+3. **On demand.** ``model.check_data(x)`` runs both kinds of check now, whatever the
+   validation flag.
+
+A value check fails with a :class:`DataError` (a ``ValueError``) whose message is one line that
+names the fix.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule
+
+_CHECKED = "_pyrovae_checked"  # attribute on a data tensor: {check key: version checked}
+
+
+class DataError(ValueError):
+    """A ``ValueError`` about the data's values, whose message stays one line.
+
+    Pyro re-raises a ``ValueError`` from inside a traced model as ``type(e)(message + "\\n" +
+    shape table)``; the shape table says nothing about data values, so it is cut off here.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(str(message).split("\nTrace Shapes:")[0])
 
 
 def data_plate(x: torch.Tensor, subsample: torch.Tensor | None = None, name: str = "data"):
@@ -27,7 +62,10 @@ def take(x: torch.Tensor | None, subsample: torch.Tensor | None) -> torch.Tensor
 
 
 def check_data(x: torch.Tensor, data_dim: int, what: str = "x") -> None:
-    """Raise a ``ValueError`` naming the problem if ``x`` is not a finite float [N, data_dim]."""
+    """Raise a ``ValueError`` naming the problem if ``x`` is not a float [N, data_dim].
+
+    Shapes and dtype only (rule 1 of the module docstring): no host sync.
+    """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -36,19 +74,71 @@ def check_data(x: torch.Tensor, data_dim: int, what: str = "x") -> None:
         raise ValueError(f"{what} must have shape [N, {data_dim}], got {list(x.shape)}")
 
 
+def check_finite(x: torch.Tensor, what: str = "x") -> None:
+    """Raise a :class:`DataError` if ``x`` holds NaN or inf (one host sync)."""
+    if not bool(torch.isfinite(x).all()):
+        raise DataError(f"{what} contains NaN or inf")
+
+
+def value_checks_enabled() -> bool:
+    """Whether value checks run now: Pyro validation on and not JIT-tracing (rule 2)."""
+    return is_validation_enabled() and not torch.jit.is_tracing()
+
+
+def check_once(x: torch.Tensor, key: str, check: Callable[[torch.Tensor], None]) -> None:
+    """Run ``check(x)`` unless it already passed on this tensor at its current version.
+
+    ``key`` names the check (two models with different rules check the same tensor separately).
+    Does nothing while value checks are off (:func:`value_checks_enabled`).
+    """
+    if not value_checks_enabled():
+        return
+    seen = getattr(x, _CHECKED, None)
+    if seen is not None and seen.get(key) == x._version:
+        return
+    check(x)
+    if seen is None:
+        seen = {}
+        setattr(x, _CHECKED, seen)
+    seen[key] = x._version
+
+
 def check_positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
+def check_hidden_sizes(sizes, name: str = "hidden_sizes", allow_empty: bool = False) -> list[int]:
+    """``sizes`` as a list of positive ints; a ``ValueError`` naming ``name`` otherwise."""
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of positive ints, got {sizes!r}") from None
+    if not sizes and not allow_empty:
+        raise ValueError(f"{name} must list at least one width")
+    return [check_positive_int(int(s) if not isinstance(s, bool) else s, f"{name}[i]")
+            for s in sizes]
+
+
 class ConfigurableModule(PyroModule):
     """A ``PyroModule`` that remembers the keyword arguments that built it.
 
     ``config`` is stored in checkpoints, so :func:`pyrovae.load_checkpoint` can rebuild the model
-    as ``type(model)(**config)`` and load its weights.
+    with :meth:`from_config` and load its weights. A model whose constructor arguments were
+    renamed overrides :meth:`upgrade_config` to map old names to new ones.
     """
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
         self.config = dict(config)
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """A config saved by an older pyrovae, with its keys renamed to today's (default: as is)."""
+        return dict(config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]):
+        """The model built from a (possibly old) ``config``: ``cls(**upgrade_config(config))``."""
+        return cls(**cls.upgrade_config(config))

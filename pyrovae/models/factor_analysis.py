@@ -31,7 +31,8 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam, pyro_method
 
 from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
-from .ppca import gaussian_log_density
+from .linear_gaussian import LinearGaussianGuide, exact_posterior
+from .ppca import _sample_linear_gaussian, gaussian_log_density
 
 
 class FAParams(NamedTuple):
@@ -59,16 +60,11 @@ def posterior(x: torch.Tensor, params: FAParams) -> tuple[torch.Tensor, torch.Te
     Returns:
         ``(mean [N, K], cov [K, K])`` with ``G = (I + W^T Psi^{-1} W)^{-1}`` the same for all rows.
     """
-    W, mu, psi = params
-    k = W.shape[1]
-    scaled = W / psi.unsqueeze(-1)  # Psi^{-1} W, [D, K]
-    precision = torch.eye(k, dtype=W.dtype, device=W.device) + W.T @ scaled
-    cov = torch.linalg.inv(precision)
-    mean = (x - mu) @ scaled @ cov
-    return mean, cov
+    exact = exact_posterior(*params)
+    return exact.mean(x), exact.cov
 
 
-class FactorAnalysis(ConfigurableModule):
+class FactorAnalysis(LinearGaussianGuide, ConfigurableModule):
     """Factor analysis as a Pyro model/guide pair with an amortised linear-Gaussian guide.
 
     Model: ``z ~ N(0, I_K)``, ``x | z ~ N(W z + mu, diag(psi))``; learnable ``W`` [D, K],
@@ -85,6 +81,11 @@ class FactorAnalysis(ConfigurableModule):
             (MNIST's border pixels) would otherwise drive ``psi_d -> 0`` and the likelihood
             to infinity.
         init_scale: scale of the random initialisation of ``W`` and ``A`` (default 0.1).
+
+    Methods: :meth:`encode` (the guide's ``loc`` and ``scale_tril``), :meth:`decode`
+    (``W z + mu``), :meth:`sample`, :meth:`log_marginal` (exact), :meth:`guide_posterior`,
+    :meth:`set_guide_to_posterior`, :meth:`params`, :meth:`initialise`. The guide is
+    :class:`~pyrovae.models.linear_gaussian.LinearGaussianGuide`.
     """
 
     def __init__(
@@ -103,11 +104,7 @@ class FactorAnalysis(ConfigurableModule):
         self.psi = PyroParam(
             torch.ones(data_dim), constraint=constraints.greater_than(float(min_noise))
         )
-        self.encoder_weight = PyroParam(init_scale * torch.randn(latent_dim, data_dim))
-        self.encoder_bias = PyroParam(torch.zeros(latent_dim))
-        self.guide_scale_tril = PyroParam(
-            torch.eye(latent_dim), constraint=constraints.lower_cholesky
-        )
+        self._init_guide(init_scale)
 
     @torch.no_grad()
     def initialise(self, x: torch.Tensor) -> FactorAnalysis:
@@ -120,18 +117,11 @@ class FactorAnalysis(ConfigurableModule):
     @pyro_method
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """``x`` [N, D]; ``subsample`` optional LongTensor [M] of rows (scaled by N/M)."""
-        check_data(x, self.data_dim)
+        self._check_inputs(x)
         with data_plate(x, subsample):
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1))
             loc = z @ self.W.T + self.mu
             pyro.sample("x", dist.Normal(loc, self.psi.sqrt()).to_event(1), obs=take(x, subsample))
-
-    @pyro_method
-    def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
-        check_data(x, self.data_dim)
-        with data_plate(x, subsample):
-            loc = take(x, subsample) @ self.encoder_weight.T + self.encoder_bias
-            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=self.guide_scale_tril))
 
     @torch.no_grad()
     def params(self) -> FAParams:
@@ -144,19 +134,18 @@ class FactorAnalysis(ConfigurableModule):
         return log_marginal(x, self.params())
 
     @torch.no_grad()
-    def guide_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guide's ``(mean [N, K], cov [K, K])`` for data ``x`` [N, D]."""
-        L = self.guide_scale_tril.detach()
-        return x @ self.encoder_weight.detach().T + self.encoder_bias.detach(), L @ L.T
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The mean ``E[x | z] = W z + mu`` [..., D] for ``z`` [..., K]."""
+        return z @ self.W.detach().T + self.mu.detach()
+
+    @torch.no_grad()
+    def sample(
+        self, num_samples: int, mean: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``z ~ N(0, I)``, then ``E[x | z]`` (default) or a draw of ``x``: [num_samples, D]."""
+        return _sample_linear_gaussian(self, num_samples, mean, generator, self.psi.sqrt())
 
     @torch.no_grad()
     def set_guide_to_posterior(self) -> None:
         """Make the guide the exact posterior of the current parameters."""
-        W, mu, psi = self.params()
-        k = W.shape[1]
-        scaled = W / psi.unsqueeze(-1)
-        cov = torch.linalg.inv(torch.eye(k, dtype=W.dtype, device=W.device) + W.T @ scaled)
-        A = cov @ scaled.T
-        self.encoder_weight = A
-        self.encoder_bias = -A @ mu
-        self.guide_scale_tril = torch.linalg.cholesky(cov)
+        self.set_guide(exact_posterior(*self.params()))

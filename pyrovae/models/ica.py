@@ -33,6 +33,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam, pyro_method
 
 from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
+from .linear_gaussian import LinearGaussianGuide
 
 LAPLACE_UNIT_SCALE = 1.0 / math.sqrt(2.0)
 """The Laplace scale ``b`` with variance ``2 b^2 = 1``."""
@@ -84,7 +85,7 @@ class ICAParams(NamedTuple):
     sigma2: torch.Tensor
 
 
-class ICA(ConfigurableModule):
+class ICA(LinearGaussianGuide, ConfigurableModule):
     """Noisy ICA with Laplace sources, as a Pyro model/guide pair.
 
     Model: ``s ~ Laplace(0, 1/sqrt(2))^K`` (unit variance), ``x | s ~ N(A s + mu, sigma2 I_D)``;
@@ -98,7 +99,14 @@ class ICA(ConfigurableModule):
         latent_dim: K, the number of sources, ``1 <= K``.
         min_noise: lower bound on ``sigma2`` (default 1e-4).
         init_scale: scale of the random initialisation of ``A`` and ``B`` (default 0.1).
+
+    Methods: :meth:`encode` (the guide's ``loc`` and ``scale_tril``), :meth:`decode`
+    (``A s + mu``), :meth:`sources`, :meth:`guide_posterior`, :meth:`params`,
+    :meth:`initialise`. No ``log_marginal``: with Laplace sources ``p(x)`` has no closed form.
+    The guide is :class:`~pyrovae.models.linear_gaussian.LinearGaussianGuide`.
     """
+
+    latent_site = "s"
 
     def __init__(
         self, data_dim: int, latent_dim: int, min_noise: float = 1e-4, init_scale: float = 0.1
@@ -116,11 +124,7 @@ class ICA(ConfigurableModule):
         self.sigma2 = PyroParam(
             torch.tensor(1.0), constraint=constraints.greater_than(float(min_noise))
         )
-        self.encoder_weight = PyroParam(init_scale * torch.randn(latent_dim, data_dim))
-        self.encoder_bias = PyroParam(torch.zeros(latent_dim))
-        self.guide_scale_tril = PyroParam(
-            torch.eye(latent_dim), constraint=constraints.lower_cholesky
-        )
+        self._init_guide(init_scale)
 
     @torch.no_grad()
     def initialise(self, x: torch.Tensor) -> ICA:
@@ -138,20 +142,13 @@ class ICA(ConfigurableModule):
     @pyro_method
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """``x`` [N, D]; ``subsample`` optional LongTensor [M] of rows (scaled by N/M)."""
-        check_data(x, self.data_dim)
+        self._check_inputs(x)
         with data_plate(x, subsample):
             prior = dist.Laplace(x.new_zeros(self.latent_dim), LAPLACE_UNIT_SCALE)
             s = pyro.sample("s", prior.to_event(1))
             loc = s @ self.A.T + self.mu
             scale = self.sigma2.sqrt()
             pyro.sample("x", dist.Normal(loc, scale).to_event(1), obs=take(x, subsample))
-
-    @pyro_method
-    def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
-        check_data(x, self.data_dim)
-        with data_plate(x, subsample):
-            loc = take(x, subsample) @ self.encoder_weight.T + self.encoder_bias
-            pyro.sample("s", dist.MultivariateNormal(loc, scale_tril=self.guide_scale_tril))
 
     @torch.no_grad()
     def params(self) -> ICAParams:
@@ -161,5 +158,9 @@ class ICA(ConfigurableModule):
     @torch.no_grad()
     def sources(self, x: torch.Tensor) -> torch.Tensor:
         """The guide's mean of the sources for data ``x`` [N, D]: [N, K]."""
-        check_data(x, self.data_dim)
-        return x @ self.encoder_weight.detach().T + self.encoder_bias.detach()
+        return self.encode(x)[0]
+
+    @torch.no_grad()
+    def decode(self, s: torch.Tensor) -> torch.Tensor:
+        """The mean ``E[x | s] = A s + mu`` [..., D] for sources ``s`` [..., K]."""
+        return s @ self.A.detach().T + self.mu.detach()

@@ -24,6 +24,8 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
+from .base import DataError, check_finite
+
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 MEAN_ACTIVATIONS = ("sigmoid", "identity")
 
@@ -42,8 +44,17 @@ class Likelihood:
         """``E[x | z]`` [..., D]: probabilities for Bernoulli, means for Gaussians."""
         raise NotImplementedError
 
+    @property
+    def check_key(self) -> str:
+        """Names the value check of :meth:`check` (see :func:`pyrovae.models.base.check_once`)."""
+        return self.name
+
     def check(self, x: torch.Tensor) -> None:
-        """Raise a ``ValueError`` if ``x`` is outside this likelihood's support (one host sync)."""
+        """Raise a ``DataError`` if ``x`` is outside this likelihood's support (one host sync).
+
+        Gaussians: every value finite.
+        """
+        check_finite(x)
 
 
 def _mean_activation(name: str):
@@ -73,13 +84,17 @@ class BernoulliLikelihood(Likelihood):
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out)
 
+    @property
+    def check_key(self) -> str:
+        return "bernoulli-unit-interval" if self.allow_continuous else "bernoulli-binary"
+
     def check(self, x: torch.Tensor) -> None:
         if self.allow_continuous:
-            if bool(((x < 0) | (x > 1)).any()):
-                raise ValueError("x must lie in [0, 1] for a Bernoulli likelihood")
+            if not bool(((x >= 0) & (x <= 1)).all()):
+                raise DataError("x must lie in [0, 1] for a Bernoulli likelihood")
             return
         if not bool(((x == 0) | (x == 1)).all()):
-            raise ValueError(
+            raise DataError(
                 "the Bernoulli likelihood needs binary data (every value 0 or 1), but x has other "
                 "values: binarise it (pyrovae.data.binarize / DynamicBinarized), choose a Gaussian "
                 "likelihood, or pass allow_continuous=True to evaluate the Bernoulli log-mass at "

@@ -49,12 +49,16 @@ implementations that average each batch do (it pushes the decoder to use y when 
 
 Notes:
     * With the Bernoulli likelihood ``x`` must be binary (0/1): binarise images first
-      (``pyrovae.data.binarize`` or ``DynamicBinarized``); Pyro's validation rejects other values.
+      (``pyrovae.data.binarize`` or ``DynamicBinarized``), or pass ``allow_continuous=True``.
+      Data checks follow the rule of :mod:`pyrovae.models.base` (shapes always; values, label
+      range and every class present in the labelled set once per data tensor, while Pyro
+      validation is on).
     * ``fit(..., objective="enum", jit=True)`` works: ``JitTraceEnum_ELBO`` compiles one graph
-      per call signature, ``(x, idx)`` and ``(x, y, idx)``; label checks are skipped while
+      per call signature, ``(x, idx)`` and ``(x, y, idx)``; value checks are skipped while
       tracing. Both signatures read the parameters in the same order, which Pyro's
       ``CompiledFunction`` silently relies on (it keeps a single list of parameter names).
-    * On labelled batches ``TraceEnum_ELBO`` warns that no site is enumerated; it is harmless.
+    * On labelled batches ``TraceEnum_ELBO`` warns that no site is enumerated; it is harmless,
+      and ``pyrovae.infer.make_objective("enum")`` silences it.
 
 References:
     D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling. Semi-supervised learning with deep
@@ -64,8 +68,10 @@ References:
 from __future__ import annotations
 
 import contextlib
-import math
+import copy
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -75,66 +81,56 @@ import torch.nn.functional as F
 from pyro.infer import config_enumerate
 from torch import nn
 
-from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
+from .base import (
+    ConfigurableModule,
+    DataError,
+    check_data,
+    check_hidden_sizes,
+    check_once,
+    check_positive_int,
+    data_plate,
+    take,
+)
 from .likelihoods import make_likelihood
-from .networks import activation_layer, as_pyro, build_decoder, conv_encoder_body, mlp
+from .networks import ARCHITECTURES, Classifier, LabelledGaussianEncoder, as_pyro, build_decoder
 
-ARCHITECTURES = ("mlp", "conv")
 M2_LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+
+
+def check_label_shape(y: torch.Tensor, num_rows: int, what: str = "y") -> None:
+    """Raise a ``ValueError`` unless ``y`` is a 1-D integer tensor of ``num_rows`` labels.
+
+    Shapes and dtype only: no host sync.
+    """
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point():
+        desc = f"{y.dtype} of shape {list(y.shape)}" if isinstance(y, torch.Tensor) else type(y)
+        raise ValueError(f"{what} must be a 1-D integer tensor of class labels, got {desc}")
+    if y.shape[0] != num_rows:
+        raise ValueError(f"x has {num_rows} rows but {what} has {y.shape[0]} labels")
 
 
 def check_labels(y: torch.Tensor, num_classes: int, what: str = "y") -> None:
     """Raise a ``ValueError`` unless ``y`` is a 1-D integer tensor of labels in ``0..C-1``."""
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point():
-        desc = f"{y.dtype} of shape {list(y.shape)}" if isinstance(y, torch.Tensor) else type(y)
-        raise ValueError(f"{what} must be a 1-D integer tensor of class labels, got {desc}")
+    check_label_shape(y, y.shape[0] if isinstance(y, torch.Tensor) and y.dim() else -1, what)
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
+        raise DataError(
             f"{what} has labels in {int(y.min())}..{int(y.max())}; they must lie in "
             f"0..{num_classes - 1} (num_classes={num_classes})"
         )
 
 
-def _features(arch: str, data_dim: int, hidden_dims: Sequence[int], activation: str):
-    """``[..., D] -> [..., hidden_dims[-1]]``: an MLP, or the 28x28 conv body."""
-    if arch == "mlp":
-        return mlp([data_dim, *hidden_dims], activation, activate_last=True)
-    return conv_encoder_body(hidden_dims[-1], activation=activation)
-
-
-class _Classifier(nn.Module):
-    """``x [..., D] -> logits of q(y | x) [..., C]``."""
-
-    def __init__(self, arch, data_dim, num_classes, hidden_dims, activation) -> None:
-        super().__init__()
-        self.body = _features(arch, data_dim, hidden_dims, activation)
-        self.head = nn.Linear(hidden_dims[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-class _LatentEncoder(nn.Module):
-    """``(x [B, D], y) -> (loc, scale)`` of ``q(z | x, y)``.
-
-    ``x`` goes through a body once; the label enters through a learned embedding added to the
-    joint hidden layer (the same as a linear layer on ``[features, one_hot(y)]``), so with ``y``
-    enumerated as ``[C, 1]`` the output is ``[C, B, K]`` without copying ``x`` C times.
-    """
-
-    def __init__(self, arch, data_dim, num_classes, latent_dim, hidden_dims, activation) -> None:
-        super().__init__()
-        width = hidden_dims[-1]
-        self.body = _features(arch, data_dim, hidden_dims, activation)
-        self.joint = nn.Linear(width, width)
-        self.label = nn.Embedding(num_classes, width)
-        self.act = activation_layer(activation)
-        self.loc = nn.Linear(width, latent_dim)
-        self.raw_scale = nn.Linear(width, latent_dim)
-
-    def forward(self, x, y):
-        h = self.act(self.joint(self.body(x)) + self.label(y))
-        return self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
+def warn_missing_classes(y: torch.Tensor, num_classes: int, what: str = "y") -> None:
+    """Warn (``UserWarning``) naming the classes of ``0..C-1`` that have no label in ``y``."""
+    present = torch.zeros(num_classes, dtype=torch.bool, device=y.device)
+    present[y] = True
+    missing = (~present).nonzero().flatten().tolist()
+    if missing:
+        warnings.warn(
+            f"the labelled data {what} has no example of class(es) {missing} of "
+            f"0..{num_classes - 1}: q(y|x) gets no supervision for them "
+            "(see pyrovae.data.labelled_split)",
+            stacklevel=2,
+        )
 
 
 class M2(ConfigurableModule):
@@ -146,11 +142,14 @@ class M2(ConfigurableModule):
         latent_dim: K, the style latent's dimension (default 50, as Kingma et al.). With 100
             labels and a short budget a 2-D z learned to classify far better than 50-D (a
             small z cannot hold the digit identity, so the model puts it in y; results/m2).
-        hidden_dims: hidden widths of every network (default ``(500,)``); the decoder uses them
-            in reverse order from the latent side, a conv body uses ``hidden_dims[-1]``.
-        classifier_arch: ``"mlp"`` (default) or ``"conv"``, the network of ``q(y|x)``.
-        encoder_arch: ``"mlp"`` (default) or ``"conv"``, the body of ``q(z|x,y)``.
-        decoder_arch: ``"mlp"`` (default) or ``"conv"``, the network of ``p(x|y,z)``.
+        hidden_sizes: hidden widths of the encoder ``q(z|x,y)`` and the classifier ``q(y|x)``,
+            from the data side (default ``(500,)``); a conv body uses ``hidden_sizes[-1]``.
+        decoder_hidden_sizes: the decoder's hidden widths from the latent side (default:
+            reversed ``hidden_sizes``).
+        arch: ``"mlp"`` (default) or ``"conv"`` (28x28 images): the networks of ``q(z|x,y)``
+            and ``p(x|y,z)``, as the VAE's ``arch``.
+        classifier_arch: ``"mlp"`` or ``"conv"``, the network of ``q(y|x)`` (default: ``arch``).
+            E.g. ``arch="mlp", classifier_arch="conv"``: a conv classifier beside an MLP VAE.
         activation: nonlinearity name from :mod:`pyrovae.models.networks` (default ``"softplus"``,
             as Kingma et al.).
         alpha: weight of the classifier term, ``alpha * mean_{labelled} log q(y|x)`` (Kingma et
@@ -163,6 +162,25 @@ class M2(ConfigurableModule):
             features such as M1's codes; its standard deviations are bounded below by 1e-3) or
             ``"gaussian"`` (identity mean, fixed standard deviation ``sigma``).
         sigma: the fixed standard deviation of ``likelihood="gaussian"`` (default 1.0).
+        allow_continuous: let ``"bernoulli"`` score values in [0, 1] that are not 0/1
+            (default False: non-binary data raises a ``ValueError``).
+        encoder: your own ``q(z|x,y)`` network (default None: built from ``arch``): a module
+            ``(x [B, D], y) -> (loc, scale)``, ``y`` integer labels broadcasting against ``[B]``
+            (``[B]``, or ``[C, 1]`` when enumerated, giving ``[C, B, K]`` outputs).
+        decoder: your own ``p(x|y,z)`` network: ``[..., K + C] -> [..., H * D]`` raw outputs
+            from ``z`` concatenated with the one-hot label (``H = 2`` heads for
+            ``"gaussian_learned"``, else 1).
+        classifier: your own ``q(y|x)`` network: ``x [..., D] -> logits [..., C]``.
+            Modules you give are converted to ``PyroModule`` in place; ``config`` keeps a
+            copy of each as given, so a checkpoint can rebuild the model (the module's class
+            must be importable to load it).
+
+    Methods: :meth:`encode` ``(x, y) -> (loc, scale)`` of ``q(z|x,y)``; :meth:`decode`
+    ``(z, y) -> E[x | y, z]``; :meth:`sample` ``y -> x`` with ``z`` from the prior;
+    :meth:`class_logits`, :meth:`classify`, :meth:`class_elbos`, :meth:`check_data`.
+
+    Configs saved before the networks' arguments were renamed (``hidden_dims``,
+    ``encoder_arch``/``decoder_arch``) are read by :meth:`upgrade_config`.
 
     Attributes:
         alpha: the classifier weight in use (a float).
@@ -173,30 +191,36 @@ class M2(ConfigurableModule):
         data_dim: int = 784,
         num_classes: int = 10,
         latent_dim: int = 50,
-        hidden_dims: Sequence[int] = (500,),
-        classifier_arch: str = "mlp",
-        encoder_arch: str = "mlp",
-        decoder_arch: str = "mlp",
+        hidden_sizes: Sequence[int] = (500,),
+        decoder_hidden_sizes: Sequence[int] | None = None,
+        arch: str = "mlp",
+        classifier_arch: str | None = None,
         activation: str = "softplus",
         alpha: float | None = None,
         num_train: int | None = None,
         labelled_weight: float = 1.0,
         likelihood: str = "bernoulli",
         sigma: float = 1.0,
+        allow_continuous: bool = False,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        classifier: nn.Module | None = None,
     ) -> None:
         check_positive_int(data_dim, "data_dim")
         check_positive_int(num_classes, "num_classes")
         check_positive_int(latent_dim, "latent_dim")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        hidden_dims = [check_positive_int(int(h), "hidden_dims[i]") for h in hidden_dims]
-        if not hidden_dims:
-            raise ValueError("hidden_dims must list at least one width")
-        for name, arch in [("classifier_arch", classifier_arch), ("encoder_arch", encoder_arch),
-                           ("decoder_arch", decoder_arch)]:
-            if arch not in ARCHITECTURES:
-                raise ValueError(f"{name} must be one of {ARCHITECTURES}, got {arch!r}")
-            if arch == "conv" and data_dim != 784:
+        hidden_sizes = check_hidden_sizes(hidden_sizes)
+        if decoder_hidden_sizes is None:
+            decoder_hidden_sizes = hidden_sizes[::-1]
+        decoder_hidden_sizes = check_hidden_sizes(decoder_hidden_sizes, "decoder_hidden_sizes")
+        if classifier_arch is None:
+            classifier_arch = arch
+        for name, value in [("arch", arch), ("classifier_arch", classifier_arch)]:
+            if value not in ARCHITECTURES:
+                raise ValueError(f"{name} must be one of {ARCHITECTURES}, got {value!r}")
+            if value == "conv" and data_dim != 784:
                 raise ValueError(f"{name}='conv' needs 28x28 images (data_dim=784), got {data_dim}")
         if alpha is None:
             if num_train is None:
@@ -214,26 +238,60 @@ class M2(ConfigurableModule):
             raise ValueError(f"likelihood must be one of {M2_LIKELIHOODS}, got {likelihood!r}")
         super().__init__(
             data_dim=data_dim, num_classes=num_classes, latent_dim=latent_dim,
-            hidden_dims=list(hidden_dims), classifier_arch=classifier_arch,
-            encoder_arch=encoder_arch, decoder_arch=decoder_arch, activation=activation,
-            alpha=float(alpha), num_train=num_train, labelled_weight=float(labelled_weight),
-            likelihood=likelihood, sigma=float(sigma),
+            hidden_sizes=hidden_sizes, decoder_hidden_sizes=decoder_hidden_sizes, arch=arch,
+            classifier_arch=classifier_arch, activation=activation, alpha=float(alpha),
+            num_train=num_train, labelled_weight=float(labelled_weight), likelihood=likelihood,
+            sigma=float(sigma), allow_continuous=bool(allow_continuous),
+            # Copies as given, unconverted, so that a checkpoint can rebuild the model.
+            encoder=copy.deepcopy(encoder), decoder=copy.deepcopy(decoder),
+            classifier=copy.deepcopy(classifier),
         )
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.alpha, self.labelled_weight = float(alpha), float(labelled_weight)
-        self.classifier = as_pyro(
-            _Classifier(classifier_arch, data_dim, num_classes, hidden_dims, activation)
-        )
-        self.encoder = as_pyro(
-            _LatentEncoder(encoder_arch, data_dim, num_classes, latent_dim, hidden_dims, activation)
-        )
+        # Built in this order (classifier, encoder, decoder): seeded weights depend on it.
+        if classifier is None:
+            classifier = Classifier(
+                classifier_arch, data_dim, num_classes, hidden_sizes, activation
+            )
+        self.classifier = as_pyro(classifier)
+        if encoder is None:
+            encoder = LabelledGaussianEncoder(
+                arch, data_dim, num_classes, latent_dim, hidden_sizes, activation
+            )
+        self.encoder = as_pyro(encoder)
         self.likelihood = make_likelihood(
-            likelihood, sigma=sigma, min_scale=1e-3, mean_activation="identity"
+            likelihood, sigma=sigma, min_scale=1e-3, mean_activation="identity",
+            allow_continuous=allow_continuous,
         )
-        self.decoder = build_decoder(
-            decoder_arch, latent_dim + num_classes, data_dim, hidden_dims[::-1], activation,
-            num_heads=self.likelihood.num_heads,
-        )
+        if decoder is None:
+            decoder = build_decoder(
+                arch, latent_dim + num_classes, data_dim, decoder_hidden_sizes, activation,
+                num_heads=self.likelihood.num_heads,
+            )
+        self.decoder = as_pyro(decoder)
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Today's keyword arguments from a config saved by an older pyrovae.
+
+        ``hidden_dims`` became ``hidden_sizes``; ``encoder_arch`` and ``decoder_arch`` (always
+        equal in saved runs) became ``arch``. A config naming two different ones cannot be
+        expressed with built networks and raises a ``ValueError``.
+        """
+        config = dict(config)
+        if "hidden_dims" in config:
+            config["hidden_sizes"] = config.pop("hidden_dims")
+        encoder_arch = config.pop("encoder_arch", None)
+        decoder_arch = config.pop("decoder_arch", None)
+        if encoder_arch is not None or decoder_arch is not None:
+            if encoder_arch != decoder_arch:
+                raise ValueError(
+                    f"an old M2 config with encoder_arch={encoder_arch!r} and decoder_arch="
+                    f"{decoder_arch!r}: today's M2 builds both from one `arch`; pass your own "
+                    "encoder/decoder modules to mix them"
+                )
+            config["arch"] = encoder_arch
+        return config
 
     # ----------------------------------------------------------------- networks
     def _one_hot(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -249,26 +307,36 @@ class M2(ConfigurableModule):
         )
         return self.decoder(joint)
 
-    def _check_x(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    # ----------------------------------------------------------------- data checks
+    def _check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """The data-check rule of :mod:`pyrovae.models.base`: shapes now, values once."""
         check_data(x, self.data_dim)
-        if torch.jit.is_tracing():
-            return
+        check_once(x, self.likelihood.check_key, self.likelihood.check)
         if y is not None:
-            check_labels(y, self.num_classes)
-            if y.shape[0] != x.shape[0]:
-                raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]} labels")
-            if x.shape[0] < self.num_classes:
-                raise ValueError(
-                    f"only {x.shape[0]} labelled examples for {self.num_classes} classes: give at "
-                    "least one per class (see pyrovae.data.labelled_split)"
-                )
+            check_label_shape(y, x.shape[0])
+            check_once(y, f"labels<{self.num_classes}", self._check_label_values)
+
+    def _check_label_values(self, y: torch.Tensor) -> None:
+        check_labels(y, self.num_classes)
+        warn_missing_classes(y, self.num_classes)
+
+    def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Check shapes, the likelihood's support and the labels of all the data now."""
+        check_data(x, self.data_dim)
+        self.likelihood.check(x)
+        if y is not None:
+            check_label_shape(y, x.shape[0])
+            self._check_label_values(y)
 
     # ----------------------------------------------------------------- model / guide
     def model(
         self, x: torch.Tensor, y: torch.Tensor | None = None, subsample: torch.Tensor | None = None
     ) -> None:
         """``p(x, y, z)``. ``x`` [N, D] binary; ``y`` [N] labels or None; ``subsample`` [M] rows."""
-        self._check_x(x, y)
+        self._check_inputs(x, y)
+        self._model(x, y, subsample)
+
+    def _model(self, x, y, subsample) -> None:
         prior_logits = x.new_zeros(self.num_classes)
         with data_plate(x, subsample), self._supervised_scale(y):
             xb, yb = take(x, subsample), take(y, subsample)
@@ -282,10 +350,10 @@ class M2(ConfigurableModule):
         self, x: torch.Tensor, y: torch.Tensor | None = None, subsample: torch.Tensor | None = None
     ) -> None:
         """``q(y | x) q(z | x, y)``; ``y`` enumerated in parallel when None (see module doc)."""
+        self._check_inputs(x, y)
         config_enumerate(self._guide, default="parallel")(x, y, subsample)
 
     def _guide(self, x, y, subsample) -> None:
-        self._check_x(x, y)
         with data_plate(x, subsample):
             xb = take(x, subsample)
             logits = self.classifier(xb)
@@ -328,22 +396,35 @@ class M2(ConfigurableModule):
         ``argmax_k L(x, k)`` is the generative model's own classification of ``x`` (up to the
         bound's gap), which the unsupervised term pulls ``q(y|x)`` towards.
 
+        Read from traces of the same model and guide that training uses: the guide is traced
+        with the labels ``y = [[0], ..., [C-1]]`` (every class for every row, as enumeration
+        lays them out) and its ``z`` site observed, which records ``q(z | x, y)`` without
+        drawing; ``z = loc + scale * eps``;
+        the model is traced with that ``z``; per row ``L = sum_model log p - log q(z | x, k)``
+        (unscaled log-densities; the guide's classifier factor is not part of ``L``).
+
         Args:
             x: data [N, D].
             num_samples: reparameterised draws of ``z ~ q(z | x, k)`` averaged per class.
             eps: optional standard-normal noise [S, C, N, K] to use instead of fresh draws.
         """
         check_data(x, self.data_dim)
-        classes = torch.arange(self.num_classes, device=x.device)[:, None]  # [C, 1]
-        loc, scale = self.encoder(x, classes)  # [C, N, K]
+        n, c, k = x.shape[0], self.num_classes, self.latent_dim
         if eps is None:
-            eps = torch.randn((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device)
-        z = loc + scale * eps  # [S, C, N, K]
-        log_px = self.likelihood.distribution(self.decoder_logits(z, classes)).log_prob(x)
-        log_pz = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
-        log_qz = dist.Normal(loc, scale).log_prob(z).sum(-1)
-        log_py = -math.log(self.num_classes)
-        return (log_px + log_py + log_pz - log_qz).mean(0).T
+            eps = torch.randn((num_samples, c, n, k), dtype=x.dtype, device=x.device)
+        classes = torch.arange(c, device=x.device)[:, None]  # [C, 1]: every class, every row
+        placeholder = {"z": x.new_zeros(c, n, k)}
+        q = poutine.trace(poutine.condition(self._guide, data=placeholder)).get_trace(
+            x, classes, None
+        ).nodes["z"]["fn"]
+        bounds = []
+        for noise in eps:
+            z = q.base_dist.loc + q.base_dist.scale * noise  # [C, N, K]
+            model = poutine.condition(self._model, data={"z": z})
+            sites = poutine.trace(model).get_trace(x, classes, None).nodes
+            log_p = {name: sites[name]["fn"].log_prob(sites[name]["value"]) for name in "xyz"}
+            bounds.append(log_p["x"] + log_p["y"] + log_p["z"] - q.log_prob(z))  # [C, N]
+        return torch.stack(bounds).mean(0).T
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -353,19 +434,35 @@ class M2(ConfigurableModule):
         return self.encoder(x, y)
 
     @torch.no_grad()
-    def sample(self, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder mean ``E[x | y, z]`` [N, D] (pixel probabilities for Bernoulli).
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean ``E[x | y, z]`` [N, D] of ``p(x | y, z)`` (pixel probabilities for Bernoulli).
 
         Args:
+            z: styles [N, K].
             y: labels [N].
-            z: styles [N, K]; default: fresh draws from the prior ``N(0, I)``.
         """
         check_labels(y, self.num_classes)
-        if z is None:
-            weight = next(self.decoder.parameters())
-            z = torch.randn(y.shape[0], self.latent_dim, dtype=weight.dtype, device=weight.device)
         if z.dim() != 2 or z.shape != (y.shape[0], self.latent_dim):
             raise ValueError(
                 f"z must have shape [{y.shape[0]}, {self.latent_dim}], got {list(z.shape)}"
             )
         return self.likelihood.mean(self.decoder_logits(z, y))
+
+    @torch.no_grad()
+    def sample(
+        self, y: torch.Tensor, mean: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Images of the given classes: ``z ~ N(0, I)``, then ``E[x | y, z]`` or a draw of ``x``.
+
+        Args:
+            y: labels [N].
+            mean: return ``E[x | y, z]`` (default True) instead of a draw from ``p(x | y, z)``.
+            generator: optional ``torch.Generator`` for ``z`` (default: the global RNG).
+
+        Returns ``[N, D]``.
+        """
+        check_labels(y, self.num_classes)
+        weight = next(self.decoder.parameters())
+        z = torch.randn(y.shape[0], self.latent_dim, generator=generator, dtype=weight.dtype)
+        out = self.decoder_logits(z.to(weight.device), y)
+        return self.likelihood.mean(out) if mean else self.likelihood.distribution(out).sample()

@@ -10,11 +10,25 @@ particles a decoder sees ``z`` of shape ``[P, M, K]``.
 
 Example::
 
-    from pyrovae.models.networks import GaussianEncoder, Decoder, mlp
+    from pyrovae.models.networks import GaussianEncoder, build_decoder, mlp
 
     body = mlp([784, 512, 256], activation="relu", activate_last=True)
-    encoder = GaussianEncoder(body, features=256, latent_dim=16)      # x -> (loc, scale)
-    decoder = Decoder(mlp([16, 256, 512, 784]), out_features=784)     # z -> logits
+    encoder = GaussianEncoder(body, features=256, latent_dim=16)    # x -> (loc, scale)
+    decoder = build_decoder("mlp", latent_dim=16, data_dim=784, hidden_sizes=[256, 512])
+    loc, scale = encoder(x)                                          # x: [..., 784]
+    logits = decoder(loc)                                            # [..., 784]
+
+The same networks, and the modules a user passes to :class:`~pyrovae.models.VAE` or
+:class:`~pyrovae.models.M2` instead of them, follow these shapes (B rows, K latent dimensions,
+C classes, D pixels, H output heads per pixel):
+
+* Gaussian encoder: ``x [..., D] -> (loc [..., K], scale [..., K])``, ``scale > 0``.
+* Labelled encoder (M2): ``(x [B, D], y) -> (loc, scale)`` with ``y`` integer labels whose
+  shape broadcasts against ``[B]`` (``[B]``, or ``[C, 1]`` when the labels are enumerated; then
+  the outputs are ``[C, B, K]``).
+* Decoder: ``[..., K] -> [..., H * D]`` raw outputs (logits, or a mean and a raw log-variance
+  head); M2's decoder takes ``[..., K + C]``: ``z`` and the one-hot label, concatenated.
+* Classifier (M2): ``x [..., D] -> logits [..., C]``.
 """
 
 from __future__ import annotations
@@ -199,11 +213,65 @@ def build_encoder(
         activation: nonlinearity name (default ``"relu"``).
     """
     hidden_sizes = _check_arch(arch, data_dim, hidden_sizes)
-    if arch == "mlp":
-        body = mlp([data_dim, *hidden_sizes], activation, activate_last=True)
-    else:
-        body = conv_encoder_body(hidden_sizes[-1], activation=activation)
+    body = build_body(arch, data_dim, hidden_sizes, activation)
     return GaussianEncoder(body, hidden_sizes[-1], latent_dim)
+
+
+def build_body(
+    arch: str, data_dim: int, hidden_sizes: Sequence[int] = (400,), activation: str = "relu"
+) -> PyroModule:
+    """A feature extractor ``[..., D] -> [..., hidden_sizes[-1]]``, activated at its output.
+
+    ``"mlp"``: ``D -> hidden_sizes...``; ``"conv"``: :func:`conv_encoder_body` with
+    ``features = hidden_sizes[-1]`` (28x28 images). The body of every encoder and classifier.
+    """
+    hidden_sizes = _check_arch(arch, data_dim, hidden_sizes)
+    if arch == "mlp":
+        return mlp([data_dim, *hidden_sizes], activation, activate_last=True)
+    return conv_encoder_body(hidden_sizes[-1], activation=activation)
+
+
+class Classifier(PyroModule):
+    """``x [..., D] -> logits [..., C]``: a body (:func:`build_body`) and a linear head."""
+
+    def __init__(
+        self, arch: str, data_dim: int, num_classes: int, hidden_sizes: Sequence[int],
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.body = build_body(arch, data_dim, hidden_sizes, activation)
+        self.head = as_pyro(nn.Linear(int(hidden_sizes[-1]), num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class LabelledGaussianEncoder(PyroModule):
+    """``(x [B, D], y) -> (loc, scale)`` of a diagonal Gaussian ``q(z | x, y)``.
+
+    ``x`` goes through a body (:func:`build_body`) once; the label enters through a learned
+    embedding added to a joint hidden layer (the same as a linear layer on
+    ``[features, one_hot(y)]``), so with ``y`` enumerated as ``[C, 1]`` the output is
+    ``[C, B, K]`` without copying ``x`` C times. ``scale = softplus(raw) + min_scale``.
+    """
+
+    def __init__(
+        self, arch: str, data_dim: int, num_classes: int, latent_dim: int,
+        hidden_sizes: Sequence[int], activation: str = "relu", min_scale: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        width = int(hidden_sizes[-1])
+        self.body = build_body(arch, data_dim, hidden_sizes, activation)
+        self.joint = as_pyro(nn.Linear(width, width))
+        self.label = as_pyro(nn.Embedding(num_classes, width))
+        self.act = as_pyro(activation_layer(activation))
+        self.loc = as_pyro(nn.Linear(width, latent_dim))
+        self.raw_scale = as_pyro(nn.Linear(width, latent_dim))
+        self.min_scale = min_scale
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.act(self.joint(self.body(x)) + self.label(y))
+        return self.loc(h), F.softplus(self.raw_scale(h)) + self.min_scale
 
 
 def build_decoder(

@@ -26,22 +26,37 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroParam, pyro_method
-from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
+from .base import (
+    ConfigurableModule,
+    DataError,
+    check_data,
+    check_hidden_sizes,
+    check_once,
+    check_positive_int,
+    data_plate,
+    take,
+)
+from .networks import mlp
 
 
 def check_counts(x: torch.Tensor, data_dim: int) -> None:
     """Raise ``ValueError`` unless ``x`` is a float [N, data_dim] of non-negative integers."""
     check_data(x, data_dim)
-    if bool((x < 0).any()) or not bool((x == x.round()).all()):
-        raise ValueError("NMF's Poisson likelihood needs counts: x must hold non-negative integers")
+    if not bool(((x >= 0) & (x == x.round())).all()):
+        raise DataError(
+            "NMF's Poisson likelihood needs counts: x must hold non-negative integers "
+            "(see pyrovae.models.nmf.to_counts)"
+        )
 
 
 def to_counts(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -56,13 +71,14 @@ class NMF(ConfigurableModule):
     a positive parameter; ``x`` holds counts (non-negative integers stored as floats).
 
     Guide: ``q(z | x) = LogNormal(loc, scale)`` with ``(loc, scale)`` [K] each from a network
-    applied to ``log(1 + x)``: one hidden layer of ``hidden_dim`` softplus units, or a linear map
-    when ``hidden_dim == 0``.
+    applied to ``log(1 + x)``: an MLP (:func:`pyrovae.models.networks.mlp`) with softplus hidden
+    layers of widths ``hidden_sizes``, a linear map when ``hidden_sizes`` is empty.
 
     Args:
         data_dim: D, the observed dimension.
         latent_dim: K, the number of factors, ``1 <= K``.
-        hidden_dim: width of the guide's hidden layer (default 64; 0 for a linear guide).
+        hidden_sizes: widths of the guide's hidden layers (default ``(64,)``; ``()`` for a
+            linear guide).
         prior_shape: the Gamma prior's shape ``a`` (default 1.0, an exponential prior).
         prior_rate: the Gamma prior's rate ``b`` (default 1.0).
         init_scale: scale of the random initialisation of ``W`` (default 0.1).
@@ -72,15 +88,14 @@ class NMF(ConfigurableModule):
         self,
         data_dim: int,
         latent_dim: int,
-        hidden_dim: int = 64,
+        hidden_sizes: Sequence[int] = (64,),
         prior_shape: float = 1.0,
         prior_rate: float = 1.0,
         init_scale: float = 0.1,
     ) -> None:
         check_positive_int(data_dim, "data_dim")
         check_positive_int(latent_dim, "latent_dim")
-        if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 0:
-            raise ValueError(f"hidden_dim must be a non-negative integer, got {hidden_dim!r}")
+        hidden_sizes = check_hidden_sizes(hidden_sizes, allow_empty=True)
         if not (prior_shape > 0 and prior_rate > 0):
             raise ValueError(
                 f"prior_shape and prior_rate must be > 0, got {prior_shape}, {prior_rate}"
@@ -88,7 +103,7 @@ class NMF(ConfigurableModule):
         super().__init__(
             data_dim=data_dim,
             latent_dim=latent_dim,
-            hidden_dim=hidden_dim,
+            hidden_sizes=hidden_sizes,
             prior_shape=prior_shape,
             prior_rate=prior_rate,
             init_scale=init_scale,
@@ -97,16 +112,16 @@ class NMF(ConfigurableModule):
         self.W = PyroParam(
             init_scale * (0.5 + torch.rand(latent_dim, data_dim)), constraint=constraints.positive
         )
-        if hidden_dim == 0:
-            encoder = nn.Linear(data_dim, 2 * latent_dim)
-        else:
-            encoder = nn.Sequential(
-                nn.Linear(data_dim, hidden_dim),
-                nn.Softplus(),
-                nn.Linear(hidden_dim, 2 * latent_dim),
-            )
-        to_pyro_module_(encoder)
-        self.encoder = encoder
+        self.encoder = mlp([data_dim, *hidden_sizes, 2 * latent_dim], activation="softplus")
+
+    @classmethod
+    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Old configs had ``hidden_dim`` (one width, 0 for linear): now ``hidden_sizes``."""
+        config = dict(config)
+        if "hidden_dim" in config:
+            width = config.pop("hidden_dim")
+            config["hidden_sizes"] = [width] if width else []
+        return config
 
     @property
     def prior_mean(self) -> float:
@@ -130,7 +145,7 @@ class NMF(ConfigurableModule):
     @pyro_method
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """``x`` [N, D] counts; ``subsample`` optional LongTensor [M] of rows (scaled by N/M)."""
-        check_data(x, self.data_dim)
+        self._check_inputs(x)
         shape = x.new_full((self.latent_dim,), self.config["prior_shape"])
         rate = x.new_full((self.latent_dim,), self.config["prior_rate"])
         with data_plate(x, subsample):
@@ -144,10 +159,30 @@ class NMF(ConfigurableModule):
 
     @pyro_method
     def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
-        check_data(x, self.data_dim)
+        self._check_inputs(x)
         with data_plate(x, subsample):
             loc, scale = self._guide_params(take(x, subsample))
             pyro.sample("z", dist.LogNormal(loc, scale).to_event(1))
+
+    def _check_inputs(self, x: torch.Tensor) -> None:
+        """The data-check rule of :mod:`pyrovae.models.base`: shapes now, counts once."""
+        check_data(x, self.data_dim)
+        check_once(x, "counts", lambda t: check_counts(t, self.data_dim))
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Check the shape of ``x`` and that it holds counts, now."""
+        check_counts(x, self.data_dim)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's LogNormal ``(loc [N, K], scale [N, K])`` for counts ``x`` [N, D]."""
+        check_data(x, self.data_dim)
+        return self._guide_params(x)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The Poisson rates ``E[x | z] = z W`` [..., D] for activations ``z`` [..., K]."""
+        return z @ self.W
 
     @torch.no_grad()
     def factors(self) -> torch.Tensor:

@@ -29,6 +29,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam, pyro_method
 
 from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
+from .linear_gaussian import LinearGaussianGuide, exact_posterior
 
 
 class PPCAParams(NamedTuple):
@@ -105,11 +106,8 @@ def posterior(x: torch.Tensor, params: PPCAParams) -> tuple[torch.Tensor, torch.
     Returns:
         ``(mean [N, K], cov [K, K])``: the covariance is the same for every data point.
     """
-    W, mu, sigma2 = params
-    k = W.shape[1]
-    M = W.T @ W + sigma2 * torch.eye(k, dtype=W.dtype, device=W.device)
-    mean = torch.linalg.solve(M, W.T @ (x - mu).T).T
-    return mean, sigma2 * torch.linalg.inv(M)
+    exact = exact_posterior(*params)
+    return exact.mean(x), exact.cov
 
 
 def zero_noise_posterior_mean(x: torch.Tensor, params: PPCAParams) -> torch.Tensor:
@@ -141,7 +139,7 @@ def elbo_closed_form(
     return expected_loglik - kl
 
 
-class PPCA(ConfigurableModule):
+class PPCA(LinearGaussianGuide, ConfigurableModule):
     """Probabilistic PCA as a Pyro model/guide pair with an amortised linear-Gaussian guide.
 
     Model: ``z ~ N(0, I_K)``, ``x | z ~ N(W z + mu, sigma2 I_D)``; learnable ``W`` [D, K],
@@ -156,6 +154,11 @@ class PPCA(ConfigurableModule):
         data_dim: D, the observed dimension.
         latent_dim: K, with 1 <= K.
         init_scale: scale of the random initialisation of ``W`` and ``A`` (default 0.1).
+
+    Methods: :meth:`encode` (the guide's ``loc`` and ``scale_tril``), :meth:`decode`
+    (``W z + mu``), :meth:`sample`, :meth:`log_marginal` (exact), :meth:`guide_posterior`,
+    :meth:`set_guide_to_posterior`, :meth:`params`. The guide is
+    :class:`~pyrovae.models.linear_gaussian.LinearGaussianGuide`.
     """
 
     def __init__(self, data_dim: int, latent_dim: int, init_scale: float = 0.1) -> None:
@@ -166,11 +169,7 @@ class PPCA(ConfigurableModule):
         self.W = PyroParam(init_scale * torch.randn(data_dim, latent_dim))
         self.mu = PyroParam(torch.zeros(data_dim))
         self.sigma2 = PyroParam(torch.tensor(1.0), constraint=constraints.positive)
-        self.encoder_weight = PyroParam(init_scale * torch.randn(latent_dim, data_dim))
-        self.encoder_bias = PyroParam(torch.zeros(latent_dim))
-        self.guide_scale_tril = PyroParam(
-            torch.eye(latent_dim), constraint=constraints.lower_cholesky
-        )
+        self._init_guide(init_scale)
 
     def _prior(self, like: torch.Tensor) -> dist.MultivariateNormal:
         eye = torch.eye(self.latent_dim, dtype=like.dtype, device=like.device)
@@ -179,18 +178,11 @@ class PPCA(ConfigurableModule):
     @pyro_method
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """``x`` [N, D]; ``subsample`` optional LongTensor [M] of rows (scaled by N/M)."""
-        check_data(x, self.data_dim)
+        self._check_inputs(x)
         W, mu, scale = self.W, self.mu, self.sigma2.sqrt()
         with data_plate(x, subsample):
             z = pyro.sample("z", self._prior(x))
             pyro.sample("x", dist.Normal(z @ W.T + mu, scale).to_event(1), obs=take(x, subsample))
-
-    @pyro_method
-    def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
-        check_data(x, self.data_dim)
-        with data_plate(x, subsample):
-            loc = take(x, subsample) @ self.encoder_weight.T + self.encoder_bias
-            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=self.guide_scale_tril))
 
     @torch.no_grad()
     def params(self) -> PPCAParams:
@@ -198,18 +190,36 @@ class PPCA(ConfigurableModule):
         return PPCAParams(self.W.detach(), self.mu.detach(), self.sigma2.detach())
 
     @torch.no_grad()
-    def guide_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guide's ``(mean [N, K], cov [K, K])`` for data ``x``."""
-        L = self.guide_scale_tril.detach()
-        return x @ self.encoder_weight.detach().T + self.encoder_bias.detach(), L @ L.T
+    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact ``log p(x_n)`` under the learned parameters, for each row of ``x``: [N]."""
+        check_data(x, self.data_dim)
+        return log_marginal(x, self.params())
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The mean ``E[x | z] = W z + mu`` [..., D] for ``z`` [..., K]."""
+        return z @ self.W.detach().T + self.mu.detach()
+
+    @torch.no_grad()
+    def sample(
+        self, num_samples: int, mean: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``z ~ N(0, I)``, then ``E[x | z]`` (default) or a draw of ``x``: [num_samples, D]."""
+        return _sample_linear_gaussian(self, num_samples, mean, generator, self.sigma2.sqrt())
 
     @torch.no_grad()
     def set_guide_to_posterior(self, params: PPCAParams | None = None) -> None:
         """Make the guide the exact posterior of ``params`` (default: the model's own)."""
-        W, mu, sigma2 = self.params() if params is None else params
-        k = W.shape[1]
-        M = W.T @ W + sigma2 * torch.eye(k, dtype=W.dtype, device=W.device)
-        A = torch.linalg.solve(M, W.T)
-        self.encoder_weight = A
-        self.encoder_bias = -A @ mu
-        self.guide_scale_tril = torch.linalg.cholesky(sigma2 * torch.linalg.inv(M))
+        self.set_guide(exact_posterior(*(self.params() if params is None else params)))
+
+
+def _sample_linear_gaussian(model, num_samples, mean, generator, noise_scale) -> torch.Tensor:
+    """Draws of a linear-Gaussian model: ``z ~ N(0, I)``, ``x = W z + mu (+ noise)``."""
+    check_positive_int(num_samples, "num_samples")
+    like = model.mu
+    z = torch.randn(num_samples, model.latent_dim, generator=generator, dtype=like.dtype)
+    x = model.decode(z.to(like.device))
+    if mean:
+        return x
+    noise = torch.randn(x.shape, generator=generator, dtype=like.dtype).to(like.device)
+    return x + noise_scale.detach() * noise

@@ -9,16 +9,24 @@ References:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer.util import is_validation_enabled
+from torch import nn
 
-from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
+from .base import (
+    ConfigurableModule,
+    check_data,
+    check_once,
+    check_positive_int,
+    data_plate,
+    take,
+)
 from .likelihoods import make_likelihood
-from .networks import build_decoder, build_encoder
+from .networks import as_pyro, build_decoder, build_encoder
 
 
 class ScoreFunctionNormal(dist.Normal):
@@ -68,12 +76,24 @@ class VAE(ConfigurableModule):
         reparameterized: draw the guide's ``z`` with the reparameterisation trick (default
             True). With False the guide's Normal has ``has_rsample=False`` and Pyro's ELBOs
             use the score-function (REINFORCE) estimator for it.
+        encoder: your own network instead of the built one (default None): a ``torch.nn.Module``
+            ``x [..., D] -> (loc [..., K], scale [..., K])`` with ``scale > 0``. ``arch`` and
+            ``hidden_sizes`` then do not apply to it.
+        decoder: your own network instead of the built one (default None): a ``torch.nn.Module``
+            ``z [..., K] -> [..., H * D]`` raw outputs, where the likelihood reads ``H`` heads
+            per pixel (1: Bernoulli logits, or Gaussian means before ``mean_activation``; 2 for
+            ``"gaussian_learned"``: means, then raw log-variances). Both are converted to
+            ``PyroModule`` in place, so that their weights go through Pyro's param store.
+            ``config`` keeps a copy of each module as given, so a checkpoint can rebuild the
+            model: the module's class must be importable to load it.
 
-    Data checks: ``model``/``guide`` check the shape of ``x`` on every call (no host sync). The
-    support check of the likelihood (e.g. binary values for Bernoulli) costs a host sync, so the
-    model does it on its minibatch only while Pyro validation is enabled (the default; turn it off
-    with ``pyro.enable_validation(False)`` for speed) and never while JIT-tracing; experiments
-    call :meth:`check_data` once on the whole data set.
+    Methods: :meth:`encode` ``x -> (loc, scale)`` of ``q(z | x)``; :meth:`decode`
+    ``z -> E[x | z]``, the mean of ``p(x | z)``; :meth:`sample` draws ``z`` from the prior and
+    decodes it; :meth:`reconstruct`; :meth:`check_data`.
+
+    Data checks follow the rule of :mod:`pyrovae.models.base`: shapes on every call; the
+    likelihood's support (binary values for Bernoulli) on the whole data tensor once, while Pyro
+    validation is on.
     """
 
     def __init__(
@@ -90,6 +110,8 @@ class VAE(ConfigurableModule):
         mean_activation: str = "sigmoid",
         allow_continuous: bool = False,
         reparameterized: bool = True,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ) -> None:
         check_positive_int(data_dim, "data_dim")
         check_positive_int(latent_dim, "latent_dim")
@@ -110,6 +132,8 @@ class VAE(ConfigurableModule):
             mean_activation=mean_activation,
             allow_continuous=allow_continuous,
             reparameterized=reparameterized,
+            encoder=copy.deepcopy(encoder),  # as given, unconverted: a checkpoint rebuilds it
+            decoder=copy.deepcopy(decoder),
         )
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.reparameterized = bool(reparameterized)
@@ -120,11 +144,15 @@ class VAE(ConfigurableModule):
             mean_activation=mean_activation,
             allow_continuous=allow_continuous,
         )
-        self.encoder = build_encoder(arch, data_dim, latent_dim, hidden_sizes, activation)
-        self.decoder = build_decoder(
-            arch, latent_dim, data_dim, decoder_hidden_sizes, activation,
-            num_heads=self.likelihood.num_heads,
-        )
+        if encoder is None:
+            encoder = build_encoder(arch, data_dim, latent_dim, hidden_sizes, activation)
+        self.encoder = as_pyro(encoder)
+        if decoder is None:
+            decoder = build_decoder(
+                arch, latent_dim, data_dim, decoder_hidden_sizes, activation,
+                num_heads=self.likelihood.num_heads,
+            )
+        self.decoder = as_pyro(decoder)
 
     # ----------------------------------------------------------------------------- model/guide
     def prior(self, like: torch.Tensor) -> dist.TorchDistribution:
@@ -134,25 +162,28 @@ class VAE(ConfigurableModule):
 
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """``x`` [N, D], the whole data; ``subsample`` an optional LongTensor [M] of rows."""
-        check_data(x, self.data_dim)
+        self._check_inputs(x)
         with data_plate(x, subsample):
             xb = take(x, subsample)
-            if is_validation_enabled() and not torch.jit.is_tracing():
-                self.likelihood.check(xb)
             z = pyro.sample("z", self.prior(x))
             pyro.sample("x", self.likelihood.distribution(self.decoder(z)), obs=xb)
 
     def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         """``q(z | x) = N(loc(x), diag scale(x)^2)`` for the rows ``subsample`` of ``x``."""
-        check_data(x, self.data_dim)
+        self._check_inputs(x)
         with data_plate(x, subsample):
             loc, scale = self.encoder(take(x, subsample))
             normal = dist.Normal if self.reparameterized else ScoreFunctionNormal
             pyro.sample("z", normal(loc, scale).to_event(1))
 
     # ------------------------------------------------------------------------------ utilities
+    def _check_inputs(self, x: torch.Tensor) -> None:
+        """The data-check rule of :mod:`pyrovae.models.base`: shapes now, values once."""
+        check_data(x, self.data_dim)
+        check_once(x, self.likelihood.check_key, self.likelihood.check)
+
     def check_data(self, x: torch.Tensor) -> None:
-        """Check shape and the likelihood's support on all of ``x`` (one host sync)."""
+        """Check shape and the likelihood's support on all of ``x`` now (one host sync)."""
         check_data(x, self.data_dim)
         self.likelihood.check(x)
 
@@ -178,16 +209,21 @@ class VAE(ConfigurableModule):
         return self.decode(self.encode(x)[0])
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = True, generator: torch.Generator | None = None):
-        """``n`` images from the model: decoder means (default) or draws of ``x`` [n, D].
+    def sample(
+        self, num_samples: int, mean: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Images from the model: ``z ~ N(0, I)``, then ``E[x | z]`` (default) or a draw of ``x``.
+
+        Returns ``[num_samples, D]``.
 
         Args:
-            n: number of images.
+            num_samples: number of images.
             mean: return ``E[x | z]`` (default True) instead of a draw from ``p(x | z)``.
             generator: optional ``torch.Generator`` for ``z`` (default: the global RNG).
         """
-        check_positive_int(n, "n")
+        check_positive_int(num_samples, "num_samples")
         like = self._like()
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=like.dtype).to(like.device)
+        z = torch.randn(num_samples, self.latent_dim, generator=generator, dtype=like.dtype)
+        z = z.to(like.device)
         out = self.decoder(z)
         return self.likelihood.mean(out) if mean else self.likelihood.distribution(out).sample()
