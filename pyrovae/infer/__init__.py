@@ -3,6 +3,12 @@
 from .callbacks import EpochEnd, History, TimeBudget
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .classification import accuracy, error_rate, validation_callback
+from .graph_safe import (
+    GraphSafeELBO,
+    GraphSafeEnumELBO,
+    GraphSafeMeanFieldELBO,
+    forbid_host_sync,
+)
 from .importance import importance_log_likelihood, log_importance_weights
 from .objectives import ImportanceWeightedELBO, make_objective
 from .scope import param_scope
@@ -10,12 +16,16 @@ from .trainer import NonFiniteLossError, fit
 
 __all__ = [
     "EpochEnd",
+    "GraphSafeELBO",
+    "GraphSafeEnumELBO",
+    "GraphSafeMeanFieldELBO",
     "History",
     "ImportanceWeightedELBO",
     "NonFiniteLossError",
     "accuracy",
     "error_rate",
     "fit",
+    "forbid_host_sync",
     "importance_log_likelihood",
     "load_checkpoint",
     "log_importance_weights",
