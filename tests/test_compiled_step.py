@@ -181,7 +181,7 @@ def test_scalar_constants_become_fill_kernels():
 
     with Record(), ScalarConstantsOnDevice("cpu"):
         values = [torch.tensor(v, device="cpu") for v in (1.5, 3, True)]
-        typed = torch.tensor(2, dtype=torch.float64, device="cpu")
+        typed = torch.as_tensor(2, dtype=torch.float64, device="cpu")
         untouched = torch.tensor([1.0, 2.0], device="cpu")
     assert seen.count(torch.full) == 4
     assert [v.dtype for v in values] == [torch.get_default_dtype(), torch.long, torch.bool]

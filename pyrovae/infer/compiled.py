@@ -48,9 +48,10 @@ LossOf = Callable[[tuple, torch.Tensor], torch.Tensor]
 class ScalarConstantsOnDevice(TorchFunctionMode):
     """Create 0-d constants from Python numbers with a fill kernel instead of a host copy.
 
-    ``torch.tensor(1.0, device="cuda")`` (which ``torch.distributions`` calls for every Python
-    number argument, e.g. ``Normal(loc, 1.0)``) copies from host memory and synchronises, which
-    CUDA graph capture refuses in PyTorch releases before the fix of pytorch/pytorch#168991.
+    ``torch.tensor(1.0, device="cuda")`` or ``torch.as_tensor`` of a number (which
+    ``torch.distributions`` calls for every Python number argument, e.g. ``Normal(loc, 1.0)``)
+    copies from host memory and synchronises, which CUDA graph capture refuses (PyTorch releases
+    before the fix of pytorch/pytorch#168991).
     Inside this mode such calls become ``torch.full((), value, dtype=..., device=...)``, the
     same value made by a kernel that a graph can record.
 
@@ -64,7 +65,11 @@ class ScalarConstantsOnDevice(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.tensor and len(args) == 1 and set(kwargs) <= {"dtype", "device"}:
+        if (
+            func in (torch.tensor, torch.as_tensor)
+            and len(args) == 1
+            and set(kwargs) <= {"dtype", "device"}
+        ):
             value, device = args[0], kwargs.get("device")
             if (
                 isinstance(value, numbers.Number)
@@ -153,6 +158,9 @@ class CompiledStep:
         binarize: stream numbers whose first tensor holds grey levels in [0, 1]: each step
             replaces its batch rows by a Bernoulli draw (dynamic binarisation on the device)
             before the loss reads them (default: none).
+        per_stream: call ``loss_of(tensors[i], batches[i])`` per stream and add (default True);
+            with False, one call ``loss_of(tensors, batches)`` with all streams (for a loss that
+            couples them, such as the benchmarks' plain M2).
 
     Attributes:
         loss: the static loss buffer of the last call (overwritten by the next call of the same
@@ -168,6 +176,7 @@ class CompiledStep:
         graph: bool | None = None,
         warmup_steps: int = 3,
         binarize: Sequence[int] = (),
+        per_stream: bool = True,
     ) -> None:
         self.loss_of, self.optimizer, self.clip_norm = loss_of, optimizer, clip_norm
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -187,6 +196,7 @@ class CompiledStep:
             raise ValueError(f"warmup_steps must be an integer >= 1, got {warmup_steps!r}")
         self.warmup_steps = warmup_steps
         self.binarize = frozenset(int(i) for i in binarize)
+        self.per_stream = bool(per_stream)
         self.loss: torch.Tensor | None = None
         self._slots: dict[tuple, _Slot] = {}
         self._bound: list[list[torch.Tensor | None]] | None = None
@@ -241,11 +251,14 @@ class CompiledStep:
         num_steps = slot.loss.shape[0] if slot.loss.dim() else 1
         for j in range(num_steps):
             idx = [buffer if buffer.dim() == 1 else buffer[j] for buffer in slot.indices]
-            loss = 0.0
-            for i, (stream, batch) in enumerate(zip(data, idx, strict=True)):
-                if i in self.binarize:
-                    stream = self._binarized(i, stream, batch)
-                loss = loss + self.loss_of(stream, batch)
+            streams = [
+                self._binarized(i, stream, batch) if i in self.binarize else stream
+                for i, (stream, batch) in enumerate(zip(data, idx, strict=True))
+            ]
+            if self.per_stream:
+                loss = sum(self.loss_of(s, b) for s, b in zip(streams, idx, strict=True))
+            else:
+                loss = self.loss_of(streams, idx)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.clip_norm is not None:
