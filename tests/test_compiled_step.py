@@ -229,3 +229,40 @@ def test_cuda_graph_step_matches_the_eager_step():
     torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-6, atol=1e-6)
     for a, b in zip(runs[0][1], runs[1][1], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_graph_mode_bookkeeping_without_a_gpu():
+    """What graph mode does around the graph, checked on CPU tensors without capturing: the
+    learning rate lives in a tensor the graph reads and follows assignments and ``set_lr``;
+    ``load_state_dict`` is detected; replaced data tensors are copied into one static buffer."""
+    module = VAE(D, 2, (5,))
+    optim = make_capturable_optimizer(module.parameters(), lr=0.01)
+    step = CompiledStep(_loss_fn(GraphSafeELBO(), module), optim)
+    step.graph = True  # the bookkeeping only: nothing below captures or steps
+    step._adopt_optimizer()
+    lr = optim.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and lr.item() == pytest.approx(0.01)
+    assert optim.param_groups[0]["capturable"]
+    optim.param_groups[0]["lr"] = 0.002  # as fit's schedule assigns it
+    step._adopt_optimizer()
+    assert optim.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(0.002)
+    step.set_lr(0.003)
+    assert optim.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(0.003)
+    saved = step.state_dict()
+    assert saved["param_groups"][0]["lr"] == pytest.approx(0.003)
+    assert saved["param_groups"][0]["capturable"] is False
+    slot = step._slots[(B,)] = step._new_slot([torch.arange(B)])
+    slot.calls, slot.graph = 5, object()  # as if captured
+    saved["param_groups"][0]["lr"] = 0.004
+    step.load_state_dict(saved)  # new optimiser state: the graph must be captured again
+    assert slot.graph is None and slot.calls == 0
+    assert optim.param_groups[0]["lr"].item() == pytest.approx(0.004)
+
+    x1, x2, x3 = (torch.full((N, D), float(v)) for v in (1, 2, 3))
+    assert step._bind([(x1,)])[0][0] is x1  # the caller's tensor, no copy
+    slot.graph = object()
+    static = step._bind([(x2,)])[0][0]  # replaced: a static copy, graphs dropped
+    assert static is not x2 and torch.equal(static, x2) and slot.graph is None
+    slot.graph = object()
+    again = step._bind([(x3,)])[0][0]  # replaced again: copied into the same buffer
+    assert again is static and torch.equal(again, x3) and slot.graph is not None

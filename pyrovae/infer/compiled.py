@@ -301,6 +301,7 @@ class CompiledStep:
         if self._bound is None or len(self._bound) != len(tensors):
             self._bound = [list(stream) for stream in tensors]
             self._owned.clear()
+            self._drop_graphs()
             return [tuple(stream) for stream in self._bound]
         for i, stream in enumerate(tensors):
             bound = self._bound[i]
