@@ -34,7 +34,7 @@ import logging
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyro
 import torch
@@ -116,7 +116,6 @@ class _Slot:
     loss: torch.Tensor
     calls: int = 0
     graph: torch.cuda.CUDAGraph | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class CompiledStep:
