@@ -196,3 +196,19 @@ def test_forbid_host_sync_restores_tensor_methods():
     with pytest.raises(HostSyncError), forbid_host_sync():
         float(t)
     assert float(t) == 1.5 and t.tolist() == [1.5] and bool(t)
+
+
+def test_enum_elbo_with_a_class_of_zero_probability():
+    """q(y=0|x) = 0 exactly: Pyro drops the 0 * -inf terms by masked_select, ours by ``where``
+    (static shape); loss and gradients agree and are finite."""
+    torch.set_default_dtype(torch.float64)
+    x, _, idx = _data()
+    module = _models()["m2"]()
+    with torch.no_grad():
+        module.classifier.head.bias[0] = -float("inf")
+    with param_scope(module):
+        _assert_same(
+            GraphSafeEnumELBO(), EnumELBO(max_plate_nesting=1), module, (x,), {"subsample": idx}
+        )
+        _, grads = _loss_and_grads(GraphSafeEnumELBO(), module, (x,), {"subsample": idx})
+    assert all(torch.isfinite(g).all() for g in grads)
