@@ -167,6 +167,7 @@ def test_no_host_sync_in_loss_and_backward(name, labelled, ours, theirs):
     x, _, idx = _data()
     x = x.float()
     module = _models()[name]()
+    assert ours().graph_safe is True  # the flag a caller such as fit may check
     with param_scope(module), pyro.validation_enabled(False):
         with forbid_host_sync():
             loss = ours().differentiable_loss(module.model, module.guide, x, subsample=idx)

@@ -120,6 +120,7 @@ class _TraceObjective:
     """
 
     enumerate_guide = False
+    graph_safe = True  # what CompiledStep's callers may check
 
     def __init__(
         self, num_particles: int = 1, vectorize_particles: bool = True, max_plate_nesting: int = 1

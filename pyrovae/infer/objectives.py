@@ -25,6 +25,8 @@ class ImportanceWeightedELBO:
         num_particles: K, the number of importance samples per data point (default 5).
     """
 
+    graph_safe = True  # no host sync in differentiable_loss (tests/test_graph_safe.py)
+
     def __init__(self, num_particles: int = 5) -> None:
         if num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {num_particles}")
