@@ -3,6 +3,12 @@
 from .callbacks import EpochEnd, History, TimeBudget
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .classification import accuracy, error_rate, validation_callback
+from .graph_safe import (
+    GraphSafeELBO,
+    GraphSafeEnumELBO,
+    GraphSafeMeanFieldELBO,
+    forbid_host_sync,
+)
 from .importance import importance_log_likelihood, log_importance_weights
 from .objectives import ImportanceWeightedELBO, make_objective
 from .resume import CheckpointWarning
@@ -14,12 +20,16 @@ __all__ = [
     "CheckpointError",
     "CheckpointWarning",
     "EpochEnd",
+    "GraphSafeELBO",
+    "GraphSafeEnumELBO",
+    "GraphSafeMeanFieldELBO",
     "History",
     "ImportanceWeightedELBO",
     "NonFiniteLossError",
     "accuracy",
     "error_rate",
     "fit",
+    "forbid_host_sync",
     "importance_log_likelihood",
     "load_checkpoint",
     "log_importance_weights",

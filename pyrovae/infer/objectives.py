@@ -25,6 +25,8 @@ class ImportanceWeightedELBO:
         num_particles: K, the number of importance samples per data point (default 5).
     """
 
+    graph_safe = True  # no host sync in differentiable_loss (tests/test_graph_safe.py)
+
     def __init__(self, num_particles: int = 5) -> None:
         if num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {num_particles}")
@@ -69,6 +71,7 @@ def make_objective(
     vectorize_particles: bool = True,
     jit: bool = False,
     max_plate_nesting: int | None = 1,
+    graph_safe: bool = False,
 ):
     """Build an objective with a ``differentiable_loss(model, guide, *args, **kwargs)`` method.
 
@@ -83,6 +86,8 @@ def make_objective(
             must then have static structure and take every tensor positionally.
         max_plate_nesting: passed to Pyro (default 1, pyrovae's data plate; None: Pyro finds it
             by running the model).
+        graph_safe: the same objective computed without host syncs, for CUDA graphs
+            (:mod:`pyrovae.infer.graph_safe`; default False). ``"iwae"`` is graph-safe as is.
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
@@ -92,6 +97,8 @@ def make_objective(
         if jit:
             raise ValueError("jit=True is not supported for the 'iwae' objective")
         return ImportanceWeightedELBO(num_particles)
+    if graph_safe:
+        return _graph_safe(name, num_particles, vectorize_particles, jit, max_plate_nesting)
     classes = {
         "elbo": (infer.Trace_ELBO, infer.JitTrace_ELBO),
         "meanfield": (infer.TraceMeanField_ELBO, infer.JitTraceMeanField_ELBO),
@@ -106,3 +113,13 @@ def make_objective(
     if jit:
         options["ignore_jit_warnings"] = True
     return cls(**options)
+
+
+def _graph_safe(name, num_particles, vectorize_particles, jit, max_plate_nesting):
+    from .graph_safe import GRAPH_SAFE_OBJECTIVES
+
+    if jit:
+        raise ValueError("graph_safe=True and jit=True exclude each other")
+    if max_plate_nesting is None:
+        raise ValueError("graph_safe=True needs max_plate_nesting (guessing it runs the model)")
+    return GRAPH_SAFE_OBJECTIVES[name](num_particles, vectorize_particles, max_plate_nesting)

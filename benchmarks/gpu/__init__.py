@@ -1,0 +1,1 @@
+"""Benchmarks on an accelerator: pyrovae's training step against plain PyTorch and NumPyro."""
