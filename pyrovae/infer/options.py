@@ -36,8 +36,11 @@ class LossOptions:
     max_plate_nesting: int | None = 1
     jit: bool = False
     validate: bool | str = "first"
+    compiled: bool = False
 
     def __post_init__(self) -> None:
+        if self.compiled and self.jit:
+            raise ValueError("compiled=True and jit=True exclude each other: choose one")
         if not (isinstance(self.validate, bool) or self.validate == "first"):
             raise ValueError(f"validate must be True, False or 'first', got {self.validate!r}")
 
@@ -64,7 +67,19 @@ class Optimisation:
                 f"unknown lr_schedule {schedule!r}: a callable, 'cosine' or 'exponential:G'"
             )
 
-    def make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    def make_optimizer(
+        self, params: list[torch.Tensor], capturable: bool = False
+    ) -> torch.optim.Optimizer:
+        """The optimiser; ``capturable`` for a CUDA-graph step (Adam or AdamW only)."""
+        if capturable:
+            if self.optimizer not in ("adam", "adamw"):
+                raise ValueError(
+                    f"a compiled step on CUDA needs optimizer 'adam' or 'adamw', got "
+                    f"{self.optimizer!r}"
+                )
+            from .compiled import make_capturable_optimizer
+
+            return make_capturable_optimizer(params, self.lr, self.optimizer)
         if callable(self.optimizer):
             return self.optimizer(params, self.lr)
         options = {}

@@ -184,11 +184,57 @@ def make_step(
     pair: ModelPair, options: LossOptions, objective: Any, optimizer: torch.optim.Optimizer,
     clip_norm: float | None,
 ) -> Step:
-    """The training step ``fit`` runs: today always an :class:`EagerStep`."""
+    """The training step ``fit`` runs: a :class:`CompiledFitStep` with ``compiled``, else an
+    :class:`EagerStep`."""
+    if options.compiled:
+        return CompiledFitStep(pair, objective, optimizer, clip_norm=clip_norm,
+                               validate=options.validate)
     return EagerStep(
         pair, objective, optimizer, clip_norm=clip_norm, validate=options.validate,
         jit=options.jit,
     )
+
+
+class CompiledFitStep:
+    """``fit``'s step with ``compiled=True``: a :class:`~pyrovae.infer.compiled.CompiledStep`
+    (a CUDA graph on CUDA, eager on the CPU) around a graph-safe objective.
+
+    Checkpoints save :meth:`CompiledStep.state_dict` (float learning rates, ``capturable`` off),
+    so a compiled run resumes an eager one and the other way round. The subsampling check is
+    skipped (``data_plates`` stays None): the captured step records no trace.
+    """
+
+    def __init__(
+        self, pair: ModelPair, objective: Any, optimizer: torch.optim.Optimizer, *,
+        clip_norm: float | None, validate: bool | str,
+    ) -> None:
+        from .compiled import CompiledStep
+
+        model, guide = pair.model, pair.guide
+
+        def loss_of(tensors: Tensors, idx: torch.Tensor) -> torch.Tensor:
+            return objective.differentiable_loss(model, guide, *tensors, subsample=idx)
+
+        self.compiled = CompiledStep(loss_of, optimizer, clip_norm=clip_norm)
+        self.optimizer, self.validate = optimizer, validate
+        self.checkpoint_state = self.compiled  # state_dict/load_state_dict for checkpoints
+        self.data_plates: list | None = None
+        self.calls = 0
+
+    def __call__(self, tensors: Sequence[Tensors], batches: Sequence[torch.Tensor]) -> torch.Tensor:
+        first = self.calls == 0
+        checks = (
+            first and pyro.infer.util.is_validation_enabled()
+            if self.validate == "first"
+            else bool(self.validate) and not self.compiled.graph
+        )
+        with pyro.validation_enabled(checks):
+            loss = self.compiled(tensors, batches)
+        self.calls += 1
+        return loss.clone()  # the static buffer is overwritten by the next replay
+
+    def set_lr(self, lr: float) -> None:
+        self.compiled.set_lr(lr)
 
 
 def _positional(fn: Callable) -> Callable:

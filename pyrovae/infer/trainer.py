@@ -52,6 +52,7 @@ def fit(
     vectorize_particles: bool = True,
     max_plate_nesting: int | None = 1,
     jit: bool = False,
+    compiled: bool = False,
     optimizer: str | Callable = "adam",
     lr: float = 1e-3,
     lr_schedule: str | Callable[[int], float] | None = None,
@@ -91,6 +92,12 @@ def fit(
         max_plate_nesting: given to Pyro's ELBO (default 1: pyrovae's data plate at dim=-1;
             ``None`` lets Pyro find it by running the model).
         jit: compile the loss with Pyro's JIT (default False; static models only).
+        compiled: train with :class:`~pyrovae.infer.compiled.CompiledStep` and a graph-safe
+            objective (``make_objective(..., graph_safe=True)``, no host sync in the loss): on
+            CUDA the whole step (loss, backward, capturable Adam) is captured once per batch
+            shape as a CUDA graph and replayed; on the CPU the same step runs eagerly. Needs
+            ``"adam"``/``"adamw"`` on CUDA and implies ``drop_last`` (static shapes). Default
+            False.
         optimizer: ``"adam"`` (default; the fused implementation where the parameters allow),
             ``"adamw"``, ``"sgd"``, ``"rmsprop"``, or
             ``callable(params, lr) -> torch.optim.Optimizer``.
@@ -148,7 +155,8 @@ def fit(
     """
     groups = dict(
         loss=LossOptions(
-            objective, num_particles, vectorize_particles, max_plate_nesting, jit, validate
+            objective, num_particles, vectorize_particles, max_plate_nesting, jit, validate,
+            compiled,
         ),
         optimisation=Optimisation(optimizer, lr, lr_schedule, clip_norm),
         schedule=Schedule(epochs, batch_size, drop_last, seed, device),
@@ -184,7 +192,7 @@ class _Run:
         self.pair, self.optimisation, self.schedule = pair, optimisation, schedule
         self.checkpointing, self.monitoring = checkpointing, monitoring
         allow = allowed_changes(checkpointing.allow_config_change)
-        self._prepare_data(data, loss.jit)
+        self._prepare_data(data, loss.jit or loss.compiled)
         self._prepare_step(loss)
         self._start_or_resume(allow)
         self.checked_subsampling = False
@@ -207,14 +215,22 @@ class _Run:
         if isinstance(objective, str):
             objective = make_objective(
                 objective, loss.num_particles, loss.vectorize_particles, loss.jit,
-                loss.max_plate_nesting,
+                loss.max_plate_nesting, graph_safe=loss.compiled,
+            )
+        elif loss.compiled and not getattr(objective, "graph_safe", False):
+            raise ValueError(
+                "compiled=True needs a graph-safe objective: give its name, or one made by "
+                "make_objective(..., graph_safe=True)"
             )
         pyro.set_rng_seed(schedule.seed)  # the only seeding; a resumed run restores its RNGs
         if pair.module is None:
             first = BatchPlan(self.streams, self.sizes, schedule.seed, 0, self.drop_last).step(0)
             pair.create_params(self.streams[0].tensors(0), first[0])
-        optimizer = optimisation.make_optimizer(pair.parameters())
+        optimizer = optimisation.make_optimizer(
+            pair.parameters(), capturable=loss.compiled and self.device.type == "cuda"
+        )
         self.step = make_step(pair, loss, objective, optimizer, optimisation.clip_norm)
+        self.optimizer_state = getattr(self.step, "checkpoint_state", self.step.optimizer)
         self.config = run_config(
             model=pair.describe(), data={s.name: s.size for s in self.streams},
             objective=objective, num_particles=loss.num_particles, optimizer=optimisation.optimizer,
@@ -233,7 +249,7 @@ class _Run:
             self.state = RunState(History(configs=[dict(epoch=0, step=0, config=self.config)]))
         else:
             self.state = restore_run(
-                source, pair, self.step.optimizer, self.device, self.config, allow
+                source, pair, self.optimizer_state, self.device, self.config, allow
             )
             logger.info(
                 "resumed from %s at epoch %d step %d", source, self.state.epoch, self.state.step
@@ -327,7 +343,7 @@ class _Run:
         is_last = path == self.checkpointing.last
         previous = self.checkpointing.previous if is_last and self.keep_previous else None
         saved = save_run(
-            path, self.pair, self.step.optimizer, self.state, self.fit_config,
+            path, self.pair, self.optimizer_state, self.state, self.fit_config,
             self.state.history.configs, previous=previous,
         )
         self.keep_previous = self.keep_previous or is_last
