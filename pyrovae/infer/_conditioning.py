@@ -86,10 +86,10 @@ class Pass:
     """
 
     z: torch.Tensor
-    log_prior: torch.Tensor
+    log_prior: torch.Tensor | None
     log_guide: torch.Tensor | None
-    log_lik: torch.Tensor
-    clean: dist.Distribution
+    log_lik: torch.Tensor | None
+    clean: dist.Distribution | None
 
     @property
     def log_joint(self) -> torch.Tensor:
@@ -124,6 +124,7 @@ def run_pass(
     z: torch.Tensor | None = None,
     transform: Callable | None = None,
     use_guide: bool = True,
+    use_model: bool = True,
     sites: Sites = SITES,
 ) -> Pass:
     """Trace ``module.guide(x)`` (or replay ``z`` [S, N, K] through it) and ``module.model(x)``.
@@ -139,6 +140,8 @@ def run_pass(
         transform: a noise model for the data site (see :class:`ObservedSite`).
         use_guide: False: no guide at all; ``z`` (given) or a draw from the prior is used and
             ``log_guide`` is None.
+        use_model: False: trace the guide only (``log_prior``, ``log_lik`` and ``clean`` are
+            None); needs ``use_guide``.
     """
     observed = ObservedSite(mask, transform, sites.observed)
     shape = (num_particles, x.shape[0])
@@ -154,12 +157,15 @@ def run_pass(
             model = poutine.replay(module.model, trace=guide_trace)
         else:
             model = module.model
-        model_trace = poutine.trace(observed(model)).get_trace(x)
-    model_trace.compute_log_prob()
+        model_trace = poutine.trace(observed(model)).get_trace(x) if use_model else None
     log_guide = None
     if guide_trace is not None:
         guide_trace.compute_log_prob()
         log_guide = _sum_sites(guide_trace, x, shape, None)
+    if model_trace is None:
+        z = guide_trace.nodes[sites.latent]["value"].expand(*shape, -1)
+        return Pass(z=z, log_prior=None, log_guide=log_guide, log_lik=None, clean=None)
+    model_trace.compute_log_prob()
     return Pass(
         z=model_trace.nodes[sites.latent]["value"].expand(*shape, -1),
         log_prior=_sum_sites(model_trace, x, shape, sites.observed, False),

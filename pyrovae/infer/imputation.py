@@ -150,7 +150,8 @@ def _log_proposal(module, fills: torch.Tensor, z: torch.Tensor, log_prior: torch
 
     ``fills`` [R, N, D]; ``z`` [S, N, K]; ``log_prior`` = log p(z) [S, N].
     """
-    parts = [run_pass(module, fill, num_particles=z.shape[0], z=z).log_guide for fill in fills]
+    parts = [run_pass(module, fill, num_particles=z.shape[0], z=z, use_model=False).log_guide
+             for fill in fills]
     return torch.logsumexp(torch.stack([*parts, log_prior]), 0) - math.log(len(parts) + 1)
 
 
@@ -169,7 +170,8 @@ def _importance(module, x, observed, num_samples, sample_chunk, num_fills, fill_
     while done < num_samples:
         m = min(per_pass, -(-(num_samples - done) // (num_fills + 1)))
         # m draws from each of the R components q(z | fills[r]) and from the prior
-        z = run_pass(module, fills, num_particles=m).z.reshape(m * num_fills, n, -1)
+        z = run_pass(module, fills, num_particles=m, use_model=False).z
+        z = z.reshape(m * num_fills, n, -1)
         z_prior = run_pass(module, x, num_particles=m, use_guide=False).z
         z = torch.cat([z, z_prior])[: num_samples - done]
         p = run_pass(module, x, num_particles=z.shape[0], mask=observed, z=z, use_guide=False)
