@@ -1,9 +1,12 @@
 """Inference: the trainer, the objectives, importance sampling and checkpoints."""
 
+from .anomaly import anomaly_scores, roc_auc
 from .callbacks import EpochEnd, History, TimeBudget
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .classification import accuracy, error_rate, validation_callback
+from .denoising import denoise
 from .importance import importance_log_likelihood, log_importance_weights
+from .imputation import impute, missing_log_likelihood
 from .objectives import ImportanceWeightedELBO, make_objective
 from .scope import param_scope
 from .trainer import NonFiniteLossError, fit
@@ -14,14 +17,19 @@ __all__ = [
     "ImportanceWeightedELBO",
     "NonFiniteLossError",
     "accuracy",
+    "anomaly_scores",
+    "denoise",
     "error_rate",
     "fit",
     "importance_log_likelihood",
+    "impute",
     "load_checkpoint",
     "log_importance_weights",
     "make_objective",
+    "missing_log_likelihood",
     "param_scope",
     "read_checkpoint",
+    "roc_auc",
     "save_checkpoint",
     "TimeBudget",
     "validation_callback",
