@@ -257,3 +257,21 @@ def test_experiments_run_end_to_end(tmp_path, mnist_root):
     # one model scoring both sets both ways: the two AUCs are complementary
     assert auc + ood["models"]["fashion-mnist"]["auc"]["mnist"] == pytest.approx(1.0)
     assert (tmp_path / "ood" / "ood_histograms.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("method", ["pseudo_gibbs", "metropolis_gibbs", "importance"])
+def test_missing_values_are_never_read(method):
+    """The same seed gives the same imputation whatever the missing pixels hold (a VAE)."""
+    vae = VAE(data_dim=10, latent_dim=2, hidden_sizes=[8])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((4, 10), 0.5), generator=gen)
+    observed = torch.rand(4, 10, generator=gen) > 0.5
+    results = []
+    for filled in (x, torch.where(observed, x, 1 - x)):
+        pyro.set_rng_seed(5)
+        results.append(impute(vae, filled, observed, method, num_samples=30, num_sweeps=6,
+                              num_chains=2, sample_chunk=10, num_fills=2))
+    assert torch.equal(results[0].z, results[1].z)
+    assert torch.equal(results[0].mean[~observed], results[1].mean[~observed])
+    with pytest.raises(ValueError, match="mask"):
+        impute(vae, x, observed.float(), method)
