@@ -279,4 +279,44 @@ def missing_log_likelihood(
     return total
 
 
-__all__ = ["METHODS", "SITES", "Imputation", "impute", "missing_log_likelihood"]
+def nuts_impute(
+    module,
+    x: torch.Tensor,
+    observed: torch.Tensor,
+    *,
+    num_samples: int = 500,
+    warmup_steps: int = 200,
+) -> Imputation:
+    """NUTS on ``z`` targeting ``p(z | x_obs)`` exactly (the missing pixels masked out).
+
+    A reference sampler that needs no guide, for a few images (its cost grows with N, as one
+    chain runs over the N images' latents jointly): Pyro's ``NUTS`` on the model with the
+    observation mask, then ``E[x_mis | x_obs]`` is the mean of ``E[x_mis | z_s]`` over the
+    draws. Arguments as :func:`impute`; ``warmup_steps`` adapt the step size and mass matrix.
+    """
+    from pyro.infer import MCMC, NUTS
+
+    from ._conditioning import ObservedSite
+
+    observed = _check(x, observed)
+    x_in = torch.where(observed, x, torch.zeros_like(x))
+    was_training = module.training
+    module.eval()
+    try:
+        with param_scope(module):
+            masked = ObservedSite(observed, site=SITES.observed)(module.model)
+            mcmc = MCMC(NUTS(masked, max_plate_nesting=1), num_samples=num_samples,
+                        warmup_steps=warmup_steps, disable_progbar=True)
+            mcmc.run(x_in)
+            z = mcmc.get_samples()[SITES.latent].detach()  # [S, N, K]
+            with torch.no_grad():
+                clean = run_pass(module, x_in, num_particles=z.shape[0], z=z,
+                                 use_guide=False).clean
+                mean = clean.mean.mean(0)
+    finally:
+        module.train(was_training)
+    log_weights = z.new_full(z.shape[:2], -math.log(z.shape[0]))
+    return Imputation("nuts", torch.where(observed, x, mean), z, log_weights, observed)
+
+
+__all__ = ["METHODS", "SITES", "Imputation", "impute", "missing_log_likelihood", "nuts_impute"]
