@@ -52,8 +52,11 @@ def save_histograms(path: Path, scores: dict, aucs: dict) -> None:
 
     fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.4), squeeze=False)
     for ax, (trained_on, by_set) in zip(axes[0], scores.items(), strict=True):
+        every = torch.cat(list(by_set.values())).cpu()
+        bins = torch.linspace(float(every.min()), float(every.max()), 61).numpy()
         for name, values in by_set.items():
-            ax.hist(values.cpu().numpy(), bins=60, alpha=0.55, density=True, label=f"{name} test")
+            ax.hist(values.cpu().numpy(), bins=bins, alpha=0.55, density=True,
+                    label=f"{name} test")
         ax.set_title(f"VAE trained on {trained_on}: AUC {aucs[trained_on]:.3f}", fontsize=9)
         ax.set_xlabel("-log p(x) (nats)")
         ax.legend(fontsize=8)
