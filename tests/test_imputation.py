@@ -102,6 +102,9 @@ CHAINS = dict(num_sweeps=60, burn_in=20, num_chains=300)
         ("pseudo_gibbs", True, CHAINS),  # exact only because the guide is the exact posterior
         ("metropolis_gibbs", True, CHAINS),
         ("metropolis_gibbs", False, CHAINS),
+        # started from pseudo-Gibbs's (biased) law, the chain needs its own burn-in after it
+        ("metropolis_gibbs", False, dict(CHAINS, num_sweeps=100, burn_in=60,
+                                         pseudo_gibbs_warmup=10)),
         ("importance", True, dict(num_samples=20000, sample_chunk=5000)),
         ("importance", False, dict(num_samples=20000, sample_chunk=5000)),
     ],

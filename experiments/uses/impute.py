@@ -106,6 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-sweeps", type=int, default=100, help="chains: sweeps")
     parser.add_argument("--num-chains", type=int, default=1, help="chains per image")
     parser.add_argument("--num-samples", type=int, default=100, help="importance samples")
+    parser.add_argument("--pseudo-gibbs-warmup", type=int, default=0,
+                        help="metropolis_gibbs: first sweeps as pseudo-Gibbs (<= burn-in)")
     parser.add_argument("--num-fills", type=int, default=10, help="importance: R completions")
     parser.add_argument("--batch-size", type=int, default=250, help="images per call")
     parser.add_argument("--sample-chunk", type=int, default=50)
@@ -125,7 +127,8 @@ def run_method(model, x, observed, method, args):
         xb, ob = x[start:start + args.batch_size], observed[start:start + args.batch_size]
         result = impute(model, xb, ob, method, num_samples=args.num_samples,
                         num_sweeps=args.num_sweeps, num_chains=args.num_chains,
-                        sample_chunk=args.sample_chunk, num_fills=args.num_fills)
+                        sample_chunk=args.sample_chunk, num_fills=args.num_fills,
+                        pseudo_gibbs_warmup=args.pseudo_gibbs_warmup)
         means.append(result.mean)
         log_liks.append(missing_log_likelihood(model, result, xb, sample_chunk=args.sample_chunk))
         if method == "importance":
@@ -170,7 +173,7 @@ def main(argv=None) -> int:
                    "seconds": classifier_seconds, "error_true_images": error(x)},
                "settings": {k: getattr(args, k) for k in (
                    "num_sweeps", "num_chains", "num_samples", "num_fills", "batch_size",
-                   "sample_chunk", "seed")},
+                   "sample_chunk", "seed", "pseudo_gibbs_warmup")},
                "patterns": {}}
     for p_index, pattern in enumerate(args.patterns):
         observed = make_mask(pattern, x.shape[0], seed=args.seed + p_index).to(device)
