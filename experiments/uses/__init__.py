@@ -1,0 +1,1 @@
+"""What a trained VAE is for: imputation, denoising and anomaly scores (issue #15)."""

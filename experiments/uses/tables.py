@@ -1,0 +1,67 @@
+"""Markdown tables of the ``uses`` experiments from their JSON files (for results/uses/README.md).
+
+Example::
+
+    python -m experiments.uses.tables results/uses/impute_*/impute.json \
+        results/uses/anomaly/anomaly.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from experiments.common import read_json
+
+
+def impute_table(payloads: list[dict]) -> str:
+    lines = [
+        "| pattern | missing | method | log p(x_mis \\| x_obs) (nats/image) | per pixel "
+        "| class error | wall s | ESS / acceptance |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for payload in payloads:
+        for pattern, row in payload["patterns"].items():
+            lines.append(
+                f"| {pattern} | {row['missing_fraction']:.2f} | zero-filled (no imputation) "
+                f"| | | {row['class_error_zero_filled']:.3f} | | |")
+            for method, m in row["methods"].items():
+                extra = ""
+                if "median_effective_sample_size" in m:
+                    extra = f"ESS {m['median_effective_sample_size']:.1f}"
+                if "acceptance_rate" in m:
+                    extra = f"acc. {m['acceptance_rate']:.3f}"
+                lines.append(
+                    f"| {pattern} | | {method} | {m['missing_log_likelihood']:.1f} ± "
+                    f"{m['missing_log_likelihood_stderr']:.1f} "
+                    f"| {m['missing_log_likelihood_per_pixel']:.3f} | {m['class_error']:.3f} "
+                    f"| {m['seconds']:.0f} | {extra} |")
+    return "\n".join(lines)
+
+
+def anomaly_table(payload: dict) -> str:
+    lines = ["| model trained on | mean -log p(x), own test | mean -log p(x), other test "
+             "| AUC (other = positive) | wall s |", "|---|---:|---:|---:|---:|"]
+    for trained_on, row in payload["models"].items():
+        (other, auc), = row["auc"].items()
+        lines.append(f"| {trained_on} | {row['mean_nll'][trained_on]:.1f} "
+                     f"| {row['mean_nll'][other]:.1f} ({other}) | {auc:.3f} "
+                     f"| {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    impute = [read_json(f) for f in args.files if f.name == "impute.json"]
+    if impute:
+        print(impute_table(impute) + "\n")
+    for f in args.files:
+        if f.name == "anomaly.json":
+            print(anomaly_table(read_json(f)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

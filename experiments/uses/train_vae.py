@@ -1,0 +1,77 @@
+"""Train a VAE for the ``uses`` experiments within a wall-time budget and save a checkpoint.
+
+A Bernoulli VAE on dynamically binarised images (default 784-400-20 MLP, ReLU), Adam at
+1e-3, batch 100, stopped by :class:`pyrovae.infer.TimeBudget` after ``--minutes``; the
+checkpoint (``--out``/vae.pt) is what ``python -m experiments.uses.impute --checkpoint`` and
+``python -m experiments.uses.anomaly`` load with :func:`pyrovae.load_checkpoint`.
+
+Example (smoke)::
+
+    python -m experiments.uses.train_vae --train-size 300 --epochs 1 --out /tmp/uses_vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from experiments.common import add_device_argument, provenance, resolve_device, write_json
+from pyrovae.data import DynamicBinarized, load_dataset
+from pyrovae.infer import TimeBudget, fit, save_checkpoint
+from pyrovae.models.vae import VAE
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
+    parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[400])
+    parser.add_argument("--latent", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs")
+    parser.add_argument("--minutes", type=float, default=None, help="wall-time budget")
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="runs/uses/vae_mnist")
+    add_device_argument(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    torch.set_num_threads(args.threads)
+    pyro.enable_validation(False)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_dataset(args.dataset, "train", root=args.data_root)
+    x = train.x[: args.train_size].to(device)
+    model = VAE(data_dim=x.shape[1], latent_dim=args.latent, hidden_sizes=args.hidden,
+                arch=args.arch).to(device)
+    started = time.perf_counter()
+    history = fit(model, DynamicBinarized(x, args.seed), epochs=args.epochs,
+                  batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  callbacks=[TimeBudget(args.minutes)], checkpoint_dir=out / "fit")
+    wall = time.perf_counter() - started
+    info = {**provenance(device), "dataset": args.dataset, "arch": args.arch,
+            "hidden": args.hidden, "latent": args.latent, "epochs": len(history.epochs),
+            "final_loss_per_example": history.epochs[-1]["loss_per_example"],
+            "wall_seconds": wall}
+    save_checkpoint(out / "vae.pt", model.cpu(), history=history.epochs, **info)
+    write_json(out / "train.json", info)
+    print(f"trained {len(history.epochs)} epochs in {wall:.0f} s -> {out / 'vae.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
