@@ -14,7 +14,7 @@ CASES = {
         "headline",
         ["--dataset", "digits", "--eval-examples", "10", "--num-samples", "20",
          "--monitor-examples", "50", "--eval-every", "1"],
-        ["metrics.json", "elbo/last.pt", "iwae/last.pt", "curves.png"],
+        ["metrics.json", "elbo/last.pt", "iwae/last.pt", "curves.png", "table.md"],
     ),
     "latent2d": (
         "latent2d",
@@ -99,3 +99,19 @@ def test_evaluate_script_reloads_a_checkpoint(tmp_path):
     (result,) = json.loads((out / "metrics.json").read_text())["models"].values()
     assert result["num_examples"] == 30 and result["num_importance_samples"] == 10
     assert result["model_config"]["latent_dim"] == 2
+
+
+def test_headline_protocol_goes_on_across_invocations(tmp_path):
+    # A budget used up after the first epoch: the run stops there, unevaluated; the same
+    # command again resumes to the last epoch, then evaluates and fills the table.
+    args = ["--dataset", "digits", "--objectives", "elbo", "--epochs", "2", "--minutes", "1e-9",
+            "--eval-examples", "10", "--num-samples", "20", "--monitor-examples", "50",
+            "--compiled"]
+    first = run("headline", args, tmp_path)["runs"]["elbo"]
+    assert first["epochs"] == 1 and not first["complete"] and "test_subset" not in first
+    assert "not evaluated" in (tmp_path / "table.md").read_text()
+    second = run("headline", args, tmp_path)["runs"]["elbo"]
+    assert second["epochs"] == 2 and second["complete"]
+    assert second["evaluated_at_epoch"] == 2 and second["test_subset"]["num_examples"] == 10
+    assert [row["epoch"] for row in second["curve"]] == [0, 1]
+    assert "(K = 20, 10)" in (tmp_path / "table.md").read_text()

@@ -14,6 +14,17 @@ References:
     Y. Burda, R. Grosse and R. Salakhutdinov. Importance weighted autoencoders. ICLR 2016.
     D. P. Kingma and M. Welling. Auto-encoding variational Bayes. ICLR 2014.
 
+The whole protocol (3280 epochs) runs as a series of invocations with the same ``--out``: each
+trains every objective for its ``--minutes`` (a ``TimeBudget``; the run resumes from
+``OUT/OBJECTIVE/last.pt``), writes ``metrics.json``, ``curves.png`` and ``table.md``, and
+evaluates an objective (K-sample NLL) only once its training is complete (``--evaluate-partial``
+evaluates a stopped run too, for reports of how far a run got). On a GPU, with the compiled
+step, each invocation fits in a 10-minute slot::
+
+    python -m experiments.vae.headline --device cuda --compiled --objectives elbo iwae \
+        --iwae-k 50 --minutes 4.5 4.5 --eval-examples 10000 --num-samples 5000 \
+        --out runs/vae_headline_full      # repeat until table.md shows both NLLs
+
 Example (smoke)::
 
     python -m experiments.vae.headline --train-size 500 --test-size 200 --epochs 1 \
@@ -23,11 +34,12 @@ Example (smoke)::
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 import torch
 
-from experiments.common import command_line, provenance, write_json
+from experiments.common import command_line, provenance, read_json, write_json
 from experiments.figures import pyplot, save_figure
 from experiments.vae.common import (
     add_common_args,
@@ -39,6 +51,8 @@ from experiments.vae.common import (
     train,
 )
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
+
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-examples", type=int, default=2000,
                         help="seeded test subset for the K-sample NLL (10000: all)")
     parser.add_argument("--num-samples", type=int, default=5000, help="K for the test NLL")
+    parser.add_argument("--compiled", action="store_true",
+                        help="fit(compiled=True): graph-safe objective, a CUDA graph on a GPU")
+    parser.add_argument("--evaluate-partial", action="store_true",
+                        help="evaluate an objective whose training stopped before --epochs")
     return parser.parse_args(argv)
 
 
@@ -95,9 +113,17 @@ def run_objective(args, data, objective: str, minutes, out, metrics: dict, eval_
         device=args.device,
         callbacks=[test_elbo_callback(model, monitor, every=args.eval_every)],
         config={"command": command_line()},
+        compiled=args.compiled,
     )
-    entry["train_wall_seconds"] = wall
+    entry["train_wall_seconds"] = entry.get("train_wall_seconds", 0.0) + wall
+    entry["complete"] = len(history.epochs) >= args.epochs
     write_json(out / "metrics.json", metrics)
+    if not (entry["complete"] or args.evaluate_partial):
+        logger.info("%s: stopped at epoch %d of %d; run again with the same --out to go on",
+                    objective, len(history.epochs), args.epochs)
+        return
+    if entry.get("evaluated_at_epoch") == len(history.epochs):
+        return  # this state was evaluated by an earlier invocation
 
     started = time.perf_counter()
     x_eval = data.test_x[eval_idx]
@@ -115,6 +141,7 @@ def run_objective(args, data, objective: str, minutes, out, metrics: dict, eval_
     )
     entry["test_subset"] = subset
     entry["eval_seconds"] = time.perf_counter() - started
+    entry["evaluated_at_epoch"] = len(history.epochs)
     torch.save({"index": eval_idx.cpu(), "log_likelihood": log_px.cpu()},
                out / objective / "log_px.pt")
     write_json(out / "metrics.json", metrics)
@@ -166,11 +193,45 @@ def main(argv=None) -> None:
             if len(eval_idx) < n_test else "all test images"
         ),
         anchors_nats={"burda2016_vae_k1": 86.76, "burda2016_iwae_k50": 84.78},
-        runs={},
+        runs=earlier_runs(out / "metrics.json"),
     )
     for objective, budget in zip(args.objectives, minutes, strict=True):
         run_objective(args, data, objective, budget, out, metrics, eval_idx)
         plot_curves(metrics, out / "curves.png")
+        (out / "table.md").write_text(markdown_table(metrics))
+
+
+def earlier_runs(path) -> dict:
+    """The ``runs`` of an earlier invocation's metrics.json (its evaluations are kept)."""
+    return read_json(path).get("runs", {}) if path.exists() else {}
+
+
+def markdown_table(metrics: dict) -> str:
+    """The README's headline table from metrics.json: one row per objective."""
+    lines = [
+        "| objective | epochs | train wall | test ELBO (rec, KL) | NLL (K, images) | anchor |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    anchors = metrics["anchors_nats"]
+    for name, run in metrics["runs"].items():
+        k = run.get("num_particles", 1)
+        label = f"IWAE bound, k = {k}" if name == "iwae" else "ELBO (1 sample)"
+        anchor = anchors["burda2016_iwae_k50"] if name == "iwae" else anchors["burda2016_vae_k1"]
+        full, sub = run.get("test_full"), run.get("test_subset")
+        elbo = (
+            f"{full['elbo']:.2f} ({full['reconstruction']:.2f}, {full['kl']:.2f})" if full else "—"
+        )
+        nll = (
+            f"{sub['nll']:.2f} ± {sub['nll_stderr'] or 0:.2f} "
+            f"(K = {sub['num_importance_samples']}, {sub['num_examples']})"
+            if sub else "not evaluated"
+        )
+        done = "" if run.get("complete") else " (stopped)"
+        lines.append(
+            f"| {label} | {run.get('epochs', 0)}{done} | "
+            f"{run.get('train_wall_seconds', 0) / 60:.1f} min | {elbo} | {nll} | {anchor} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
