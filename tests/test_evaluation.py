@@ -1,5 +1,6 @@
 """Evaluation against exact answers: PPCA's log-marginal and closed-form ELBO."""
 
+import pyro
 import pytest
 import torch
 
@@ -91,3 +92,24 @@ def test_evaluate_reports_consistent_terms():
     # in expectation; 3 standard errors over the 30 images allow for Monte-Carlo noise.
     assert metrics["log_likelihood"] > metrics["elbo"] - 3 * metrics["nll_stderr"]
     assert "nll" not in evaluate(vae, x, num_samples=0)
+
+
+def test_sample_chunk_is_sized_to_free_memory():
+    from pyrovae.infer.evaluation import sample_chunk_for
+
+    x = torch.zeros(1000, 784)
+    assert sample_chunk_for(x, 5000, 100) == 100  # CPU: the fixed default
+    # 4 GiB free, a quarter used, 16 float32 values of 784 per sample and row, rows of 100:
+    assert sample_chunk_for(x, 5000, 100, free_bytes=4 * 2**30) == 2**30 // (16 * 784 * 4 * 100)
+    assert sample_chunk_for(x, 50, 100, free_bytes=4 * 2**30) == 50  # never more than K
+    assert sample_chunk_for(x, 5000, 100, free_bytes=1000) == 1  # at least one
+
+
+def test_auto_chunk_gives_the_same_estimate():
+    vae = VAE(data_dim=6, latent_dim=2, hidden_sizes=[5])
+    x = (torch.rand(7, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    pyro.set_rng_seed(3)
+    fixed = importance_nll(vae, x, num_samples=40, sample_chunk=40)
+    pyro.set_rng_seed(3)
+    auto = importance_nll(vae, x, num_samples=40, sample_chunk="auto")
+    assert torch.equal(fixed, auto)  # CPU: auto = min(100, K) = 40, the same draws

@@ -130,7 +130,8 @@ def run_objective(args, data, objective: str, minutes, out, metrics: dict, eval_
     entry["test_full"] = elbo_terms(model, data.test_x, num_samples=10).summary()
     entry["test_full"]["num_examples"] = int(data.test_x.shape[0])
     subset = elbo_terms(model, x_eval, num_samples=10).summary()
-    log_px = importance_nll(model, x_eval, num_samples=args.num_samples, sample_chunk=500,
+    chunk = 500 if x_eval.device.type == "cpu" else "auto"  # auto: sized to the GPU's memory
+    log_px = importance_nll(model, x_eval, num_samples=args.num_samples, sample_chunk=chunk,
                             batch_size=100)
     subset.update(
         log_likelihood=float(log_px.mean()),

@@ -116,12 +116,31 @@ def elbo_terms(
     return ELBOTerms(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
 
 
+def sample_chunk_for(
+    x: torch.Tensor, num_samples: int, batch_size: int, free_bytes: int | None = None
+) -> int:
+    """How many importance samples to draw at once for rows of ``x``, sized to free memory.
+
+    On CUDA the chunk uses about a quarter of the device's free memory (``free_bytes``, default
+    ``torch.cuda.mem_get_info``), counting ~16 values of the data's width per sample and row
+    (the expanded data, the decoder's activations and log-densities); elsewhere it is 100, which
+    keeps a CPU evaluation's memory near a few hundred MiB for MNIST.
+    """
+    if free_bytes is None:
+        if x.device.type != "cuda":
+            return min(100, num_samples)
+        free_bytes = torch.cuda.mem_get_info(x.device)[0]
+    width = max(1, x[0].numel() if x.dim() > 0 and x.shape[0] > 0 else 1)
+    per_sample = 16 * width * x.element_size() * max(1, min(batch_size, x.shape[0]))
+    return int(max(1, min(num_samples, (free_bytes // 4) // per_sample)))
+
+
 @torch.no_grad()
 def importance_nll(
     module,
     x: torch.Tensor,
     num_samples: int = 5000,
-    sample_chunk: int = 100,
+    sample_chunk: int | str = 100,
     batch_size: int = 500,
 ) -> torch.Tensor:
     """Importance-sampled ``log p(x_n)`` for every row of ``x``: Tensor [N] (nats).
@@ -130,8 +149,11 @@ def importance_nll(
     model and guide in a fresh param scope and in eval mode. The estimate is the K-sample IWAE
     bound with K = ``num_samples`` (default 5000): below ``log p(x)`` in expectation, never below
     the ELBO in expectation, and tending to ``log p(x)`` as K grows. The NLL is its negative.
-    Memory is O(sample_chunk x batch_size x D).
+    Memory is O(sample_chunk x batch_size x D); ``sample_chunk="auto"`` sizes the chunk to the
+    device's free memory (:func:`sample_chunk_for`).
     """
+    if sample_chunk == "auto":
+        sample_chunk = sample_chunk_for(x, num_samples, batch_size)
     was_training = module.training
     module.eval()
     try:
