@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pyrovae.data.sketches import stroke5_to_stroke3
 
@@ -49,6 +50,9 @@ def save_interpolation(path: Path, ends, decoded, title: str) -> Path:
     """The two end sketches, then the decodings along the line between their latent means."""
     x_ends, l_ends = ends
     x, lengths = decoded
-    row = (torch.cat([x_ends[:1, : x.shape[1]], x, x_ends[1:, : x.shape[1]]]),
-           torch.cat([l_ends[:1].clamp(max=x.shape[1]), lengths, l_ends[1:].clamp(max=x.shape[1])]))
+    steps = max(x.shape[1], x_ends.shape[1])
+    x, x_ends = (F.pad(t, (0, 0, 0, steps - t.shape[1]), value=0.0) for t in (x, x_ends))
+    x[:, decoded[0].shape[1]:, 4] = 1.0  # padded rows are end rows
+    x_ends[:, ends[0].shape[1]:, 4] = 1.0
+    row = (torch.cat([x_ends[:1], x, x_ends[1:]]), torch.cat([l_ends[:1], lengths, l_ends[1:]]))
     return save_sketch_grid(path, [row], ["test A | interpolation (tau=0.1) | test B"], title)

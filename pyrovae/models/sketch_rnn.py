@@ -393,11 +393,16 @@ class SketchRNN(ConfigurableModule):
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` sketches from the prior: ``z ~ N(0, I)``, then :meth:`decode`."""
+        """``n`` sketches from the prior: ``z ~ N(0, I)``, then :meth:`decode`.
+
+        ``generator`` (default: the global RNG) must live on the model's device, as in
+        :meth:`decode` and :meth:`reconstruct`.
+        """
         check_positive_int(n, "n")
         like = self.head.weight
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=like.dtype)
-        return self.decode(z.to(like.device), temperature, generator=generator)
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=like.dtype,
+                        device=like.device)
+        return self.decode(z, temperature, generator=generator)
 
 
 def _categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
