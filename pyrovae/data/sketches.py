@@ -22,6 +22,7 @@ paper's normalisation), computed after the length filter.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -127,15 +128,24 @@ def load_stroke3(
     The md5 is checked (by :func:`sketch_file`) before anything is unpickled.
     """
     path = sketch_file(name, root, download)
-    data = path.read_bytes()
-    if _md5(data) != SKETCH_DATASETS[name][1]:  # the file changed between check and read
+    splits = _decoded(str(path.resolve()), SKETCH_DATASETS[name][1])
+    return {split: list(sketches) for split, sketches in splits.items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _decoded(path: str, expected_md5: str) -> dict[str, tuple[np.ndarray, ...]]:
+    """Unpickled splits of a file, read-only, cached per process (the caller checked the md5;
+    the bytes read here are checked again before unpickling)."""
+    data = Path(path).read_bytes()
+    if _md5(data) != expected_md5:  # the file changed between the check and this read
         raise ChecksumError(f"{path} changed while it was read; it was not unpickled")
     with np.load(io.BytesIO(data), encoding="latin1", allow_pickle=True) as npz:
-        splits = {split: [np.asarray(s) for s in npz[split]] for split in SPLITS}
+        splits = {split: tuple(np.asarray(s) for s in npz[split]) for split in SPLITS}
     for split, sketches in splits.items():
         for s in sketches:
             if s.ndim != 2 or s.shape[1] != 3:
                 raise ValueError(f"{path}: {split} holds an array of shape {s.shape}, not [L, 3]")
+            s.flags.writeable = False
     return splits
 
 
