@@ -34,6 +34,7 @@ from pyrovae.data.mnist import (
     ensure_files,
     load_mnist_arrays,
 )
+from pyrovae.data.sketches import SketchData, load_sketches
 from pyrovae.data.streams import LabelledStream, M1Codes, encode_in_chunks
 from pyrovae.data.transforms import (
     DynamicBinarized,
@@ -52,6 +53,7 @@ __all__ = [
     "ImageData",
     "LabelledStream",
     "M1Codes",
+    "SketchData",
     "SplitIndices",
     "binarize",
     "data_root",
@@ -59,6 +61,7 @@ __all__ = [
     "ensure_files",
     "labelled_split",
     "load_dataset",
+    "load_sketches",
     "read_idx",
     "threshold",
 ]

@@ -6,6 +6,7 @@ from .ica import ICA, match_components
 from .m2 import M2
 from .nmf import NMF
 from .ppca import PPCA, PPCAParams
+from .sketch_rnn import SketchRNN
 from .vae import VAE
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "match_components",
     "PPCA",
     "PPCAParams",
+    "SketchRNN",
     "VAE",
     "data_plate",
     "take",
