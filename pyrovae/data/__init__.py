@@ -34,6 +34,7 @@ from pyrovae.data.mnist import (
     ensure_files,
     load_mnist_arrays,
 )
+from pyrovae.data.smiles import SmilesVocabulary, load_smiles
 from pyrovae.data.transforms import (
     DynamicBinarized,
     SplitIndices,
@@ -49,12 +50,14 @@ __all__ = [
     "DynamicBinarized",
     "IDXError",
     "ImageData",
+    "SmilesVocabulary",
     "SplitIndices",
     "binarize",
     "data_root",
     "ensure_files",
     "labelled_split",
     "load_dataset",
+    "load_smiles",
     "read_idx",
     "threshold",
 ]

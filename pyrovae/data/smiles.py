@@ -13,9 +13,10 @@ Tokens: a SMILES string is split by a regular expression into chemically meaning
 rather than characters: a bracket atom (``[nH]``, ``[C@@H]``, ``[N+]``) is one token, as are the
 two-letter organic atoms ``Cl`` and ``Br`` and two-digit ring closures (``%10``). A character
 model must learn to close brackets and never to emit ``l`` without ``C``; with these tokens
-such strings cannot be written, and the sequences are shorter (MOSES: at most 57 tokens, 57
-characters → the longest train molecule). Every string is checked to be the concatenation of
-its tokens, so encoding never loses a character.
+such strings cannot be written, and sequences get shorter. On the MOSES training split the
+vocabulary has 24 tokens besides ``<pad>``, ``<bos>`` and ``<eos>`` (``[nH]`` and ``[H]`` the
+only bracket atoms). Every string is checked to be the concatenation of its tokens, so encoding
+never loses a character.
 
 Usage::
 

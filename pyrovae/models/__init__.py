@@ -6,6 +6,7 @@ from .ica import ICA, match_components
 from .m2 import M2
 from .nmf import NMF
 from .ppca import PPCA, PPCAParams
+from .smiles_vae import SMILESVAE
 from .vae import VAE
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "match_components",
     "PPCA",
     "PPCAParams",
+    "SMILESVAE",
     "VAE",
     "data_plate",
     "take",
