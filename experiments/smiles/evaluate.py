@@ -73,7 +73,9 @@ def save_interpolation(path: Path, smiles: list[str], legends: list[str]) -> Non
     from rdkit import Chem
     from rdkit.Chem import Draw
 
-    molecules = [chem.to_molecule(s) or Chem.Mol() for s in smiles]
+    # RDKit draws no legend under an empty molecule: an invalid string is shown as one dummy
+    # atom "*" with its legend, which says it is invalid.
+    molecules = [chem.to_molecule(s) or Chem.MolFromSmiles("*") for s in smiles]
     image = Draw.MolsToGridImage(
         molecules, molsPerRow=min(len(molecules), 5), subImgSize=(260, 220), legends=legends
     )
@@ -165,7 +167,7 @@ def main(argv=None) -> None:
     weights = torch.linspace(0, 1, args.steps, device=codes.device).unsqueeze(-1)
     path = (1 - weights) * codes[0] + weights * codes[1]
     line = model.decode(path, greedy=True)
-    legends = [f"t={float(w):.2f}" + ("" if chem.to_molecule(s) else " (invalid)")
+    legends = [f"t={float(w):.2f}" + ("" if chem.to_molecule(s) else f" invalid: {s[:24]}")
                for w, s in zip(weights[:, 0], line, strict=True)]
     save_interpolation(args.out / "interpolation.png", [ends[0], *line, ends[1]],
                        ["start (input)", *legends, "end (input)"])
