@@ -273,5 +273,7 @@ def test_train_and_evaluate_scripts_run_and_resume(tmp_path):
     assert result["metrics"]["reconstructed_molecules"] == 10
     assert 0.0 <= result["metrics"]["validity"] <= 1.0
     assert result["checkpoint_epoch"] == 2
+    assert 0 <= result["metrics"]["active_units"] <= 3
+    assert result["metrics"]["test_kl_per_molecule"] >= 0
     for name in ("interpolation.png", "latent_pca_logp.png", "samples.txt"):
         assert (evaluation / name).stat().st_size > 0

@@ -5,6 +5,7 @@ novelty (against the whole MOSES training split) of ``--samples`` molecules draw
 ``z ~ N(0, I)`` and temperature-``--temperature`` decoding; internal diversity of the valid
 samples (Morgan fingerprints, radius 2, 1024 bits); greedy reconstruction accuracy of
 ``--reconstruct`` test molecules from the guide's mean; a one-sample ELBO estimate on them.
+Also the guide's KL to the prior and its active units (posterior collapse).
 Figures: molecules decoded along the line between two test molecules' codes, and a PCA of test
 codes coloured by logP (or QED).
 
@@ -153,8 +154,18 @@ def main(argv=None) -> None:
             model.model, model.guide, tokens.to(device), lengths.to(device)
         )
         model.kl_weight.fill_(weight)
+    loc, scale = model.encode((tokens.to(device), lengths.to(device)))
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Normal(loc, scale), torch.distributions.Normal(0.0, 1.0)
+    ).sum(-1)
     metrics |= {
         "reconstruction_accuracy": chem.reconstruction_accuracy(targets, decoded),
+        # Posterior collapse shows here: KL(q(z|x) || p(z)) in nats, and the active units of
+        # Burda et al. (2016), latent dimensions whose guide mean varies across molecules
+        # (variance > 0.01).
+        "test_kl_per_molecule": float(kl.mean()),
+        "active_units": int((loc.var(dim=0) > 0.01).sum()),
+        "latent_dim": model.latent_dim,
         "reconstructed_molecules": len(targets),
         "test_molecules_outside_vocabulary": len(pool) - len(covered),
         "test_elbo_per_molecule_one_sample": elbo / len(targets),
