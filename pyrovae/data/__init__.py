@@ -35,6 +35,7 @@ from pyrovae.data.mnist import (
     load_mnist_arrays,
 )
 from pyrovae.data.sketches import SketchData, load_sketches
+from pyrovae.data.smiles import SmilesVocabulary, load_smiles
 from pyrovae.data.streams import LabelledStream, M1Codes, encode_in_chunks
 from pyrovae.data.transforms import (
     DynamicBinarized,
@@ -54,6 +55,7 @@ __all__ = [
     "LabelledStream",
     "M1Codes",
     "SketchData",
+    "SmilesVocabulary",
     "SplitIndices",
     "binarize",
     "data_root",
@@ -62,6 +64,7 @@ __all__ = [
     "labelled_split",
     "load_dataset",
     "load_sketches",
+    "load_smiles",
     "read_idx",
     "threshold",
 ]

@@ -7,6 +7,7 @@ from .m2 import M2
 from .nmf import NMF
 from .ppca import PPCA, PPCAParams
 from .sketch_rnn import SketchRNN
+from .smiles_vae import SMILESVAE
 from .vae import VAE
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "PPCA",
     "PPCAParams",
     "SketchRNN",
+    "SMILESVAE",
     "VAE",
     "data_plate",
     "take",

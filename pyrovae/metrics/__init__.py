@@ -1,0 +1,1 @@
+"""Evaluation metrics that need optional packages (imported lazily by each submodule)."""
