@@ -122,6 +122,11 @@ def _feed(digest, obj: Any) -> None:
         digest.update(f"{type(obj).__name__}{len(obj)}".encode())
         for value in obj:
             _feed(digest, value)
+    elif isinstance(obj, torch.nn.Module):
+        # A user's own network in a model's config: its pickle is not byte-stable across a
+        # save and load (hooks, storages), its class and weights are.
+        digest.update(f"M{class_path(obj)}".encode())
+        _feed(digest, dict(obj.state_dict()))
     else:
         digest.update(pickle.dumps(obj, protocol=4))
 
