@@ -21,7 +21,8 @@ from pyrovae.data.smiles import (
     load_smiles,
     tokenize,
 )
-from pyrovae.models.smiles_vae import SMILESVAE, KLAnnealing, reverse_within_length
+from pyrovae.models.sequence import reverse_within_length
+from pyrovae.models.smiles_vae import SMILESVAE, KLAnnealing
 
 # Hand-made molecules covering every kind of token: bracket atoms, Cl/Br, rings, bonds, charges.
 MOLECULES = [

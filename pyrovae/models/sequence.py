@@ -17,7 +17,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 
-__all__ = ["masked_sequence", "step_mask"]
+__all__ = ["masked_sequence", "reverse_within_length", "step_mask"]
 
 
 def step_mask(lengths: torch.Tensor, num_steps: int) -> torch.Tensor:
@@ -33,3 +33,17 @@ def masked_sequence(step_dist: dist.TorchDistribution, mask: torch.Tensor):
     ``sum_t mask[n, t] * step_dist.log_prob(value)[..., n, t]``.
     """
     return step_dist.mask(mask).to_event(1)
+
+
+def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row's first ``lengths[n]`` steps reversed, the padding after them left in place.
+
+    ``x`` is ``[N, T]`` or ``[N, T, E]``: a backward RNN reads every sequence from its own last
+    step, with no packing, no loop over rows and no host sync (a gather).
+    """
+    steps = torch.arange(x.shape[1], device=x.device)
+    inside = steps < lengths.unsqueeze(-1)
+    index = torch.where(inside, lengths.unsqueeze(-1) - 1 - steps, steps)
+    if x.dim() == 3:
+        index = index.unsqueeze(-1).expand_as(x)
+    return x.gather(1, index)

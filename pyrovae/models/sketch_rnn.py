@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from .base import ConfigurableModule, check_positive_int, data_plate, take
-from .sequence import masked_sequence, step_mask
+from .sequence import masked_sequence, reverse_within_length, step_mask
 
 __all__ = ["PEN_LOSSES", "SketchRNN", "bivariate_normal_log_prob", "kl_annealing"]
 
@@ -77,10 +77,8 @@ class _Encoder(nn.Module):
         self.head = nn.Linear(2 * hidden_size, 2 * latent_dim)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
-        steps = torch.arange(x.shape[-2], device=x.device)
         last = (lengths - 1).clamp(min=0)
-        reverse = torch.where(steps < lengths.unsqueeze(-1), last.unsqueeze(-1) - steps, steps)
-        x_reversed = x.gather(-2, reverse.unsqueeze(-1).expand_as(x))
+        x_reversed = reverse_within_length(x, lengths)
         index = last.view(-1, 1, 1)
         h_forward = self.forward_rnn(x)[0]
         h_backward = self.backward_rnn(x_reversed)[0]

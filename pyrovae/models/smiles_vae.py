@@ -29,24 +29,7 @@ from torch import Tensor, nn
 from pyrovae.data.smiles import SmilesVocabulary
 
 from .base import ConfigurableModule, check_positive_int, data_plate, take
-
-
-def step_mask(lengths: Tensor, steps: int) -> Tensor:
-    """``[N, steps]`` bool: True at the first ``lengths[n]`` steps of row ``n``."""
-    return torch.arange(steps, device=lengths.device) < lengths.unsqueeze(-1)
-
-
-def reverse_within_length(tokens: Tensor, lengths: Tensor) -> Tensor:
-    """Each row's first ``lengths[n]`` entries reversed, the padding after them left in place.
-
-    ``tokens`` [N, T] (or [N, T, E]); a gather, no loop over rows and no host sync.
-    """
-    steps = tokens.shape[1]
-    t = torch.arange(steps, device=tokens.device)
-    index = torch.where(t < lengths.unsqueeze(-1), lengths.unsqueeze(-1) - 1 - t, t)
-    if tokens.dim() == 3:
-        index = index.unsqueeze(-1).expand_as(tokens)
-    return tokens.gather(1, index)
+from .sequence import masked_sequence, reverse_within_length, step_mask
 
 
 class SMILESVAE(ConfigurableModule):
@@ -183,7 +166,7 @@ class SMILESVAE(ConfigurableModule):
             logits = self.decoder_logits(z, tb)
             mask = step_mask(lb, logits.shape[-2])
             pyro.sample(
-                "x", dist.Categorical(logits=logits).mask(mask).to_event(1), obs=tb[:, 1:]
+                "x", masked_sequence(dist.Categorical(logits=logits), mask), obs=tb[:, 1:]
             )
 
     def guide(self, tokens: Tensor, lengths: Tensor, subsample: Tensor | None = None) -> None:
