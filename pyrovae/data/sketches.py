@@ -33,12 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyrovae.data.download import checked_file
 from pyrovae.data.mnist import (
     ChecksumError,
-    DatasetNotFoundError,
-    _fetch,
     _md5,
-    _write_atomically,
     data_root,
 )
 
@@ -87,37 +85,13 @@ def sketch_file(
     """
     relative, expected = SKETCH_DATASETS[_check_name(name)]
     path = data_root(root) / FOLDER / relative
-    if not path.is_file():
-        if not download:
-            raise DatasetNotFoundError(
-                f"{path} is missing (download=False). Copy {relative} from "
-                f"{SKETCH_URL} there, or set PYROVAE_DATA (or pass root=) to a folder that "
-                f"contains {FOLDER}/{relative}."
-            )
-        url = SKETCH_URL + relative
-        logger.info("downloading %s", url)
-        try:
-            payload = _fetch(url, DOWNLOAD_TIMEOUT_S)
-        except OSError as error:  # URLError and socket timeouts are OSErrors
-            raise DatasetNotFoundError(
-                f"{path} is missing and {url} could not be downloaded ({error}). Copy the file "
-                f"there, or set PYROVAE_DATA (or pass root=) to a folder that contains "
-                f"{FOLDER}/{relative}."
-            ) from error
-        actual = _md5(payload)
-        if actual != expected:
-            raise ChecksumError(
-                f"download of {url} has md5 {actual}, expected {expected}; it was discarded"
-            )
-        _write_atomically(path, payload)
-        logger.info("saved %s", path)
-    actual = _md5(path)
-    if actual != expected:
-        raise ChecksumError(
-            f"{path} has md5 {actual}, expected {expected}; it was not unpickled. "
-            "Delete it to download it again."
-        )
-    return path
+    return checked_file(
+        path, SKETCH_URL + relative, expected, download=download,
+        missing=lambda reason: (
+            f"{path} is missing ({reason}). Copy {relative} from {SKETCH_URL} there, or set "
+            f"PYROVAE_DATA (or pass root=) to a folder that contains {FOLDER}/{relative}."
+        ),
+    )
 
 
 def load_stroke3(

@@ -44,13 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyrovae.data.download import checked_file
 from pyrovae.data.mnist import (
-    DOWNLOAD_TIMEOUT_S,
-    ChecksumError,
-    DatasetNotFoundError,
-    _fetch,
-    _md5,
-    _write_atomically,
     data_root,
 )
 
@@ -121,32 +116,14 @@ def ensure_moses(
     file_name = _file_name(split)
     path = data_root(root) / MOSES_FOLDER / file_name
     expected = MOSES_MD5SUMS[file_name]
-    if not path.is_file():
-        url = MOSES_URL + file_name
-        hint = (
-            f"MOSES file {path} is missing ({{reason}}). Download {url} to that path, or set "
+    url = MOSES_URL + file_name
+    return checked_file(
+        path, url, expected, download=download,
+        missing=lambda reason: (
+            f"MOSES file {path} is missing ({reason}). Download {url} to that path, or set "
             f"PYROVAE_DATA (or pass root=) to a folder holding {MOSES_FOLDER}/{file_name}."
-        )
-        if not download:
-            raise DatasetNotFoundError(hint.format(reason="download=False"))
-        logger.info("downloading %s", url)
-        try:
-            payload = _fetch(url, DOWNLOAD_TIMEOUT_S)
-        except OSError as error:  # urllib's errors, timeouts and unreachable hosts
-            raise DatasetNotFoundError(hint.format(reason=f"download failed: {error}")) from error
-        actual = _md5(payload)
-        if actual != expected:
-            raise ChecksumError(
-                f"download of {url} has md5 {actual}, expected {expected}; it was discarded"
-            )
-        _write_atomically(path, payload)
-        logger.info("saved %s", path)
-    actual = _md5(path)
-    if actual != expected:
-        raise ChecksumError(
-            f"{path} has md5 {actual}, expected {expected}; delete it to download it again"
-        )
-    return path
+        ),
+    )
 
 
 @functools.lru_cache(maxsize=4)
