@@ -273,7 +273,7 @@ def test_missing_file_offline_and_bad_download(tmp_path, monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(download, "_fetch", offline)
-    with pytest.raises(DatasetNotFoundError, match="could not be downloaded"):
+    with pytest.raises(DatasetNotFoundError, match="download failed: network unreachable"):
         load_stroke3("kanji", root=tmp_path)
     monkeypatch.setattr(download, "_fetch", lambda url, timeout: _fake_npz())
     with pytest.raises(ChecksumError, match="discarded"):
