@@ -31,8 +31,8 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam, pyro_method
 
 from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
-from .linear_gaussian import LinearGaussianGuide, exact_posterior
-from .ppca import _sample_linear_gaussian, gaussian_log_density
+from .linear_gaussian import LinearGaussianModel, exact_posterior
+from .ppca import gaussian_log_density
 
 
 class FAParams(NamedTuple):
@@ -64,7 +64,7 @@ def posterior(x: torch.Tensor, params: FAParams) -> tuple[torch.Tensor, torch.Te
     return exact.mean(x), exact.cov
 
 
-class FactorAnalysis(LinearGaussianGuide, ConfigurableModule):
+class FactorAnalysis(LinearGaussianModel, ConfigurableModule):
     """Factor analysis as a Pyro model/guide pair with an amortised linear-Gaussian guide.
 
     Model: ``z ~ N(0, I_K)``, ``x | z ~ N(W z + mu, diag(psi))``; learnable ``W`` [D, K],
@@ -128,24 +128,8 @@ class FactorAnalysis(LinearGaussianGuide, ConfigurableModule):
         """The learned :class:`FAParams` (detached)."""
         return FAParams(self.W.detach(), self.mu.detach(), self.psi.detach())
 
-    @torch.no_grad()
-    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact ``log p(x_n)`` under the learned parameters, for each row of ``x``: [N]."""
-        return log_marginal(x, self.params())
+    marginal = staticmethod(log_marginal)
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The mean ``E[x | z] = W z + mu`` [..., D] for ``z`` [..., K]."""
-        return z @ self.W.detach().T + self.mu.detach()
-
-    @torch.no_grad()
-    def sample(
-        self, num_samples: int, mean: bool = True, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """``z ~ N(0, I)``, then ``E[x | z]`` (default) or a draw of ``x``: [num_samples, D]."""
-        return _sample_linear_gaussian(self, num_samples, mean, generator, self.psi.sqrt())
-
-    @torch.no_grad()
-    def set_guide_to_posterior(self) -> None:
-        """Make the guide the exact posterior of the current parameters."""
-        self.set_guide(exact_posterior(*self.params()))
+    @property
+    def noise_variance(self) -> torch.Tensor:
+        return self.psi

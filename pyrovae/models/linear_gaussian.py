@@ -21,7 +21,14 @@ import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroParam, pyro_method
 
-from .base import check_data, check_finite, check_once, data_plate, take
+from .base import (
+    check_data,
+    check_finite,
+    check_once,
+    check_positive_int,
+    data_plate,
+    take,
+)
 
 
 class AffineGaussian(NamedTuple):
@@ -113,3 +120,52 @@ class LinearGaussianGuide:
         """Check the shape of ``x`` and that its values are finite, now."""
         check_data(x, self.data_dim)
         check_finite(x)
+
+
+class LinearGaussianModel(LinearGaussianGuide):
+    """What PPCA and factor analysis share beyond the guide: ``z ~ N(0, I)``,
+    ``x | z ~ N(W z + mu, diag noise)`` with the exact marginal and posterior.
+
+    The class sets ``marginal`` (``fn(x, params) -> log p(x) [N]``) and ``noise_variance``
+    (sigma^2 or psi), and has ``params()`` returning ``(W, mu, noise)``.
+    """
+
+    marginal = None
+
+    @property
+    def noise_variance(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact ``log p(x_n)`` under the learned parameters, for each row of ``x``: [N]."""
+        check_data(x, self.data_dim)
+        return type(self).marginal(x, self.params())
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The mean ``E[x | z] = W z + mu`` [..., D] for ``z`` [..., K]."""
+        return z @ self.W.detach().T + self.mu.detach()
+
+    @torch.no_grad()
+    def sample(
+        self, num_samples: int, mean: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``z ~ N(0, I)``, then ``E[x | z]`` (default) or a draw of ``x``: [num_samples, D].
+
+        The draws use ``generator`` (default: torch's) on the CPU, then move to the model's
+        device, so a seeded sample is the same on every device.
+        """
+        check_positive_int(num_samples, "num_samples")
+        like = self.mu
+        z = torch.randn(num_samples, self.latent_dim, generator=generator, dtype=like.dtype)
+        x = self.decode(z.to(like.device))
+        if mean:
+            return x
+        noise = torch.randn(x.shape, generator=generator, dtype=like.dtype).to(like.device)
+        return x + self.noise_variance.detach().sqrt() * noise
+
+    @torch.no_grad()
+    def set_guide_to_posterior(self, params=None) -> None:
+        """Make the guide the exact posterior of ``params`` (default: the model's own)."""
+        self.set_guide(exact_posterior(*(self.params() if params is None else params)))

@@ -29,7 +29,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam, pyro_method
 
 from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
-from .linear_gaussian import LinearGaussianGuide, exact_posterior
+from .linear_gaussian import LinearGaussianModel, exact_posterior
 
 
 class PPCAParams(NamedTuple):
@@ -139,7 +139,7 @@ def elbo_closed_form(
     return expected_loglik - kl
 
 
-class PPCA(LinearGaussianGuide, ConfigurableModule):
+class PPCA(LinearGaussianModel, ConfigurableModule):
     """Probabilistic PCA as a Pyro model/guide pair with an amortised linear-Gaussian guide.
 
     Model: ``z ~ N(0, I_K)``, ``x | z ~ N(W z + mu, sigma2 I_D)``; learnable ``W`` [D, K],
@@ -189,37 +189,8 @@ class PPCA(LinearGaussianGuide, ConfigurableModule):
         """The learned ``PPCAParams`` (detached)."""
         return PPCAParams(self.W.detach(), self.mu.detach(), self.sigma2.detach())
 
-    @torch.no_grad()
-    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact ``log p(x_n)`` under the learned parameters, for each row of ``x``: [N]."""
-        check_data(x, self.data_dim)
-        return log_marginal(x, self.params())
+    marginal = staticmethod(log_marginal)
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The mean ``E[x | z] = W z + mu`` [..., D] for ``z`` [..., K]."""
-        return z @ self.W.detach().T + self.mu.detach()
-
-    @torch.no_grad()
-    def sample(
-        self, num_samples: int, mean: bool = True, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """``z ~ N(0, I)``, then ``E[x | z]`` (default) or a draw of ``x``: [num_samples, D]."""
-        return _sample_linear_gaussian(self, num_samples, mean, generator, self.sigma2.sqrt())
-
-    @torch.no_grad()
-    def set_guide_to_posterior(self, params: PPCAParams | None = None) -> None:
-        """Make the guide the exact posterior of ``params`` (default: the model's own)."""
-        self.set_guide(exact_posterior(*(self.params() if params is None else params)))
-
-
-def _sample_linear_gaussian(model, num_samples, mean, generator, noise_scale) -> torch.Tensor:
-    """Draws of a linear-Gaussian model: ``z ~ N(0, I)``, ``x = W z + mu (+ noise)``."""
-    check_positive_int(num_samples, "num_samples")
-    like = model.mu
-    z = torch.randn(num_samples, model.latent_dim, generator=generator, dtype=like.dtype)
-    x = model.decode(z.to(like.device))
-    if mean:
-        return x
-    noise = torch.randn(x.shape, generator=generator, dtype=like.dtype).to(like.device)
-    return x + noise_scale.detach() * noise
+    @property
+    def noise_variance(self) -> torch.Tensor:
+        return self.sigma2
