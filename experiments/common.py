@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
@@ -138,6 +139,19 @@ def add_run_arguments(parser: argparse.ArgumentParser, out: str, threads: int | 
     parser.add_argument("--threads", type=int, default=threads,
                         help="torch threads (default %(default)s: None is torch's choice)")
     add_device_argument(parser)
+
+
+def start_script(args: argparse.Namespace, log: bool = True) -> tuple[torch.device, Path]:
+    """A script's start: INFO logging to stdout (``log``), ``--threads``, Pyro's validation off,
+    the ``--out`` folder made; returns ``(device, out)``."""
+    import pyro
+
+    if log:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    pyro.enable_validation(False)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return start_run(args), out
 
 
 def start_run(args: argparse.Namespace) -> torch.device:

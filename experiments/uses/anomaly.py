@@ -22,7 +22,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from experiments.common import add_device_argument, provenance, resolve_device, write_json
+from experiments.common import add_device_argument, provenance, start_script, write_json
 from pyrovae import load_checkpoint
 from pyrovae.data import binarize, load_dataset
 from pyrovae.infer.anomaly import anomaly_scores, roc_auc
@@ -67,11 +67,7 @@ def save_histograms(path: Path, scores: dict, aucs: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    pyro.enable_validation(False)
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = start_script(args, log=False)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoints)
     data = {name: binarize(load_dataset(name, "test", root=args.data_root).x[: args.num_images],
                            TEST_BINARIZATION_SEED).to(device) for name in checkpoints}

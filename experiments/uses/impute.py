@@ -30,8 +30,6 @@ References:
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +37,7 @@ import numpy as np
 import pyro
 import torch
 
-from experiments.common import add_device_argument, provenance, resolve_device, write_json
+from experiments.common import add_device_argument, provenance, start_script, write_json
 from pyrovae import load_checkpoint
 from pyrovae.data import binarize, load_dataset
 from pyrovae.infer.imputation import METHODS, impute, missing_log_likelihood
@@ -145,12 +143,7 @@ def run_method(model, x, observed, method, args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    torch.set_num_threads(args.threads)
-    pyro.enable_validation(False)
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = start_script(args)
     model = load_checkpoint(args.checkpoint, map_location=device)
 
     test = load_dataset(args.dataset, "test", root=args.data_root)

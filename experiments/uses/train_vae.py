@@ -13,15 +13,9 @@ Example (smoke)::
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import time
-from pathlib import Path
 
-import pyro
-import torch
-
-from experiments.common import add_device_argument, provenance, resolve_device, write_json
+from experiments.common import add_device_argument, provenance, start_script, write_json
 from pyrovae.data import DynamicBinarized, load_dataset
 from pyrovae.infer import TimeBudget, fit, save_checkpoint
 from pyrovae.models.vae import VAE
@@ -48,12 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    torch.set_num_threads(args.threads)
-    pyro.enable_validation(False)
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = start_script(args)
     train = load_dataset(args.dataset, "train", root=args.data_root)
     x = train.x[: args.train_size].to(device)
     model = VAE(data_dim=x.shape[1], latent_dim=args.latent, hidden_sizes=args.hidden,
