@@ -120,10 +120,12 @@ def load_dataset(
         arrays are cached in-process, so repeated loads only pay for the tensor copy.
 
     Raises:
-        ValueError: unknown name, split or non-floating ``dtype``.
+        ValueError: unknown name, split or non-floating ``dtype``; a CUDA ``device`` on a
+            machine (or torch build) without one.
         DatasetNotFoundError: MNIST-type files are missing and cannot be downloaded.
     """
     name = canonical_name(name)
+    device = _check_device(device)
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; valid splits: train, test")
     if not dtype.is_floating_point:
@@ -134,7 +136,6 @@ def load_dataset(
     else:
         images, labels = load_mnist_arrays(name, split, root=root, download=download)
         max_value = 255.0
-    device = torch.device("cpu") if device is None else torch.device(device)
     x = torch.tensor(images.reshape(len(images), -1), dtype=dtype, device=device)
     return ImageData(
         x=x.div_(max_value),
@@ -143,3 +144,19 @@ def load_dataset(
         num_classes=10,
         name=name,
     )
+
+
+def _check_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a ``torch.device`` (default CPU); a GPU that is not there is a clear error
+    before any file is read, not an assertion from deep inside torch."""
+    try:
+        device = torch.device("cpu") if device is None else torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} asks for a GPU, but this torch ({torch.__version__}) sees "
+            "no CUDA device; use device='cpu' (or device='cuda' if torch.cuda.is_available() "
+            "else 'cpu')"
+        )
+    return device
