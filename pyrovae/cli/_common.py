@@ -162,22 +162,30 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 
 # ---------------------------------------------------------------------------------- faults
-def is_out_of_memory(err: BaseException) -> bool:
-    """True for CUDA's ``OutOfMemoryError`` and the CPU allocator's "not enough memory"."""
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and (
-        "not enough memory" in text or "out of memory" in text.lower()
-    )
+OUT_OF_MEMORY_TEXTS = ("not enough memory", "out of memory", "can't allocate memory")
+
+
+def is_out_of_memory(err: BaseException | None) -> bool:
+    """True for CUDA's ``OutOfMemoryError``, ``MemoryError`` and the CPU allocator's
+    "can't allocate memory"/"not enough memory" (also when Pyro re-raised it with its trace)."""
+    while err is not None:
+        if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        text = str(err).lower()
+        if isinstance(err, RuntimeError) and any(t in text for t in OUT_OF_MEMORY_TEXTS):
+            return True
+        err = err.__cause__
+    return False
 
 
 def out_of_memory_message(args: argparse.Namespace) -> str:
     """The one-line message for an out-of-memory fault, naming the options that set memory."""
     options = getattr(args, "memory_options", ("--batch-size",))
-    values = ", ".join(
-        f"{o} {getattr(args, o.lstrip('-').replace('-', '_'), '?')}" for o in options
-    )
+    def value(option: str) -> str:
+        found = getattr(args, option.lstrip("-").replace("-", "_"), None)
+        return "all the data" if found is None and option == "--batch-size" else str(found)
+
+    values = ", ".join(f"{o} {value(o)}" for o in options)
     return (
         f"out of memory ({values}): lower {' or '.join(options)}"
         + (" or use --device cpu" if str(getattr(args, "device", "")).startswith("cuda") else "")
@@ -192,7 +200,7 @@ def progress_enabled(args: argparse.Namespace) -> bool | None:
 
 # ---------------------------------------------------------------------------------- run folders
 OPTIONS_FILE = "options.json"
-RUN_FILES = ("last.pt", "previous.pt", OPTIONS_FILE)
+RUN_FILES = ("last.pt", "previous.pt")  # options.json alone: a start that failed
 
 
 def start_run_folder(out: str | os.PathLike, command: str) -> Path:
@@ -203,7 +211,7 @@ def start_run_folder(out: str | os.PathLike, command: str) -> Path:
     if found:
         raise UsageError(
             f"--out {out} already holds a run ({', '.join(found)}): continue it with "
-            f"`pyrovae {command} resume --out {out}`, or choose another --out"
+            f"'pyrovae {command} resume --out {out}', or choose another --out"
         )
     return out
 
@@ -214,7 +222,7 @@ def read_options(out: str | os.PathLike, command: str) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(
             f"--out {out} holds no {command} run to resume ({path} is missing); start one with "
-            f"`pyrovae {command} train --out {out}`"
+            f"'pyrovae {command} train --out {out}'"
         )
     check_writable_dir(out)
     return json.loads(path.read_text())
@@ -260,7 +268,7 @@ def training_options(checkpoint: dict[str, Any], path: str | os.PathLike, family
     options = (checkpoint.get("fit_config") or {}).get("user") or {}
     if options.get("family") != family:
         raise UsageError(
-            f"--checkpoint {path} was not written by `pyrovae {family} train` "
+            f"--checkpoint {path} was not written by 'pyrovae {family} train' "
             f"(it holds {checkpoint.get('model_class', 'no model')})"
         )
     return options

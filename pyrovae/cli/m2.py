@@ -53,6 +53,7 @@ def m2_images(model: M2, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------- subcommands
 def train(args: argparse.Namespace) -> int:
+    common.resolve_device(args.device)
     out = common.start_run_folder(args.out, FAMILY)
     dataset = canonical_name(args.dataset)
     n_labelled, n_validation = DEFAULT_SPLIT[dataset]
@@ -117,8 +118,8 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    report_path = common.check_writable_file(args.out) if args.out else None
     device = common.resolve_device(args.device)
+    report_path = common.check_writable_file(args.out) if args.out else None
     options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
     model = load_checkpoint(args.checkpoint, map_location=device)
     data = _data(options, args, device)
@@ -139,8 +140,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def sample(args: argparse.Namespace) -> int:
-    out = common.check_writable_file(args.out)
     device = common.resolve_device(args.device)
+    out = common.check_writable_file(args.out)
     options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
     model = load_checkpoint(args.checkpoint, map_location=device)
     generator = torch.Generator().manual_seed(args.seed)

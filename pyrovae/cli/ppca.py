@@ -319,8 +319,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, print the table, write ``report.json`` and the figures under ``args.out``."""
-    out = check_writable_dir(args.out)
     device = resolve_device(args.device)
+    out = check_writable_dir(args.out)
     epochs, lr, batch_size, eval_every = DEFAULTS[args.dataset]
     for name, value in [("epochs", epochs), ("lr", lr), ("batch_size", batch_size),
                         ("eval_every", eval_every)]:

@@ -49,6 +49,7 @@ def vae_images(model: VAE, n: int, generator: torch.Generator) -> torch.Tensor:
 
 # ----------------------------------------------------------------- subcommands
 def train(args: argparse.Namespace) -> int:
+    common.resolve_device(args.device)
     out = common.start_run_folder(args.out, FAMILY)
     options = {
         "family": FAMILY,
@@ -112,8 +113,8 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    report_path = common.check_writable_file(args.out) if args.out else None
     device = common.resolve_device(args.device)
+    report_path = common.check_writable_file(args.out) if args.out else None
     options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
     model = load_checkpoint(args.checkpoint, map_location=device)
     test_size = args.test_size if args.test_size is not None else options["test_size"]
@@ -141,8 +142,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def sample(args: argparse.Namespace) -> int:
-    out = common.check_writable_file(args.out)
     device = common.resolve_device(args.device)
+    out = common.check_writable_file(args.out)
     options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
     model = load_checkpoint(args.checkpoint, map_location=device)
     generator = torch.Generator().manual_seed(args.seed)
