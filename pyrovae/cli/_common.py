@@ -2,8 +2,8 @@
 options (``--device``, ``--seed``, ``--out``, ``--data-root``), the checks of an output folder
 before any work starts, and the one-line messages for faults the user can fix.
 
-Every message a user sees for a bad input is a :class:`UsageError` (or an argparse error), which
-:func:`pyrovae.cli.main` prints as one line ``pyrovae: error: ...`` with exit status 2.
+Every message a user sees for a bad input is a `UsageError` (or an argparse error), which
+`pyrovae.cli.main` prints as one line ``pyrovae: error: ...`` with exit status 2.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def resolve_device(name: str | None) -> torch.device:
     """``--device`` as a ``torch.device``: default cuda when available; a GPU asked for on a
-    machine without one is a :class:`UsageError`."""
+    machine without one is a `UsageError`."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -34,7 +34,7 @@ VALIDATION_BINARIZATION_SEED = 10_000
 class ImageSet:
     """Training data for a VAE and its test images, on one device.
 
-    ``train`` is what ``fit`` gets (a :class:`~pyrovae.data.DynamicBinarized` stream for
+    ``train`` is what ``fit`` gets (a `DynamicBinarized` stream for
     Bernoulli likelihoods, else the grey levels); ``test_x`` the test images as the model
     scores them (one fixed binarisation for Bernoulli).
     """

@@ -39,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Canonical data set names accepted by :func:`pyrovae.data.load_dataset`.
-DATASET_NAMES = ("mnist", "fashion-mnist", "digits")
+DATASET_NAMES = ("mnist", "fashion-mnist", "digits", "svhn", "celeba")
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 
 SPLITS = ("train", "test")
