@@ -1,6 +1,6 @@
 """Data sets and transforms.
 
-``load_dataset(name, split)`` returns an :class:`ImageData` with flattened images scaled to
+``load_dataset(name, split)`` returns an [`ImageData`][] with flattened images scaled to
 [0, 1]; the transforms binarise them and split labels for semi-supervised training::
 
     from pyrovae.data import DynamicBinarized, labelled_split, load_dataset
@@ -9,8 +9,8 @@
     stream = DynamicBinarized(train.x, seed=0)        # stream.for_epoch(epoch) -> (x_bin,)
     split = labelled_split(train.y, n_labelled=100, n_validation=10000, seed=0)
 
-Files live under :func:`data_root` (``$PYROVAE_DATA`` or ``~/.cache/pyrovae``) in torchvision's
-layout; see :mod:`pyrovae.data.mnist`, ``pyrovae.data.svhn`` (colour 32x32 digits) and
+Files live under [`data_root`][] (``$PYROVAE_DATA`` or ``~/.cache/pyrovae``) in torchvision's
+layout; see [`pyrovae.data.mnist`][], ``pyrovae.data.svhn`` (colour 32x32 digits) and
 ``pyrovae.data.celeba`` (colour faces, 64x64 or 32x32). The ``"digits"`` set ships with
 scikit-learn.
 """
@@ -125,16 +125,16 @@ def load_dataset(
             ``"digits"``, ``"svhn"`` or ``"celeba"``, case-insensitive.
         split: ``"train"`` or ``"test"`` (CelebA also ``"validation"``); default ``"train"``.
             MNIST and Fashion-MNIST have 60000/10000 images; digits 1437/360 (see
-            :mod:`pyrovae.data.digits`); SVHN 73257/26032; CelebA 162770/19867/19962.
-        root: data root, see :func:`data_root`; default ``None``. Ignored for digits.
-        download: fetch missing files, see :func:`ensure_files`; default ``True``.
+            [`pyrovae.data.digits`][]); SVHN 73257/26032; CelebA 162770/19867/19962.
+        root: data root, see [`data_root`][]; default ``None``. Ignored for digits.
+        download: fetch missing files, see [`ensure_files`][]; default ``True``.
         device: device of the returned tensors; default ``None`` means CPU.
         dtype: floating dtype of ``x``; default ``torch.float32``.
         image_size: CelebA only: 64 (default) or 32 pixels a side.
         limit: keep the first ``limit`` images (CelebA decodes only those); default all.
 
     Returns:
-        :class:`ImageData` with ``x`` of shape ``[N, 784]`` (or ``[N, 64]`` for digits). Decoded
+        [`ImageData`][] with ``x`` of shape ``[N, 784]`` (or ``[N, 64]`` for digits). Decoded
         arrays are cached in-process, so repeated loads only pay for the tensor copy.
 
     Raises:

@@ -7,8 +7,9 @@ Layout (torchvision's)::
     ROOT/celeba/list_eval_partition.txt                      (0 train, 1 validation, 2 test)
 
 The files are on Google Drive only, which serves them through an interactive confirmation page,
-so they cannot be downloaded automatically: :func:`celeba_folder` says where to get them (the
-official page and the md5 of every file). Images are read with Pillow, centre-cropped to a
+so they cannot be downloaded automatically:
+[`celeba_folder`][pyrovae.data.celeba.celeba_folder] says where to get them (the official page
+and the md5 of every file). Images are read with Pillow, centre-cropped to a
 square of ``CROP`` pixels and resized to ``image_size`` (64 or 32).
 """
 

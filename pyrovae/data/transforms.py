@@ -154,7 +154,7 @@ def labelled_split(
         num_classes: number of classes; default ``None`` means ``y.max() + 1``.
 
     Returns:
-        :class:`SplitIndices` ``(labelled, unlabelled, validation)``, sorted ``LongTensor`` s on
+        [`SplitIndices`][] ``(labelled, unlabelled, validation)``, sorted ``LongTensor`` s on
         ``y``'s device, disjoint, covering ``0..N-1``.
 
     Raises:
