@@ -156,7 +156,11 @@ def start_run(args: argparse.Namespace) -> torch.device:
 RUN_OPTIONS_FILE = "run_options.json"
 #: Options that say where or how long a run goes, not what it computes: they may change
 #: between the invocations of one run (a resumed run on another device, with a new budget).
-NOT_COMPARED = frozenset({"out", "threads", "device", "force_new", "max_minutes", "minutes"})
+#: ``labels`` and ``seeds`` choose which sub-runs an invocation does (each in its own folder
+#: ``labels{N}_seed{S}``; experiments.m2's summaries gather them across invocations).
+NOT_COMPARED = frozenset(
+    {"out", "threads", "device", "force_new", "max_minutes", "minutes", "labels", "seeds"}
+)
 
 
 def _comparable(options: dict[str, Any], ignore) -> dict[str, Any]:

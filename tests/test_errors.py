@@ -153,6 +153,14 @@ def test_out_of_memory_is_recognised_through_pyro_and_cuda():
     assert not common.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
+@pytest.mark.parametrize("option", [dict(batch_size=0), dict(epochs=0), dict(eval_every=0)])
+def test_compare_ppca_refuses_zero_rather_than_meaning_all(option):
+    from pyrovae.cli.ppca import compare_ppca
+
+    with pytest.raises(ValueError, match="batch_size must be a positive|must be >= 1"):
+        compare_ppca(**{"epochs": 1, **option})
+
+
 # ------------------------------------------------------------------- data checks (library)
 def test_binarize_and_dynamic_binarized_accept_probabilities_only():
     x = torch.rand(5, 3)
