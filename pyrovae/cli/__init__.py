@@ -53,7 +53,10 @@ def _fail(message: str, status: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
+    # -v: pyrovae's own debugging detail, not every library's (matplotlib's font search...)
+    logging.basicConfig(level=max(args.log_level, logging.INFO),
+                        format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("pyrovae").setLevel(args.log_level)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
