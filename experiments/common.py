@@ -138,6 +138,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, out: str, threads: int | 
                         help="output folder (default %(default)s)")
     parser.add_argument("--threads", type=int, default=threads,
                         help="torch threads (default %(default)s: None is torch's choice)")
+    parser.add_argument("--force-new", action="store_true",
+                        help="start afresh even if --out holds a run with other options (the "
+                        "old folder is moved aside to OUT.old-TIME)")
     add_device_argument(parser)
 
 
@@ -155,7 +158,69 @@ def start_script(args: argparse.Namespace, log: bool = True) -> tuple[torch.devi
 
 
 def start_run(args: argparse.Namespace) -> torch.device:
-    """Apply ``--threads``; return ``--device`` as a ``torch.device`` (see ``resolve_device``)."""
+    """Apply ``--threads``; guard ``--out`` (see ``guard_run_folder``); return ``--device`` as a
+    ``torch.device`` (see ``resolve_device``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return resolve_device(args.device)
+    device = resolve_device(args.device)
+    guard_run_folder(args.out, vars(args), force_new=getattr(args, "force_new", False))
+    return device
+
+
+RUN_OPTIONS_FILE = "run_options.json"
+#: Options that say where or how long a run goes, not what it computes: they may change
+#: between the invocations of one run (a resumed run on another device, with a new budget).
+#: ``labels`` and ``seeds`` choose which sub-runs an invocation does (each in its own folder
+#: ``labels{N}_seed{S}``; experiments.m2's summaries gather them across invocations).
+NOT_COMPARED = frozenset(
+    {"out", "threads", "device", "force_new", "max_minutes", "minutes", "labels", "seeds"}
+)
+
+
+def _comparable(options: dict[str, Any], ignore) -> dict[str, Any]:
+    mine = {k: v for k, v in options.items() if k not in ignore and not callable(v)}
+    return json.loads(json.dumps(_jsonable(mine), default=str))
+
+
+def guard_run_folder(
+    out: str | os.PathLike, options: dict[str, Any], force_new: bool = False,
+    ignore=NOT_COMPARED,
+) -> Path:
+    """Keep one run's outputs from mixing with another's in ``out``.
+
+    The first start writes ``out/run_options.json`` (the options, less ``ignore``). A later
+    start with identical options goes on (scripts resume from their checkpoints); with other
+    options it stops with the list of differences, unless ``force_new``, which moves the old
+    folder aside to ``OUT.old-YYYYmmdd-HHMMSS`` and starts afresh.
+
+    Raises:
+        SystemExit: ``out`` is a file, or holds a run with other options (without
+            ``force_new``); a one-line message.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {out} is a file, not a folder; choose a folder")
+    mine = _comparable(options, ignore)
+    path = out / RUN_OPTIONS_FILE
+    if path.is_file():
+        stored = read_json(path).get("options", {})
+        keys = sorted(set(stored) | set(mine))
+        differences = [
+            f"{k}: {stored.get(k, '(unset)')!r} -> {mine.get(k, '(unset)')!r}"
+            for k in keys if stored.get(k, "(unset)") != mine.get(k, "(unset)")
+        ]
+        if differences and not force_new:
+            raise SystemExit(
+                f"error: --out {out} holds a run started with other options "
+                f"({'; '.join(differences)}); re-run with its options to resume it, choose "
+                "another --out, or pass --force-new to start afresh (the old folder is moved "
+                "aside)"
+            )
+    if force_new and out.is_dir() and any(out.iterdir()):
+        aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(out, aside)
+        print(f"--force-new: moved the old {out} to {aside}", file=sys.stderr)
+    if not path.is_file():
+        write_json(path, {"options": mine, "command": command_line(),
+                          "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+    return out

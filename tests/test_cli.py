@@ -1,6 +1,8 @@
 """The ``pyrovae`` command, run as a user would."""
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 
@@ -19,6 +21,16 @@ def test_help(args):
     assert result.returncode == 0 and "usage: pyrovae" in result.stdout
 
 
+@pytest.mark.parametrize("args", [["vae", "train", "--help"], ["m2", "sample", "--help"],
+                                  ["vae", "resume", "--help"], ["m2", "evaluate", "--help"]])
+def test_help_of_every_subcommand(args, capsys):
+    from pyrovae.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("usage: pyrovae")
+
+
 @pytest.mark.parametrize("flag", ["-v", "-q"])
 @pytest.mark.parametrize("before", [True, False])
 def test_verbosity_before_or_after_the_subcommand(flag, before):
@@ -28,8 +40,10 @@ def test_verbosity_before_or_after_the_subcommand(flag, before):
 
     argv = [flag, "ppca"] if before else ["ppca", flag]
     args = build_parser().parse_args(argv)
-    assert args.log_level == (logging.INFO if flag == "-v" else logging.ERROR)
-    assert build_parser().parse_args(["ppca"]).log_level == logging.WARNING
+    assert args.log_level == (logging.DEBUG if flag == "-v" else logging.ERROR)
+    assert build_parser().parse_args(["ppca"]).log_level == logging.INFO  # progress by default
+    nested = ["vae", "train", flag] if not before else [flag, "vae", "train"]
+    assert build_parser().parse_args(nested).log_level == args.log_level
 
 
 def test_ppca_digits_smoke(tmp_path):
@@ -51,3 +65,82 @@ def test_missing_data_is_a_clear_error(tmp_path):
     result = run("ppca", "--dataset", "mnist", "--data-root", str(tmp_path), "--no-download")
     assert result.returncode == 2
     assert "train-images-idx3-ubyte.gz" in result.stderr and str(tmp_path) in result.stderr
+
+
+def doc_commands() -> list[str]:
+    """The commands of docs/cli.md's Examples section, in order."""
+    from conftest import REPO
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    examples = text.split("## Examples", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", examples, flags=re.S)
+    return [line for block in blocks for line in block.splitlines() if line.startswith("pyrovae")]
+
+
+def run_in_process(command: str, capsys) -> str:
+    from pyrovae.cli import main
+
+    status = main(shlex.split(command)[1:])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    return out.out
+
+
+def test_documented_examples_run(tmp_path, monkeypatch, capsys):
+    """Every example of docs/cli.md, as written, at its smoke size (seconds on digits)."""
+    monkeypatch.chdir(tmp_path)
+    commands = doc_commands()
+    assert [c.split()[1:3] for c in commands] == [
+        ["ppca", "--epochs"], ["vae", "train"], ["vae", "resume"], ["vae", "evaluate"],
+        ["vae", "sample"], ["m2", "train"], ["m2", "resume"], ["m2", "evaluate"], ["m2", "sample"],
+    ]
+    outputs = [run_in_process(c, capsys) for c in commands]
+    assert "closed form" in outputs[0]
+
+    for family, total in [("vae", 3), ("m2", 3)]:
+        run = tmp_path / "runs" / f"{family}_smoke"
+        record = json.loads((run / "train.json").read_text())
+        # train ran 2 epochs, resume went on to 3: one history, epochs 0, 1, 2 in order
+        assert [row["epoch"] for row in record["history"]] == list(range(total))
+        assert record["options"]["epochs"] == total and record["command"].startswith("pyrovae")
+        assert {"last.pt", "previous.pt", "options.json"} <= {p.name for p in run.iterdir()}
+    assert (tmp_path / "runs" / "m2_smoke" / "best.pt").exists()
+
+    # evaluate: the K-sample importance estimate of -log p(x) lies below -ELBO (IWAE bound);
+    # printed as "test NLL 33.0 ± 0.2 nats/image" beside "test ELBO -34.1 nats/image".
+    vae_eval = outputs[3]
+    elbo = float(re.search(r"test ELBO (-?[\d.]+)", vae_eval).group(1))
+    nll = float(re.search(r"test NLL ([\d.]+)", vae_eval).group(1))
+    assert 0 < nll < -elbo + 0.5  # different images (360 vs first 50): a 0.5-nat margin
+    m2_eval = outputs[7]
+    error = float(re.search(r"test error ([\d.]+) %", m2_eval).group(1))
+    bound = float(re.search(r"bound U\(x\) (-?[\d.]+)", m2_eval).group(1))
+    m2_nll = float(re.search(r"test NLL ([\d.]+)", m2_eval).group(1))
+    assert 0 <= error <= 100 and 0 < m2_nll < -bound + 0.5
+
+    import matplotlib.image
+
+    # 16 images of 8x8 in 4 columns with 1-pixel borders; M2: 10 classes x 4 per class
+    vae_grid = matplotlib.image.imread(tmp_path / "runs" / "vae_smoke" / "samples.png")
+    m2_grid = matplotlib.image.imread(tmp_path / "runs" / "m2_smoke" / "samples.png")
+    assert vae_grid.shape[:2] == (4 * 9 + 1, 4 * 9 + 1)
+    assert m2_grid.shape[:2] == (10 * 9 + 1, 4 * 9 + 1)
+
+
+def test_progress_lines_by_default_and_quiet_with_q(tmp_path, capsys, caplog):
+    import logging
+
+    from pyrovae.cli import main
+
+    base = ["vae", "train", "--dataset", "digits", "--train-size", "200", "--test-size", "50",
+            "--latent-dim", "2", "--hidden-sizes", "16", "--epochs", "2"]
+    with caplog.at_level(logging.INFO):
+        assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    epoch_lines = [r.message for r in caplog.records if r.message.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all("test_elbo" in line for line in epoch_lines)
+    args = __import__("pyrovae.cli", fromlist=["build_parser"]).build_parser().parse_args(
+        [*base, "-q"])
+    assert args.log_level == logging.ERROR
+    from pyrovae.cli._common import progress_enabled
+
+    assert progress_enabled(args) is False

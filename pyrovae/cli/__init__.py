@@ -1,8 +1,12 @@
 """The ``pyrovae`` command: ``pyrovae [-v|-q] SUBCOMMAND ...`` (and ``--help`` everywhere).
 
-One module per subcommand (today :mod:`pyrovae.cli.ppca`), each with ``add_parser(sub)`` that
-declares its options and sets ``run(args) -> exit status``. ``-v``/``-q`` are accepted before
-or after the subcommand.
+One module per model family (``ppca``, ``vae``, ``m2``), each with ``add_parser(sub)`` that
+declares its options and sets ``run(args) -> exit status`` on every leaf parser. Progress (one
+log line per epoch) is shown by default; ``-q`` shows errors only, ``-v`` adds debug detail; both
+are accepted before or after the subcommand.
+
+Every bad input the user can fix ends with one line ``pyrovae: error: ...`` on stderr and exit
+status 2 (see ``docs/cli.md`` for the list); running out of memory names the option to lower.
 """
 
 from __future__ import annotations
@@ -11,40 +15,64 @@ import argparse
 import logging
 import sys
 
-from pyrovae.cli import ppca
+from pyrovae.cli import m2, ppca, vae
+from pyrovae.cli._common import OneLineParser, is_out_of_memory, out_of_memory_message
 
-SUBCOMMANDS = (ppca,)
+SUBCOMMANDS = (ppca, vae, m2)
 
 
 def _verbosity(parser: argparse.ArgumentParser, default) -> None:
     """-v/-q on ``parser``; subparsers get ``SUPPRESS`` defaults so a flag given before the
     subcommand is not reset by the subparser."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="store_const", const=logging.INFO,
-                       dest="log_level", default=default, help="log training progress")
+    group.add_argument("-v", "--verbose", action="store_const", const=logging.DEBUG,
+                       dest="log_level", default=default, help="log debugging detail too")
     group.add_argument("-q", "--quiet", action="store_const", const=logging.ERROR,
-                       dest="log_level", default=default, help="log errors only")
+                       dest="log_level", default=default,
+                       help="log errors only (no progress lines or bars)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pyrovae", description="Deep latent-variable models as Pyro model/guide pairs."
     )
-    _verbosity(parser, logging.WARNING)
+    _verbosity(parser, logging.INFO)
     sub = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
-        _verbosity(module.add_parser(sub), argparse.SUPPRESS)
+        parsers = module.add_parser(sub)
+        for each in parsers if isinstance(parsers, list) else [parsers]:
+            _verbosity(each, argparse.SUPPRESS)
     return parser
+
+
+def _fail(message: str, status: int = 2) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    print(f"pyrovae: error: {first}", file=sys.stderr)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s: %(message)s")
+    # -v: pyrovae's own debugging detail, not every library's (matplotlib's font search...)
+    logging.basicConfig(level=max(args.log_level, logging.INFO),
+                        format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("pyrovae").setLevel(args.log_level)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"pyrovae: error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        return _fail(str(err))
+    except (torch_oom_types()) as err:
+        if is_out_of_memory(err):
+            return _fail(out_of_memory_message(args))
+        raise
+    except FloatingPointError as err:  # NonFiniteLossError: a fault of the run, not the input
+        return _fail(f"{err}; try a lower --lr", status=1)
+
+
+def torch_oom_types() -> tuple[type[BaseException], ...]:
+    import torch
+
+    return (torch.OutOfMemoryError, RuntimeError, MemoryError)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ The layout is torchvision's, so an existing torchvision download can be reused a
                     t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz}
     ROOT/FashionMNIST/raw/  (the same four names)
 
-``ROOT`` is :func:`data_root`: an explicit argument, else ``$PYROVAE_DATA``, else
+``ROOT`` is [`data_root`][]: an explicit argument, else ``$PYROVAE_DATA``, else
 ``~/.cache/pyrovae``.
 """
 
@@ -38,8 +38,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Canonical data set names accepted by :func:`pyrovae.data.load_dataset`.
-DATASET_NAMES = ("mnist", "fashion-mnist", "digits")
+#: Canonical data set names accepted by [`load_dataset`][pyrovae.data.load_dataset].
+DATASET_NAMES = ("mnist", "fashion-mnist", "digits", "svhn", "celeba")
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 
 SPLITS = ("train", "test")
@@ -199,8 +199,8 @@ def ensure_files(
     """Make sure the four IDX files of ``name`` are on disk and return their folder.
 
     Args:
-        name: ``"mnist"`` or ``"fashion-mnist"`` (aliases as in :func:`canonical_name`).
-        root: data root, see :func:`data_root`; default ``None``.
+        name: ``"mnist"`` or ``"fashion-mnist"`` (aliases as in [`canonical_name`][]).
+        root: data root, see [`data_root`][]; default ``None``.
         download: default ``True``: fetch missing files from the mirrors (timeout
             ``DOWNLOAD_TIMEOUT_S`` per request), check their md5 and write them atomically.
         verify: default ``False``: files already present are trusted; ``True`` checks their md5.
@@ -270,8 +270,8 @@ def load_mnist_arrays(
     Args:
         name: ``"mnist"`` or ``"fashion-mnist"`` (or an alias).
         split: ``"train"`` (60000 images) or ``"test"`` (10000); default ``"train"``.
-        root: data root, see :func:`data_root`; default ``None``.
-        download: fetch missing files, see :func:`ensure_files`; default ``True``.
+        root: data root, see [`data_root`][]; default ``None``.
+        download: fetch missing files, see [`ensure_files`][]; default ``True``.
 
     Returns:
         ``(images, labels)``: read-only ``uint8`` arrays of shapes ``[N, 28, 28]`` (0..255) and

@@ -1,4 +1,4 @@
-"""Training streams for :func:`pyrovae.fit` that draw their data afresh every epoch.
+"""Training streams for [`fit`][pyrovae.fit] that draw their data afresh every epoch.
 
 A stream has ``__len__`` and ``for_epoch(epoch) -> tuple of tensors``; what it yields depends
 only on ``(seed, epoch)``, so a resumed run sees the same data as an uninterrupted one.
@@ -39,7 +39,7 @@ def encode_in_chunks(
 class M1Codes:
     """Draws of a VAE's posterior ``z1 ~ q(z1 | x_bin)``, afresh every epoch (Kingma et al.'s M1).
 
-    Every epoch binarises the images ``x`` [N, D] anew (as :class:`DynamicBinarized`), encodes
+    Every epoch binarises the images ``x`` [N, D] anew (as [`DynamicBinarized`][]), encodes
     them with the VAE ``m1`` and draws one ``z1`` per image; with labels ``y`` [N] it yields
     ``(z1, y)``, else ``(z1,)``. The draw depends only on ``(seed, epoch)``, so a resumed run
     sees the same codes; the codes are on ``x``'s device with ``m1``'s dtype.

@@ -24,6 +24,30 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return generator
 
 
+def check_probabilities(x, what: str) -> None:
+    """Raise a ``ValueError`` unless ``x`` is a floating tensor with values in [0, 1] (one host
+    sync). Images in 0..255 and NumPy arrays get a message saying how to convert them."""
+    if isinstance(x, np.ndarray):
+        raise ValueError(
+            f"{what} needs a torch.Tensor, got a NumPy array of {x.dtype}: convert it with "
+            "torch.from_numpy(x).float() (and divide images in 0..255 by 255)"
+        )
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{what} needs a torch.Tensor of probabilities, got {type(x).__name__}")
+    if not x.is_floating_point():
+        hint = ": images in 0..255 must be divided by 255" if x.dtype == torch.uint8 else ""
+        raise ValueError(f"{what} needs floating probabilities in [0, 1], got {x.dtype}{hint}")
+    if x.numel():
+        low, high = float(x.min()), float(x.max())
+        if high > 1 or low < 0:
+            hint = "images in 0..255 must be divided by 255 first" if high > 1 else "rescale it"
+            raise ValueError(
+                f"{what} needs probabilities in [0, 1], got values in [{low:g}, {high:g}]: {hint}"
+            )
+        if high != high or low != low:
+            raise ValueError(f"{what} got NaN values")
+
+
 def binarize(x: Tensor, seed: int) -> Tensor:
     """Static binarisation: one Bernoulli draw with probabilities ``x``.
 
@@ -35,8 +59,11 @@ def binarize(x: Tensor, seed: int) -> Tensor:
     Returns:
         Tensor of ``x``'s shape, dtype and device with values in {0, 1}.
     """
-    if not x.is_floating_point():
-        raise ValueError(f"binarize needs a floating tensor of probabilities, got {x.dtype}")
+    check_probabilities(x, "binarize")
+    return _bernoulli(x, seed)
+
+
+def _bernoulli(x: Tensor, seed: int) -> Tensor:
     return torch.bernoulli(x, generator=_generator(x.device, seed))
 
 
@@ -67,6 +94,8 @@ class DynamicBinarized:
 
     Args:
         x: probabilities in [0, 1], shape ``[N, D]``, floating dtype; kept as ``self.x``.
+            Checked once here: a NumPy array, an integer tensor or values outside [0, 1]
+            (images in 0..255 not yet divided by 255) are a ``ValueError`` saying what to do.
         seed: non-negative base seed.
 
     Example::
@@ -77,8 +106,7 @@ class DynamicBinarized:
     """
 
     def __init__(self, x: Tensor, seed: int) -> None:
-        if not x.is_floating_point():
-            raise ValueError(f"DynamicBinarized needs floating probabilities, got {x.dtype}")
+        check_probabilities(x, "DynamicBinarized")
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.x = x
@@ -91,7 +119,7 @@ class DynamicBinarized:
         """Return ``(x_bin,)``: the binarised data of epoch ``epoch >= 0``, shape of ``self.x``."""
         if epoch < 0:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
-        return (binarize(self.x, epoch_seed(self.seed, int(epoch))),)
+        return (_bernoulli(self.x, epoch_seed(self.seed, int(epoch))),)
 
     def __repr__(self) -> str:
         return f"DynamicBinarized(x={tuple(self.x.shape)}, seed={self.seed})"
@@ -126,7 +154,7 @@ def labelled_split(
         num_classes: number of classes; default ``None`` means ``y.max() + 1``.
 
     Returns:
-        :class:`SplitIndices` ``(labelled, unlabelled, validation)``, sorted ``LongTensor`` s on
+        [`SplitIndices`][] ``(labelled, unlabelled, validation)``, sorted ``LongTensor`` s on
         ``y``'s device, disjoint, covering ``0..N-1``.
 
     Raises:

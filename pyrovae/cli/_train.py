@@ -1,0 +1,204 @@
+"""Training and evaluation recipes shared by the ``pyrovae vae`` and ``pyrovae m2`` subcommands.
+
+Library functions (they log, never print): the data as a VAE or M2 sees it, the metrics of a
+trained model, and an image grid. The experiments in ``experiments/vae/common.py``
+(``Data``, ``test_metrics``) and ``experiments/m2/common.py`` (``prepare_data``,
+``test_error``) do the same for their scripts and could call these instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyrovae.data import DynamicBinarized, LabelledStream, binarize, labelled_split, load_dataset
+from pyrovae.infer import param_scope
+from pyrovae.infer.classification import accuracy
+from pyrovae.infer.evaluation import evaluate
+
+logger = logging.getLogger(__name__)
+
+#: The one fixed stochastic binarisation of every test set (as the VAE experiments).
+TEST_BINARIZATION_SEED = 1234
+VALIDATION_BINARIZATION_SEED = 10_000
+
+
+@dataclass
+class ImageSet:
+    """Training data for a VAE and its test images, on one device.
+
+    ``train`` is what ``fit`` gets (a `DynamicBinarized` stream for
+    Bernoulli likelihoods, else the grey levels); ``test_x`` the test images as the model
+    scores them (one fixed binarisation for Bernoulli).
+    """
+
+    name: str
+    train: Any
+    test_x: torch.Tensor
+    image_shape: tuple[int, int]
+    num_train: int
+
+    @property
+    def data_dim(self) -> int:
+        return self.test_x.shape[1]
+
+
+def image_set(
+    dataset: str, *, binarized: bool, seed: int, train_size: int | None = None,
+    test_size: int | None = None, root: str | os.PathLike | None = None, download: bool = True,
+    device: torch.device | str | None = None,
+) -> ImageSet:
+    """The first ``train_size`` training and ``test_size`` test images of ``dataset``."""
+    train = load_dataset(dataset, "train", root=root, download=download, device=device)
+    test = load_dataset(dataset, "test", root=root, download=download, device=device)
+    x, x_test = train.x[:train_size], test.x[:test_size]
+    if binarized:
+        stream, x_test = DynamicBinarized(x, seed), binarize(x_test, TEST_BINARIZATION_SEED)
+    else:
+        stream = x
+    return ImageSet(train.name, stream, x_test, tuple(train.image_shape), x.shape[0])
+
+
+@dataclass
+class SemiSupervisedSet:
+    """M2's data: labelled and unlabelled training streams, validation and test sets."""
+
+    name: str
+    unlabelled: Any
+    labelled: Any
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    image_shape: tuple[int, int]
+    num_train: int
+    num_classes: int
+
+
+def semi_supervised_set(
+    dataset: str, *, n_labelled: int, n_validation: int, seed: int, limit: int | None = None,
+    root: str | os.PathLike | None = None, download: bool = True,
+    device: torch.device | str | None = None,
+) -> SemiSupervisedSet:
+    """A class-balanced labelled set of ``n_labelled`` images (``labelled_split``, seeded), a
+    validation set of ``n_validation``, the rest unlabelled; training images binarised afresh
+    every epoch, validation and test images once. ``limit`` keeps the first ``limit`` training
+    and test images."""
+    train = load_dataset(dataset, "train", root=root, download=download, device=device)
+    test = load_dataset(dataset, "test", root=root, download=download, device=device)
+    x, y, x_test, y_test = train.x[:limit], train.y[:limit], test.x[:limit], test.y[:limit]
+    split = labelled_split(y, n_labelled, n_validation, seed, num_classes=train.num_classes)
+    return SemiSupervisedSet(
+        name=train.name,
+        unlabelled=DynamicBinarized(x[split.unlabelled], seed),
+        labelled=LabelledStream(x[split.labelled], y[split.labelled], seed + 1),
+        x_val=binarize(x[split.validation], VALIDATION_BINARIZATION_SEED + seed),
+        y_val=y[split.validation],
+        x_test=binarize(x_test, TEST_BINARIZATION_SEED),
+        y_test=y_test,
+        image_shape=tuple(train.image_shape),
+        num_train=len(split.labelled) + len(split.unlabelled),
+        num_classes=train.num_classes,
+    )
+
+
+def vae_metrics(
+    model, x: torch.Tensor, *, num_samples: int, elbo_samples: int = 10,
+    eval_examples: int | None = None, batch_size: int = 100,
+) -> dict[str, Any]:
+    """Test ELBO terms on all of ``x`` and the importance-sampled NLL (``num_samples`` samples;
+    0 skips it) on its first ``eval_examples`` rows, nats per image."""
+    metrics = {"all_test": evaluate(model, x, num_samples=0, elbo_samples=elbo_samples)}
+    if num_samples:
+        subset = x[:eval_examples]
+        metrics["subset"] = evaluate(
+            model, subset, num_samples=num_samples, elbo_samples=elbo_samples,
+            sample_chunk=max(1, min(num_samples, 500)), batch_size=batch_size,
+        )
+    return metrics
+
+
+@torch.no_grad()
+def m2_unlabelled_bound(model, x: torch.Tensor, batch_size: int = 500) -> float:
+    """The mean unlabelled bound ``U(x)`` (y summed out, one z sample per class), nats/image."""
+    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
+    total = 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        with param_scope(model):
+            for xb in x.split(batch_size):
+                total -= float(elbo.loss(model.model, model.guide, xb))
+    finally:
+        model.train(was_training)
+    return total / x.shape[0]
+
+
+class SampledLabels(torch.nn.Module):
+    """M2 with its guide's label drawn from ``q(y|x)`` rather than enumerated, so that the
+    importance sampler (which needs every guide site sampled) can score it: with ``y`` and
+    ``z`` both proposed by the guide, the weights ``p(x, y, z) / q(y|x) q(z|x, y)`` still
+    estimate ``p(x)`` without bias."""
+
+    def __init__(self, m2) -> None:
+        super().__init__()
+        self.m2 = m2
+
+    def model(self, x, subsample=None):
+        return self.m2.model(x, subsample=subsample)
+
+    def guide(self, x, subsample=None):
+        def sampled(msg):
+            return {"enumerate": None} if msg["name"] == "y" else {}
+
+        return pyro.poutine.infer_config(self.m2.guide, sampled)(x, subsample=subsample)
+
+
+def m2_metrics(model, x: torch.Tensor, y: torch.Tensor, *, num_samples: int,
+               eval_examples: int | None = None) -> dict[str, Any]:
+    """Test error of ``argmax q(y|x)``, the unlabelled bound and (``num_samples`` > 0) the
+    importance-sampled NLL on the first ``eval_examples`` images (y drawn from ``q(y|x)``)."""
+    with param_scope(model):
+        error = 1.0 - accuracy(model.classify, x, y, num_classes=model.num_classes)
+    metrics: dict[str, Any] = {
+        "test_error": error, "num_examples": int(x.shape[0]),
+        "elbo": m2_unlabelled_bound(model, x),
+    }
+    if num_samples:
+        subset = evaluate(SampledLabels(model), x[:eval_examples], num_samples=num_samples,
+                          elbo_samples=1, sample_chunk=max(1, min(num_samples, 200)),
+                          batch_size=100)
+        metrics["nll"] = subset["nll"]
+        metrics["nll_stderr"] = subset["nll_stderr"]
+        metrics["nll_examples"] = subset["num_examples"]
+        metrics["num_importance_samples"] = num_samples
+    return metrics
+
+
+def save_grid(images: torch.Tensor, image_shape: tuple[int, int], columns: int,
+              path: str | os.PathLike) -> Path:
+    """Tile ``images`` [N, H*W] (values in [0, 1]) into a grid ``columns`` wide; save a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, never a window
+    import matplotlib.image
+
+    h, w = image_shape
+    n = images.shape[0]
+    rows = math.ceil(n / columns)
+    canvas = torch.ones(rows * (h + 1) + 1, columns * (w + 1) + 1)
+    for i, image in enumerate(images.detach().float().cpu().clamp(0, 1)):
+        r, c = divmod(i, columns)
+        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (
+            image.reshape(h, w)
+        )
+    path = Path(path)
+    matplotlib.image.imsave(path, canvas.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    return path

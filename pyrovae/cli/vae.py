@@ -1,0 +1,219 @@
+"""``pyrovae vae {train,resume,evaluate,sample}``: a VAE on binarised (or grey-level) images.
+
+``train`` fits a VAE with ``pyrovae.fit`` into a run folder (``last.pt``, ``options.json``,
+``train.json``), logging the test ELBO every ``--eval-every`` epochs; ``resume`` continues it;
+``evaluate`` reports the test ELBO and the importance-sampled NLL of a checkpoint; ``sample``
+draws images from one into a PNG grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+import torch
+
+from pyrovae.cli import _common as common
+from pyrovae.cli._train import image_set, save_grid, vae_metrics
+from pyrovae.data.mnist import canonical_name
+from pyrovae.infer import fit, load_checkpoint
+from pyrovae.infer.checkpoint import read_checkpoint
+from pyrovae.infer.evaluation import elbo_terms
+from pyrovae.models.vae import VAE
+
+logger = logging.getLogger(__name__)
+FAMILY = "vae"
+GREY_DATASETS = ("mnist", "fashion-mnist", "digits")
+
+
+# ----------------------------------------------------------------- the model: one place to adapt
+def build_vae(options: dict[str, Any], data_dim: int) -> VAE:
+    """The VAE the CLI trains, from its options (the one call of the constructor)."""
+    return VAE(
+        data_dim=data_dim,
+        latent_dim=options["latent_dim"],
+        hidden_sizes=options["hidden_sizes"],
+        arch=options["arch"],
+        activation=options["activation"],
+        likelihood=options["likelihood"],
+        sigma=options["sigma"],
+    )
+
+
+def vae_images(model: VAE, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` decoder means ``E[x | z]``, ``z`` from the prior (the one call of the sampler)."""
+    return model.sample(n, mean=True, generator=generator)
+
+
+# ----------------------------------------------------------------- subcommands
+def train(args: argparse.Namespace) -> int:
+    common.resolve_device(args.device)
+    out = common.start_run_folder(args.out, FAMILY)
+    options = {
+        "family": FAMILY,
+        "dataset": canonical_name(args.dataset),
+        **{k: getattr(args, k) for k in (
+            "latent_dim", "hidden_sizes", "arch", "activation", "likelihood", "sigma",
+            "objective", "num_particles", "epochs", "batch_size", "lr", "train_size",
+            "test_size", "eval_every", "seed",
+        )},
+    }
+    return _fit(args, out, options, resume=False)
+
+
+def resume(args: argparse.Namespace) -> int:
+    options = common.read_options(args.out, FAMILY)
+    if args.epochs is not None:
+        options["epochs"] = args.epochs
+    for key in ("batch_size", "num_particles"):  # named by the out-of-memory message
+        setattr(args, key, options[key])
+    return _fit(args, common.check_writable_dir(args.out), options, resume=True)
+
+
+def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -> int:
+    device = common.resolve_device(args.device)
+    data = image_set(
+        options["dataset"], binarized=options["likelihood"] == "bernoulli", seed=options["seed"],
+        train_size=options["train_size"], test_size=options["test_size"], root=args.data_root,
+        download=not args.no_download, device=device,
+    )
+    options["image_shape"] = list(data.image_shape)
+    torch.manual_seed(options["seed"])
+    model = build_vae(options, data.data_dim)
+    model.check_data(data.test_x)
+    common.write_json(out / common.OPTIONS_FILE, options)
+    every, epochs = options["eval_every"], options["epochs"]
+
+    def test_elbo(end) -> dict[str, float]:
+        if (end.epoch + 1) % every and end.epoch + 1 != epochs:
+            return {}
+        value = elbo_terms(end.module, data.test_x).summary()["elbo"]
+        end.module.train()
+        return {"test_elbo": value}
+
+    started = time.perf_counter()
+    history = fit(
+        model, data.train, objective=options["objective"],
+        num_particles=options["num_particles"], lr=options["lr"], epochs=epochs,
+        batch_size=options["batch_size"], seed=options["seed"], device=device,
+        callbacks=[test_elbo], checkpoint_dir=out, resume=resume, config=options,
+        progress=common.progress_enabled(args),
+    )
+    seconds = time.perf_counter() - started
+    final = next((r["test_elbo"] for r in reversed(history.epochs) if "test_elbo" in r), None)
+    common.write_json(out / "train.json", {
+        "command": common.command_line(), "options": options, "device": str(device),
+        "seconds_this_invocation": seconds, "test_elbo": final, "history": history.epochs,
+    })
+    print(f"VAE (K={options['latent_dim']}) on {data.name}: {len(history.epochs)} epochs, "
+          f"test ELBO {final:.3f} nats/image ({seconds:.1f} s); checkpoint {out / 'last.pt'}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    device = common.resolve_device(args.device)
+    report_path = common.check_writable_file(args.out) if args.out else None
+    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
+    model = load_checkpoint(args.checkpoint, map_location=device)
+    test_size = args.test_size if args.test_size is not None else options["test_size"]
+    data = image_set(
+        options["dataset"], binarized=options["likelihood"] == "bernoulli", seed=options["seed"],
+        train_size=1, test_size=test_size, root=args.data_root, download=not args.no_download,
+        device=device,
+    )
+    torch.manual_seed(args.seed)
+    metrics = vae_metrics(model, data.test_x, num_samples=args.num_samples,
+                          elbo_samples=args.elbo_samples, eval_examples=args.eval_examples)
+    every = metrics["all_test"]
+    print(f"test ELBO {every['elbo']:.3f} nats/image (reconstruction "
+          f"{every['reconstruction']:.3f}, KL {every['kl']:.3f}; {every['num_examples']} images, "
+          f"{args.elbo_samples} samples each)")
+    if "subset" in metrics:
+        s = metrics["subset"]
+        print(f"test NLL {s['nll']:.3f} ± {s['nll_stderr']:.3f} nats/image "
+              f"(K={args.num_samples} importance samples, first {s['num_examples']} images)")
+    if report_path:
+        common.write_json(report_path, {"command": common.command_line(),
+                                        "checkpoint": str(args.checkpoint), **metrics})
+        print(f"wrote {report_path}")
+    return 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    device = common.resolve_device(args.device)
+    out = common.check_writable_file(args.out)
+    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
+    model = load_checkpoint(args.checkpoint, map_location=device)
+    generator = torch.Generator().manual_seed(args.seed)
+    images = vae_images(model, args.num, generator)
+    save_grid(images, tuple(options["image_shape"]), args.columns, out)
+    print(f"wrote {args.num} samples to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------- options
+def add_parser(sub) -> list[argparse.ArgumentParser]:
+    """``pyrovae vae`` and its four subcommands; returns every parser (for ``-v``/``-q``)."""
+    vae = sub.add_parser("vae", help="train, resume, evaluate or sample a VAE",
+                         description="A VAE (Kingma & Welling 2014) on binarised images.")
+    actions = vae.add_subparsers(dest="action", required=True)
+
+    tr = actions.add_parser("train", help="train a VAE into a run folder",
+                            description="Train a VAE with pyrovae.fit; the run folder gets "
+                            "last.pt (resumable), options.json and train.json.")
+    tr.add_argument("--dataset", default="mnist", choices=GREY_DATASETS,
+                    help="data set (default mnist; digits is bundled and offline)")
+    tr.add_argument("--latent-dim", type=common.positive_int, default=20, help="K (default 20)")
+    tr.add_argument("--hidden-sizes", type=common.positive_int, nargs="+", default=[400],
+                    help="hidden widths of the encoder; the decoder mirrors them (default 400)")
+    tr.add_argument("--arch", default="mlp", choices=["mlp", "conv"],
+                    help="mlp (default) or conv (28x28 images)")
+    tr.add_argument("--activation", default="relu", help="nonlinearity (default relu)")
+    tr.add_argument("--likelihood", default="bernoulli",
+                    choices=["bernoulli", "gaussian", "gaussian_learned"],
+                    help="bernoulli (default): dynamically binarised images; Gaussians: grey "
+                    "levels")
+    tr.add_argument("--sigma", type=common.positive_float, default=0.1,
+                    help="noise of --likelihood gaussian (0.1)")
+    tr.add_argument("--objective", default="elbo", choices=["elbo", "iwae"],
+                    help="elbo (default) or iwae (with --num-particles K)")
+    tr.add_argument("--num-particles", type=common.positive_int, default=1,
+                    help="samples per image, vectorised (default 1)")
+    tr.add_argument("--train-size", type=common.positive_int, default=None,
+                    help="first N training images (default all)")
+    tr.add_argument("--test-size", type=common.positive_int, default=None,
+                    help="first N test images (default all)")
+    tr.add_argument("--eval-every", type=common.positive_int, default=1,
+                    help="epochs between test ELBO evaluations (default 1)")
+    common.add_train_basics(tr, out="runs/vae", epochs=10)
+    tr.set_defaults(run=train, memory_options=("--batch-size", "--num-particles"))
+
+    re = common.add_resume_parser(actions, FAMILY, resume)
+    re.set_defaults(memory_options=("--batch-size", "--num-particles"))
+
+    ev = actions.add_parser("evaluate", help="test ELBO and importance-sampled NLL",
+                            description="Test ELBO (all test images) and the importance-sampled "
+                            "NLL (the first --eval-examples) of a checkpoint, nats per image.")
+    common.add_checkpoint_options(ev)
+    ev.add_argument("--num-samples", type=common.non_negative_int, default=1000,
+                    help="importance samples K for the NLL (default 1000; 0 skips it)")
+    ev.add_argument("--eval-examples", type=common.positive_int, default=1000,
+                    help="test images for the NLL (default 1000)")
+    ev.add_argument("--elbo-samples", type=common.positive_int, default=10,
+                    help="samples per image for the ELBO (default 10)")
+    ev.add_argument("--test-size", type=common.positive_int, default=None,
+                    help="first N test images (default: as in training)")
+    ev.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    common.add_data_options(ev)
+    ev.set_defaults(run=evaluate, memory_options=("--num-samples",))
+
+    sa = actions.add_parser("sample", help="draw images from a checkpoint into a PNG",
+                            description="Decoder means E[x|z] for z from the prior, as a grid.")
+    common.add_checkpoint_options(sa)
+    sa.add_argument("--num", type=common.positive_int, default=64, help="images (default 64)")
+    sa.add_argument("--columns", type=common.positive_int, default=8, help="grid width (8)")
+    sa.add_argument("--out", default="samples.png", help="PNG file (default samples.png)")
+    sa.set_defaults(run=sample, memory_options=("--num",))
+    return [vae, tr, re, ev, sa]
