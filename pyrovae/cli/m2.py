@@ -38,7 +38,7 @@ def build_m2(options: dict[str, Any], data_dim: int, num_classes: int, num_train
         data_dim=data_dim,
         num_classes=num_classes,
         latent_dim=options["latent_dim"],
-        hidden_dims=options["hidden_sizes"],
+        hidden_sizes=options["hidden_sizes"],
         classifier_arch=options["classifier_arch"],
         activation=options["activation"],
         alpha=options["alpha_factor"] * num_train,
@@ -48,7 +48,7 @@ def build_m2(options: dict[str, Any], data_dim: int, num_classes: int, num_train
 
 def m2_images(model: M2, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Decoder means ``E[x | y, z]`` [N, D] (the one call of the decoder)."""
-    return model.sample(y, z)
+    return model.decode(z, y)
 
 
 # ----------------------------------------------------------------- subcommands
