@@ -1,6 +1,6 @@
 """Sketch data sets of the sketch-rnn paper (Ha & Eck 2018) as padded stroke-5 tensors.
 
-Files, under :func:`pyrovae.data.data_root` (``$PYROVAE_DATA`` or ``~/.cache/pyrovae``), at the
+Files, under [`pyrovae.data.data_root`][] (``$PYROVAE_DATA`` or ``~/.cache/pyrovae``), at the
 layout of their repository (github.com/hardmaru/sketch-rnn-datasets)::
 
     ROOT/sketch-rnn-datasets/aaron_sheep/aaron_sheep.npz   7400/300/300 sheep
@@ -99,7 +99,7 @@ def load_stroke3(
 ) -> dict[str, list[np.ndarray]]:
     """The three splits of ``name`` as lists of ``[L_i, 3]`` int16 stroke-3 arrays.
 
-    The md5 is checked (by :func:`sketch_file`) before anything is unpickled.
+    The md5 is checked (by [`sketch_file`][]) before anything is unpickled.
     """
     path = sketch_file(name, root, download)
     splits = _decoded(str(path.resolve()), SKETCH_DATASETS[name][1])
@@ -158,7 +158,7 @@ def stroke3_to_stroke5(
 
 
 def stroke5_to_stroke3(x: Tensor, lengths: Tensor) -> list[np.ndarray]:
-    """Inverse of :func:`stroke3_to_stroke5`: the first ``lengths[i]`` rows as ``(dx, dy, p2)``."""
+    """Inverse of [`stroke3_to_stroke5`][]: the first ``lengths[i]`` rows as ``(dx, dy, p2)``."""
     out = []
     for row, n in zip(x.detach().cpu(), lengths.tolist(), strict=True):
         out.append(torch.cat([row[:n, :2], row[:n, 3:4]], dim=1).numpy())
@@ -214,7 +214,7 @@ def load_sketches(
     Args:
         name: ``"aaron_sheep"``, ``"kanji"`` or ``"omniglot"``.
         split: ``"train"`` (default), ``"valid"`` or ``"test"``.
-        root: data root (default ``None``: see :func:`pyrovae.data.data_root`).
+        root: data root (default ``None``: see [`pyrovae.data.data_root`][]).
         download: fetch a missing file (default True).
         max_length: drop sketches with more points (default ``None``: keep all); the training
             split's scale is computed after this filter, as in the paper.

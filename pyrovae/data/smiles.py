@@ -4,10 +4,10 @@ Files (the MOSES benchmark, Polykovskiy et al. 2020, as shipped in its ``molsets
 
     ROOT/moses/{train.csv.gz, test.csv.gz, test_scaffolds.csv.gz}   # one column ``SMILES``
 
-``ROOT`` is :func:`pyrovae.data.data_root` (an argument, else ``$PYROVAE_DATA``, else
+``ROOT`` is [`pyrovae.data.data_root`][] (an argument, else ``$PYROVAE_DATA``, else
 ``~/.cache/pyrovae``). Missing files are downloaded from the MOSES GitHub repository
 (``molecularsets/moses``, folder ``moses/dataset/data``), md5-checked and written atomically,
-with the machinery of :mod:`pyrovae.data.mnist`.
+with the machinery of [`pyrovae.data.mnist`][].
 
 Tokens: a SMILES string is split by a regular expression into chemically meaningful tokens
 rather than characters: a bracket atom (``[nH]``, ``[C@@H]``, ``[N+]``) is one token, as are the
@@ -104,8 +104,8 @@ def ensure_moses(
 
     Args:
         split: ``"train"``, ``"test"`` or ``"test_scaffolds"``; default ``"train"``.
-        root: data root, see :func:`pyrovae.data.data_root`; default ``None``.
-        download: fetch a missing file from :data:`MOSES_URL` (default ``True``).
+        root: data root, see [`pyrovae.data.data_root`][]; default ``None``.
+        download: fetch a missing file from `MOSES_URL` (default ``True``).
 
     Raises:
         DatasetNotFoundError: the file is missing and could not be downloaded (offline or
@@ -150,7 +150,7 @@ def load_smiles(
         size: ``None`` (default) for the whole split in file order, else ``size`` molecules drawn
             without replacement with ``seed`` (a fixed seed gives the same subset everywhere).
         seed: seed of the subset (default 0).
-        root, download: see :func:`ensure_moses`.
+        root, download: see [`ensure_moses`][].
     """
     path = ensure_moses(split, root, download)
     smiles = _read_split(str(path.resolve()))
@@ -167,7 +167,7 @@ class SmilesVocabulary:
 
     Args:
         tokens: the token list, in index order, starting with ``<pad>``, ``<bos>``, ``<eos>``
-            (as built by :meth:`build`; stored in a model's config to decode after reloading).
+            (as built by [`build`][]; stored in a model's config to decode after reloading).
     """
 
     def __init__(self, tokens: Sequence[str]) -> None:

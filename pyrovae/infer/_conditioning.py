@@ -1,13 +1,13 @@
 """Traces of a model and its guide with a pixel-wise mask (or a noise model) on the data site.
 
-The helpers here are shared by :mod:`pyrovae.infer.imputation` and
-:mod:`pyrovae.infer.denoising`. Everything is read from traces of the *same* ``model(x)`` and
-``guide(x)`` that training uses; the only names assumed are those of :class:`Sites` (the data
+The helpers here are shared by [`pyrovae.infer.imputation`][] and
+[`pyrovae.infer.denoising`][]. Everything is read from traces of the *same* ``model(x)`` and
+``guide(x)`` that training uses; the only names assumed are those of `Sites` (the data
 site ``"x"`` and the latent site ``"z"``, pyrovae's convention for its VAE and PPCA), so that a
 rename is a one-line change here.
 
 A pixel-wise mask cannot be given to ``poutine.mask``, which masks whole batch elements (one image
-of a ``.to_event(1)`` site), so :class:`ObservedSite` swaps the data site's distribution
+of a ``.to_event(1)`` site), so `ObservedSite` swaps the data site's distribution
 ``Independent(base, 1)`` for ``Independent(base.mask(observed), 1)``: Pyro's own masking of the
 base distribution's batch elements, the pixels. Missing pixels then contribute exactly 0 to
 ``log p(x | z)``, whatever value ``x`` holds there.
@@ -46,7 +46,7 @@ class ObservedSite(Messenger):
         mask: bool [..., D] broadcastable to the data site's base batch shape (True: the pixel
             enters the likelihood), or None for no mask.
         transform: ``callable(base) -> base'`` applied to the per-pixel base distribution before
-            masking (a noise model, see :mod:`pyrovae.infer.denoising`), or None.
+            masking (a noise model, see [`pyrovae.infer.denoising`][]), or None.
         site: the data site's name (default ``SITES.observed``).
 
     After a run, ``self.clean`` holds the data site's original per-pixel distribution ``p(x | z)``
@@ -137,7 +137,7 @@ def run_pass(
         num_particles: S.
         mask: bool [N, D]: the pixels that enter ``log_lik`` (None: all).
         z: latent values [S, N, K] to condition on instead of sampling from the guide.
-        transform: a noise model for the data site (see :class:`ObservedSite`).
+        transform: a noise model for the data site (see `ObservedSite`).
         use_guide: False: no guide at all; ``z`` (given) or a draw from the prior is used and
             ``log_guide`` is None.
         use_model: False: trace the guide only (``log_prior``, ``log_lik`` and ``clean`` are

@@ -1,7 +1,7 @@
 """Anomaly scores from a trained model's likelihood, and the ROC AUC that grades them.
 
 The score of an image is its importance-sampled negative log-likelihood ``-log p(x)``
-(:func:`pyrovae.infer.evaluation.importance_nll`): images the model finds improbable score high.
+([`pyrovae.infer.evaluation.importance_nll`][]): images the model finds improbable score high.
 Known failure (Nalisnick et al. 2019): likelihood models can give *higher* likelihood to an
 out-of-distribution set than to their own (a model of Fashion-MNIST scores MNIST digits, mostly
 blank background, as more probable), so the AUC of ``-log p(x)`` can fall below 0.5.
@@ -25,7 +25,7 @@ def anomaly_scores(
     """``-log p(x_n)`` (nats) for every row of ``x`` [N, D]: Tensor [N], high = anomalous.
 
     The K-sample importance estimate with K = ``num_samples`` (an upper bound on ``-log p(x)``
-    in expectation, tight as K grows); see :func:`pyrovae.infer.evaluation.importance_nll`.
+    in expectation, tight as K grows); see [`pyrovae.infer.evaluation.importance_nll`][].
     """
     return -importance_nll(module, x, num_samples=num_samples, sample_chunk=sample_chunk,
                            batch_size=batch_size)

@@ -1,4 +1,4 @@
-"""What :func:`pyrovae.fit` hands to its callbacks and returns, and callbacks any run can use.
+"""What [`pyrovae.fit`][] hands to its callbacks and returns, and callbacks any run can use.
 
 Kept apart from the trainer so that evaluation and classification code can build callbacks
 without importing the training loop.
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class History:
-    """What :func:`pyrovae.fit` returns: one dict per epoch, the checkpoint paths, the best epoch.
+    """What [`pyrovae.fit`][] returns: one dict per epoch, the checkpoint paths, the best epoch.
 
     Each epoch row has ``epoch``, ``steps``, ``loss`` (the mean over the epoch's steps of the
     minibatch estimate of the full-data loss), ``loss_per_example`` (``loss`` divided by the

@@ -8,7 +8,7 @@ half-written checkpoint behind.
 
 Format 2 (this version) adds ``"sha256"``: a SHA-256 digest of the payload's contents (every
 tensor's dtype, shape and bytes, every other value's pickle, in order), checked when the file is
-read, so a truncated, empty, garbage or bit-flipped file is a one-line :class:`CheckpointError`
+read, so a truncated, empty, garbage or bit-flipped file is a one-line [`CheckpointError`][]
 naming the path rather than a raw zip or pickle error. Format 1 files (no digest) still load.
 The file stays a plain ``torch.save`` of a dictionary.
 """
@@ -140,7 +140,7 @@ def save_checkpoint(path: str | os.PathLike, module: torch.nn.Module | None, **e
     """Write ``module`` (class, ``config``, weights) and ``extra`` entries to ``path`` atomically.
 
     A module without a ``config`` attribute (the keyword arguments that build it) is saved with its
-    weights, but :func:`load_checkpoint` then cannot rebuild it.
+    weights, but [`load_checkpoint`][] then cannot rebuild it.
     """
     payload: dict[str, Any] = {"format": FORMAT_VERSION}
     if module is not None:
@@ -206,7 +206,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> torch
     """Rebuild the model saved at ``path``, load its weights, and return it in eval mode.
 
     Args:
-        path: a file written by :func:`pyrovae.fit` or :func:`save_checkpoint`.
+        path: a file written by [`pyrovae.fit`][] or [`save_checkpoint`][].
         map_location: where to put the weights (default ``"cpu"``).
     """
     payload = read_checkpoint(path, map_location)

@@ -2,12 +2,12 @@
 
 Launching the few hundred small kernels of a VAE step one by one from Python costs more than
 running them: a 784-400-20 VAE epoch took 1.35 s with ``JitTrace_ELBO`` on an H100 and 0.18 s
-as a CUDA graph of the same step. :class:`CompiledStep` captures the whole step once per static
+as a CUDA graph of the same step. [`CompiledStep`][] captures the whole step once per static
 shape and replays it:
 
 * the minibatch indices are copied into static device buffers (device to device: the
   permutation already lives on the device) before each replay;
-* the loss is a graph-safe objective (:mod:`pyrovae.infer.graph_safe`, or pyrovae's IWAE), so
+* the loss is a graph-safe objective ([`pyrovae.infer.graph_safe`][], or pyrovae's IWAE), so
   nothing in it reads a value back to the host;
 * the optimiser is Adam/AdamW with ``capturable=True`` and its learning rate a device tensor,
   so learning-rate changes reach the graph (the step writes new values into that tensor);
@@ -84,7 +84,7 @@ class ScalarConstantsOnDevice(TorchFunctionMode):
 def make_capturable_optimizer(
     params: Sequence[torch.Tensor], lr: float, name: str = "adam", **options
 ) -> torch.optim.Optimizer:
-    """Adam or AdamW for :class:`CompiledStep`: on CUDA ``capturable=True, fused=True`` with the
+    """Adam or AdamW for [`CompiledStep`][]: on CUDA ``capturable=True, fused=True`` with the
     learning rate a device tensor; elsewhere as ``fit`` builds it (fused where possible).
 
     Args:
@@ -136,11 +136,11 @@ class CompiledStep:
     Several steps per graph: give every stream's batch as a [K, B] tensor (row j the indices of
     step j); one call then performs K steps in one replay and returns the K losses [K].
 
-    Learning rate: assign ``group["lr"] = value`` as usual (or call :meth:`set_lr`); in graph mode
+    Learning rate: assign ``group["lr"] = value`` as usual (or call [`set_lr`][]); in graph mode
     the next call writes the value into the device tensor the graph reads and puts that tensor
-    back into the group. Resume: ``optimizer.load_state_dict`` (or :meth:`load_state_dict`) before
+    back into the group. Resume: ``optimizer.load_state_dict`` (or [`load_state_dict`][]) before
     or between calls is detected (the optimiser's state is a new object) and the step re-captures.
-    Checkpoints: :meth:`state_dict` is the optimiser's state with the learning rate as a float and
+    Checkpoints: [`state_dict`][] is the optimiser's state with the learning rate as a float and
     ``capturable`` off, loadable by an eager run too.
 
     Args:
@@ -148,7 +148,7 @@ class CompiledStep:
             ``lambda t, idx: objective.differentiable_loss(model, guide, *t, subsample=idx)``
             with a graph-safe objective (``make_objective(..., graph_safe=True)``).
         optimizer: the optimiser; in graph mode Adam or AdamW (any ``capturable`` optimiser),
-            e.g. from :func:`make_capturable_optimizer`. Its groups are switched to
+            e.g. from [`make_capturable_optimizer`][]. Its groups are switched to
             ``capturable=True`` with a device learning rate.
         clip_norm: clip the gradient's global norm to this value (default: none).
         graph: capture a CUDA graph (default: when the parameters are on a CUDA device).
@@ -367,7 +367,7 @@ class CompiledStep:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Load an optimiser state (from :meth:`state_dict` or ``optimizer.state_dict()``)."""
+        """Load an optimiser state (from [`state_dict`][] or ``optimizer.state_dict()``)."""
         self.optimizer.load_state_dict(state)
         self._adopt_optimizer()
 

@@ -14,7 +14,7 @@ The data ``y`` is a noisy copy of an image ``x`` from the model, with a known no
 Then ``E[x | y] = sum_s w_s E[x | y, z_s]`` with ``z_s ~ q(z | y)`` (the guide at the noisy
 image) and self-normalised weights ``w_s ∝ p(y | z_s) p(z_s) / q(z_s | y)``, the noisy
 likelihood read from the model's trace with its data site's distribution replaced by the noisy
-one (:class:`pyrovae.infer._conditioning.ObservedSite`).
+one (`pyrovae.infer._conditioning.ObservedSite`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .scope import param_scope
 
 @dataclass
 class Denoised:
-    """What :func:`denoise` returns: ``mean`` [N, D] = E[x | y], ``log_evidence`` [N] = the
+    """What [`denoise`][] returns: ``mean`` [N, D] = E[x | y], ``log_evidence`` [N] = the
     importance-sampled ``log p(y)``, ``effective_sample_size`` [N] = ``1 / sum_s w_s^2``."""
 
     mean: torch.Tensor
@@ -88,7 +88,7 @@ def denoise(
     """The posterior mean ``E[x | y]`` of clean images given noisy ones, by importance sampling.
 
     Args:
-        module: a trained model with ``.model(x)``/``.guide(x)`` (see :func:`pyrovae.infer.impute`).
+        module: a trained model with ``.model(x)``/``.guide(x)`` (see [`pyrovae.infer.impute`][]).
         y: [N, D] noisy images (binary for ``flip_prob``).
         flip_prob: the salt-and-pepper flip probability e in [0, 0.5) (Bernoulli likelihoods).
         noise_scale: the standard deviation t of additive Gaussian noise (Gaussian likelihoods).

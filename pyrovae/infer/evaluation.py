@@ -2,13 +2,13 @@
 
 Both are read from traces of the *same* model and guide that training uses:
 
-* :func:`elbo_terms`: per data point, ``reconstruction = E_q[log p(x | z)]`` (the observed
+* [`elbo_terms`][]: per data point, ``reconstruction = E_q[log p(x | z)]`` (the observed
   sites), ``kl = E_q[log q(z | x) - log p(z)]`` (the latent sites; Monte Carlo, or in closed form
   with ``analytic_kl=True`` where ``torch.distributions.kl_divergence`` knows the pair), and
   ``elbo = reconstruction - kl``; all in nats.
-* :func:`importance_nll`: the importance-sampled ``log p(x)`` with K guide samples (K = 5000 for
-  headline numbers), streamed over K by :func:`pyrovae.infer.importance_log_likelihood`.
-* :func:`evaluate`: both, averaged over the data, as a JSON-able dict.
+* [`importance_nll`][]: the importance-sampled ``log p(x)`` with K guide samples (K = 5000 for
+  headline numbers), streamed over K by [`pyrovae.infer.importance_log_likelihood`][].
+* [`evaluate`][]: both, averaged over the data, as a JSON-able dict.
 
 All functions take a module with ``.model``/``.guide`` (run inside a fresh param scope, in eval
 mode, without gradients) and whole data tensors; rows are processed in batches of ``batch_size``.
@@ -145,12 +145,12 @@ def importance_nll(
 ) -> torch.Tensor:
     """Importance-sampled ``log p(x_n)`` for every row of ``x``: Tensor [N] (nats).
 
-    A thin wrapper over :func:`pyrovae.infer.importance_log_likelihood` that runs ``module``'s
+    A thin wrapper over [`pyrovae.infer.importance_log_likelihood`][] that runs ``module``'s
     model and guide in a fresh param scope and in eval mode. The estimate is the K-sample IWAE
     bound with K = ``num_samples`` (default 5000): below ``log p(x)`` in expectation, never below
     the ELBO in expectation, and tending to ``log p(x)`` as K grows. The NLL is its negative.
     Memory is O(sample_chunk x batch_size x D); ``sample_chunk="auto"`` sizes the chunk to the
-    device's free memory (:func:`sample_chunk_for`).
+    device's free memory ([`sample_chunk_for`][]).
     """
     if sample_chunk == "auto":
         sample_chunk = sample_chunk_for(x, num_samples, batch_size)
@@ -181,8 +181,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Test metrics per example (nats) as a JSON-able dict.
 
-    Keys: ``elbo``, ``reconstruction``, ``kl`` (means of :func:`elbo_terms` with
-    ``elbo_samples`` samples), ``log_likelihood`` and ``nll`` (mean of :func:`importance_nll`
+    Keys: ``elbo``, ``reconstruction``, ``kl`` (means of [`elbo_terms`][] with
+    ``elbo_samples`` samples), ``log_likelihood`` and ``nll`` (mean of [`importance_nll`][]
     with K = ``num_samples``; omitted when ``num_samples=0``), ``nll_stderr`` (the standard
     error of that mean over the data points), ``num_examples`` and ``num_importance_samples``.
     """

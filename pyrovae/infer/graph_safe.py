@@ -9,33 +9,34 @@ them can run inside ``torch.cuda.graph`` capture. The objectives here compute th
 from the same traces (``poutine.trace`` of the guide, the model replayed against it) with tensor
 operations only:
 
-* :class:`GraphSafeELBO`: ``Trace_ELBO``. The loss is ``-(sum_sites log p - sum_sites log q) / P``
+* [`GraphSafeELBO`][]: ``Trace_ELBO``. The loss is ``-(sum_sites log p - sum_sites log q) / P``
   over P particles, every site's log-probability scaled by its plates (N/M for a subsampled data
   plate) and ``poutine.scale``. Guide sites without ``rsample`` get Pyro's partially
   Rao-Blackwellised score-function surrogate; the returned value is the ELBO loss and its
   gradient the surrogate's (``loss + surrogate - surrogate.detach()``, no ``.item()``).
-* :class:`GraphSafeMeanFieldELBO`: ``TraceMeanField_ELBO``. For every latent site the analytic
+* [`GraphSafeMeanFieldELBO`][]: ``TraceMeanField_ELBO``. For every latent site the analytic
   ``KL(q || p)`` from ``torch.distributions.kl_divergence`` is used when one is registered for
   the pair of distributions (Normal-Normal, Independent of those, MultivariateNormal-
   MultivariateNormal, ... whatever PyTorch and Pyro register), scaled by the guide site's scale
   and mask; otherwise ``log p - log q`` of the sample. Every latent guide site must be
   reparameterisable (as Pyro's requires).
-* :class:`GraphSafeEnumELBO`: ``TraceEnum_ELBO`` for the case pyrovae needs: at most one guide
+* [`GraphSafeEnumELBO`][]: ``TraceEnum_ELBO`` for the case pyrovae needs: at most one guide
   site marked ``infer={"enumerate": "parallel"}`` (M2's ``y``), continuous reparameterised
   sites, plates. The sum over the support is explicit, with the guide's probabilities
   ``q(y) = exp(log q(y))`` as weights: ``E_q(y)[log p(x, y, z) - log q(z | x, y)] -
   E_q(y) log q(y | x)`` per data point; a site whose log-probability does not depend on ``y``
   enters unweighted. Guide ``pyro.factor`` sites are subtracted like any guide site, as in
-  Pyro. With no enumerated site in a trace (M2's labelled batches) it is :class:`GraphSafeELBO`.
+  Pyro. With no enumerated site in a trace (M2's labelled batches) it is [`GraphSafeELBO`][].
 * The importance-weighted bound needs nothing new: pyrovae's own
-  :class:`~pyrovae.infer.objectives.ImportanceWeightedELBO` makes no host sync (the tests check).
+  [`ImportanceWeightedELBO`][objectives.ImportanceWeightedELBO] makes no host sync (the tests
+  check).
 
 All take Pyro's ``differentiable_loss(model, guide, *args, **kwargs)`` interface and return a
 0-d tensor on the data's device. They are graph-safe only while Pyro's validation is off:
 validation checks shapes and supports, and warns on NaN, by reading values. ``loss(...)`` returns
 a float and so syncs once (for validation and logging, not for the training step).
 
-:func:`forbid_host_sync` raises on any host read inside its block: on CUDA through
+[`forbid_host_sync`][] raises on any host read inside its block: on CUDA through
 ``torch.cuda.set_sync_debug_mode("error")``, on any device by making ``Tensor.item``,
 ``__bool__``, ``__float__``, ``__int__``, ``__index__`` and ``tolist`` raise.
 """
@@ -60,7 +61,7 @@ _HOST_READS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist"
 
 
 class HostSyncError(RuntimeError):
-    """A tensor's value was read by the host inside :func:`forbid_host_sync`."""
+    """A tensor's value was read by the host inside [`forbid_host_sync`][]."""
 
 
 @contextlib.contextmanager

@@ -62,7 +62,7 @@ def log_importance_weights(
 def log_weights_and_scale(
     model: Callable, guide: Callable, *args, num_samples: int, **kwargs
 ) -> tuple[torch.Tensor, float]:
-    """:func:`log_importance_weights` and the N/M scale of the data plate."""
+    """[`log_importance_weights`][] and the N/M scale of the data plate."""
     with pyro.plate(PARTICLE_PLATE, num_samples, dim=-2):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
@@ -103,7 +103,7 @@ def importance_log_likelihood(
     (the K-sample IWAE bound) that tends to ``log p(x_n)`` as K grows.
 
     ``model(x, *args, subsample=idx, **kwargs)`` and the guide alike must follow pyrovae's data
-    plate convention (:func:`pyrovae.models.base.data_plate`).
+    plate convention ([`pyrovae.models.base.data_plate`][]).
     """
     if num_samples < 1 or sample_chunk < 1 or batch_size < 1:
         raise ValueError("num_samples, sample_chunk and batch_size must be positive")

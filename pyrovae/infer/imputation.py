@@ -5,12 +5,12 @@ target is the conditional ``p(x_mis | x_obs) = int p(x_mis | z) p(z | x_obs) dz`
 ``z ~ p(z), x | z ~ prod_d p(x_d | z)``. Three samplers, all vectorised over images and chains
 (Python loops only over sweeps or chunks of samples), all reading densities from traces of the
 model and guide with the missing pixels masked out of the likelihood
-(:class:`pyrovae.infer._conditioning.ObservedSite`):
+(`pyrovae.infer._conditioning.ObservedSite`):
 
 * ``"pseudo_gibbs"`` (Rezende et al. 2014): alternate ``z ~ q(z | x_obs, x_mis)`` and
   ``x_mis ~ p(x_mis | z)``. A Markov chain whose stationary law is the target only when the guide
   is the exact posterior ``q(z | x) = p(z | x)`` (then it *is* the Gibbs sampler of
-  ``p(z, x_mis | x_obs)``, as for PPCA with :meth:`PPCA.set_guide_to_posterior`); with an
+  ``p(z, x_mis | x_obs)``, as for PPCA with `PPCA.set_guide_to_posterior`); with an
   amortised approximation it is biased by the guide's error.
 * ``"metropolis_gibbs"`` (Mattei & Frellsen 2018): the same alternation, with the z-step an
   independence Metropolis-Hastings step that proposes ``z' ~ q(z | x~)`` (x~ = observed and current
@@ -32,10 +32,10 @@ model and guide with the missing pixels masked out of the likelihood
   from the components in turn (a deterministic mixture, weighted by the full mixture density:
   unbiased, Veach & Guibas' balance heuristic).
 
-Each returns an :class:`Imputation`: the latent samples ``z`` with their normalised weights
+Each returns an [`Imputation`][]: the latent samples ``z`` with their normalised weights
 (uniform for the chains), from which every conditional moment follows (the mixture
 ``sum_s w_s p(x_mis | z_s)``), and the imputed images (the conditional mean, observed pixels
-kept). :func:`missing_log_likelihood` scores true missing values under that mixture.
+kept). [`missing_log_likelihood`][] scores true missing values under that mixture.
 
 References:
     D. J. Rezende, S. Mohamed and D. Wierstra. Stochastic backpropagation and approximate
@@ -65,7 +65,7 @@ METHODS = ("pseudo_gibbs", "metropolis_gibbs", "importance")
 
 @dataclass
 class Imputation:
-    """What :func:`impute` returns.
+    """What [`impute`][] returns.
 
     Attributes:
         method: the sampler's name.
@@ -209,7 +209,7 @@ def impute(
     Args:
         module: a trained model with ``.model(x)`` and ``.guide(x)`` whose data site ``"x"`` is a
             ``.to_event(1)`` distribution over pixels and latent site ``"z"`` (any pyrovae VAE
-            from :func:`pyrovae.load_checkpoint`, or :class:`pyrovae.models.PPCA`).
+            from [`pyrovae.load_checkpoint`][], or [`pyrovae.models.PPCA`][]).
         x: [N, D] images; only the pixels where ``observed`` is True are read (the others may
             hold any value in the likelihood's support, e.g. 0).
         observed: bool [N, D], True where a pixel is observed.
@@ -298,7 +298,7 @@ def nuts_impute(
     A reference sampler that needs no guide, for a few images (its cost grows with N, as one
     chain runs over the N images' latents jointly): Pyro's ``NUTS`` on the model with the
     observation mask, then ``E[x_mis | x_obs]`` is the mean of ``E[x_mis | z_s]`` over the
-    draws. Arguments as :func:`impute`; ``warmup_steps`` adapt the step size and mass matrix.
+    draws. Arguments as [`impute`][]; ``warmup_steps`` adapt the step size and mass matrix.
     """
     from pyro.infer import MCMC, NUTS
 

@@ -79,7 +79,7 @@ def make_objective(
         name: ``"elbo"`` (``Trace_ELBO``, Monte-Carlo KL), ``"meanfield"``
             (``TraceMeanField_ELBO``, analytic KL where one is registered), ``"enum"``
             (``TraceEnum_ELBO``: sites marked for enumeration are summed out exactly) or
-            ``"iwae"`` (:class:`ImportanceWeightedELBO` with K = ``num_particles``).
+            ``"iwae"`` ([`ImportanceWeightedELBO`][] with K = ``num_particles``).
         num_particles: samples per data point (default 1).
         vectorize_particles: draw the particles in one vectorised pass (default True).
         jit: use Pyro's JIT-compiled variant (``JitTrace_ELBO`` etc.; default False). The model
@@ -87,7 +87,7 @@ def make_objective(
         max_plate_nesting: passed to Pyro (default 1, pyrovae's data plate; None: Pyro finds it
             by running the model).
         graph_safe: the same objective computed without host syncs, for CUDA graphs
-            (:mod:`pyrovae.infer.graph_safe`; default False). ``"iwae"`` is graph-safe as is.
+            ([`pyrovae.infer.graph_safe`][]; default False). ``"iwae"`` is graph-safe as is.
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")

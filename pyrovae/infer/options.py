@@ -1,9 +1,9 @@
 """``fit``'s keyword arguments grouped by what they control, each group checked when it is made.
 
 ``fit`` keeps its flat keyword signature (callers across the repo use it); inside, the arguments
-travel as five small frozen records: :class:`LossOptions` (what is optimised),
-:class:`Optimisation` (how), :class:`Schedule` (for how long, on which batches),
-:class:`Checkpointing` (what is written and resumed) and :class:`Monitoring` (what watches the
+travel as five small frozen records: `LossOptions` (what is optimised),
+`Optimisation` (how), `Schedule` (for how long, on which batches),
+`Checkpointing` (what is written and resumed) and `Monitoring` (what watches the
 run). A bad value is a ``ValueError`` before any data is touched.
 """
 

@@ -1,10 +1,10 @@
 """A run's state, how it is written to a checkpoint, and how a run continues from one.
 
 ``RunState`` is what changes while ``fit`` runs (epoch, global step, step within the epoch,
-the epoch's losses on the device, the history). :func:`save_run` writes it with the model,
-optimiser and random-number states; :func:`restore_run` reads it back after checking that the
-new call's run configuration (:func:`run_config`) matches the checkpoint's, and
-:func:`resume_source` picks the file, falling back from a bad ``last.pt`` to ``previous.pt``.
+the epoch's losses on the device, the history). `save_run` writes it with the model,
+optimiser and random-number states; `restore_run` reads it back after checking that the
+new call's run configuration (`run_config`) matches the checkpoint's, and
+`resume_source` picks the file, falling back from a bad ``last.pt`` to ``previous.pt``.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def resume_source(checkpointing: Checkpointing) -> Path | None:
     """The checkpoint to resume from, or None to start afresh.
 
     ``resume=True`` uses ``last.pt`` in the checkpoint folder; if it is missing or unreadable
-    and ``previous.pt`` is good, it warns (:class:`CheckpointWarning`) and uses that. A path is
+    and ``previous.pt`` is good, it warns (`CheckpointWarning`) and uses that. A path is
     used as given (no fallback).
     """
     resume = checkpointing.resume

@@ -1,10 +1,10 @@
 """One training step: the loss over every stream's batch, backward, clip, optimiser step.
 
-The epoch loop in :mod:`pyrovae.infer.trainer` knows a step only through the :class:`Step`
+The epoch loop in [`pyrovae.infer.trainer`][] knows a step only through the [`Step`][]
 protocol: ``loss = step(tensors, batches)`` returns the step's loss as a detached tensor on the
 device (no host sync), ``step.optimizer`` is what checkpoints save, ``step.set_lr(lr)`` applies
 the schedule, and ``step.data_plates`` (None until the first call) holds the data plate each
-stream's model run used on the first call, for :func:`check_subsampling`. :func:`make_step`
+stream's model run used on the first call, for [`check_subsampling`][]. [`make_step`][]
 builds the eager step; a compiled (CUDA-graph) step or a data-parallel one plugs in by
 returning another object with the same members.
 """
@@ -184,8 +184,8 @@ def make_step(
     pair: ModelPair, options: LossOptions, objective: Any, optimizer: torch.optim.Optimizer,
     clip_norm: float | None,
 ) -> Step:
-    """The training step ``fit`` runs: a :class:`CompiledFitStep` with ``compiled``, else an
-    :class:`EagerStep`."""
+    """The training step ``fit`` runs: a [`CompiledFitStep`][] with ``compiled``, else an
+    [`EagerStep`][]."""
     if options.compiled:
         return CompiledFitStep(pair, objective, optimizer, clip_norm=clip_norm,
                                validate=options.validate)
@@ -196,10 +196,10 @@ def make_step(
 
 
 class CompiledFitStep:
-    """``fit``'s step with ``compiled=True``: a :class:`~pyrovae.infer.compiled.CompiledStep`
+    """``fit``'s step with ``compiled=True``: a [`CompiledStep`][infer.compiled.CompiledStep]
     (a CUDA graph on CUDA, eager on the CPU) around a graph-safe objective.
 
-    Checkpoints save :meth:`CompiledStep.state_dict` (float learning rates, ``capturable`` off),
+    Checkpoints save `CompiledStep.state_dict` (float learning rates, ``capturable`` off),
     so a compiled run resumes an eager one and the other way round. The subsampling check is
     skipped (``data_plates`` stays None): the captured step records no trace.
     """

@@ -2,7 +2,7 @@
 
 A *stream* is one source of arguments for the model and guide: a tensor, a tuple of tensors of
 equal length (``(x, y)``), or an object with ``__len__`` and ``for_epoch(epoch) -> tuple`` (such as
-:class:`pyrovae.data.DynamicBinarized`, which redraws binary images every epoch). The model is
+[`pyrovae.data.DynamicBinarized`][], which redraws binary images every epoch). The model is
 called as ``model(*tensors, subsample=idx)`` on the whole tensors with a LongTensor of row
 indices, and selects the rows inside its data plate. Shuffling is a deterministic function of
 ``(seed, epoch, stream)``, so a resumed run sees the same batches as an uninterrupted one.

@@ -8,9 +8,9 @@ checkpoints, which is when a NaN or inf is caught.
 
 ``fit`` is a short loop over named steps of a private ``_Run``: prepare (arguments, streams,
 device, objective, optimiser, resume), run an epoch, end an epoch (history row, callbacks,
-best-model selection) and checkpoint. Its arguments travel grouped (:mod:`.options`); one
-optimisation step is a :class:`~pyrovae.infer.step.Step` built by
-:func:`~pyrovae.infer.step.make_step`, which the epoch loop only calls.
+best-model selection) and checkpoint. Its arguments travel grouped (`.options`); one
+optimisation step is a [`Step`][step.Step] built by
+[`make_step`][step.make_step], which the epoch loop only calls.
 """
 
 from __future__ import annotations
@@ -80,19 +80,19 @@ def fit(
         model: a module with ``.model`` and ``.guide`` methods (a pyrovae model or your own
             ``PyroModule``), or a model function when ``guide`` is given. Both are called as
             ``fn(*tensors, subsample=idx)`` and must put the data in a plate built with
-            ``pyro.plate(name, size=N, subsample=idx)`` (see :func:`pyrovae.models.data_plate`).
+            ``pyro.plate(name, size=N, subsample=idx)`` (see [`pyrovae.models.data_plate`][]).
         data: a tensor [N, ...], a tuple of tensors of length N (``(x, y)``), an object with
             ``for_epoch(epoch)`` and ``__len__``, or a mapping ``name -> one of those`` whose
             streams each give one batch per step (M2's labelled and unlabelled data).
         guide: the guide function, when ``model`` is a function (parameters from ``pyro.param``).
         objective: ``"elbo"`` (default), ``"meanfield"``, ``"enum"``, ``"iwae"``, or an object
-            with ``differentiable_loss`` (see :func:`pyrovae.infer.make_objective`).
+            with ``differentiable_loss`` (see [`pyrovae.infer.make_objective`][]).
         num_particles: samples per data point, vectorised (default 1; K for ``"iwae"``).
         vectorize_particles: draw particles in one vectorised pass (default True).
         max_plate_nesting: given to Pyro's ELBO (default 1: pyrovae's data plate at dim=-1;
             ``None`` lets Pyro find it by running the model).
         jit: compile the loss with Pyro's JIT (default False; static models only).
-        compiled: train with :class:`~pyrovae.infer.compiled.CompiledStep` and a graph-safe
+        compiled: train with [`CompiledStep`][compiled.CompiledStep] and a graph-safe
             objective (``make_objective(..., graph_safe=True)``, no host sync in the loss): on
             CUDA the whole step (loss, backward, capturable Adam) is captured once per batch
             shape as a CUDA graph and replayed; on the CPU the same step runs eagerly. Needs
@@ -120,7 +120,7 @@ def fit(
         resume: ``True`` to continue from ``checkpoint_dir/last.pt`` if it exists, or a path.
             Each write of ``last.pt`` first keeps the one before as ``previous.pt``; when
             ``last.pt`` is missing or unreadable (truncated, corrupted), ``resume=True`` warns
-            (:class:`~pyrovae.infer.resume.CheckpointWarning`) and continues from
+            (`CheckpointWarning`) and continues from
             ``previous.pt``. A resumed run must have the checkpoint's run configuration (model
             class and config, data stream names and sizes, objective, ``num_particles``,
             optimizer, ``lr``, ``lr_schedule``, ``clip_norm``, batch sizes, ``seed``; ``epochs``
@@ -140,10 +140,10 @@ def fit(
 
     Data may also be NumPy arrays: floating arrays become tensors of the model's floating-point
     dtype, integer arrays int64. On its first step ``fit`` traces the model once and warns
-    (:class:`~pyrovae.infer.step.SubsampleWarning`) if its data plate ignores ``subsample``.
+    ([`SubsampleWarning`][step.SubsampleWarning]) if its data plate ignores ``subsample``.
 
     Returns:
-        A :class:`History`.
+        A [`History`][].
 
     Raises:
         ValueError: bad arguments or data (empty, NaN/inf, unknown device or objective), or a

@@ -16,7 +16,7 @@ Data-check rule (the same for every model):
 3. **On demand.** ``model.check_data(x)`` runs both kinds of check now, whatever the
    validation flag.
 
-A value check fails with a :class:`DataError` (a ``ValueError``) whose message is one line that
+A value check fails with a [`DataError`][] (a ``ValueError``) whose message is one line that
 names the fix.
 """
 
@@ -75,7 +75,7 @@ def check_data(x: torch.Tensor, data_dim: int, what: str = "x") -> None:
 
 
 def check_finite(x: torch.Tensor, what: str = "x") -> None:
-    """Raise a :class:`DataError` if ``x`` holds NaN or inf (one host sync)."""
+    """Raise a [`DataError`][] if ``x`` holds NaN or inf (one host sync)."""
     if not bool(torch.isfinite(x).all()):
         raise DataError(f"{what} contains NaN or inf")
 
@@ -89,7 +89,7 @@ def check_once(x: torch.Tensor, key: str, check: Callable[[torch.Tensor], None])
     """Run ``check(x)`` unless it already passed on this tensor at its current version.
 
     ``key`` names the check (two models with different rules check the same tensor separately).
-    Does nothing while value checks are off (:func:`value_checks_enabled`).
+    Does nothing while value checks are off ([`value_checks_enabled`][]).
     """
     if not value_checks_enabled():
         return
@@ -124,9 +124,9 @@ def check_hidden_sizes(sizes, name: str = "hidden_sizes", allow_empty: bool = Fa
 class ConfigurableModule(PyroModule):
     """A ``PyroModule`` that remembers the keyword arguments that built it.
 
-    ``config`` is stored in checkpoints, so :func:`pyrovae.load_checkpoint` can rebuild the model
-    with :meth:`from_config` and load its weights. A model whose constructor arguments were
-    renamed overrides :meth:`upgrade_config` to map old names to new ones.
+    ``config`` is stored in checkpoints, so [`pyrovae.load_checkpoint`][] can rebuild the model
+    with [`from_config`][] and load its weights. A model whose constructor arguments were
+    renamed overrides [`upgrade_config`][] to map old names to new ones.
     """
 
     def __init__(self, **config: Any) -> None:

@@ -5,12 +5,12 @@ Generative story::
     z_n ~ N(0, I_K)
     x_n | z_n ~ N(W z_n + mu, Psi)          Psi = diag(psi_1, ..., psi_D),  n = 1..N
 
-Marginally ``x_n ~ N(mu, W W^T + Psi)``, so the likelihood is exact (:func:`log_marginal`), and
+Marginally ``x_n ~ N(mu, W W^T + Psi)``, so the likelihood is exact ([`log_marginal`][]), and
 the posterior is Gaussian with a mean linear in ``x`` and a covariance that does not depend on it,
 
     p(z_n | x_n) = N(G W^T Psi^{-1} (x_n - mu), G),      G = (I_K + W^T Psi^{-1} W)^{-1},
 
-(:func:`posterior`). An amortised *linear* Gaussian guide can therefore be exact, and SVI on the
+([`posterior`][]). An amortised *linear* Gaussian guide can therefore be exact, and SVI on the
 ELBO recovers maximum likelihood, as EM does (scikit-learn's ``FactorAnalysis``). Unlike PPCA the
 ML solution has no eigendecomposition: ``Psi`` lets each pixel keep its own noise, so ``W`` models
 the *correlations* between dimensions rather than their variances.
@@ -71,7 +71,7 @@ class FactorAnalysis(LinearGaussianModel, ConfigurableModule):
     ``mu`` [D] and ``psi`` [D] with ``psi > min_noise``.
 
     Guide: ``q(z | x) = N(A x + b, L L^T)`` with ``A`` [K, D], ``b`` [K] and a lower-triangular
-    ``L`` [K, K]. The exact posterior (:func:`posterior`) has this form, so the ELBO can reach
+    ``L`` [K, K]. The exact posterior ([`posterior`][]) has this form, so the ELBO can reach
     ``log p(x)`` and its maximum is the maximum-likelihood fit.
 
     Args:
@@ -82,10 +82,10 @@ class FactorAnalysis(LinearGaussianModel, ConfigurableModule):
             to infinity.
         init_scale: scale of the random initialisation of ``W`` and ``A`` (default 0.1).
 
-    Methods: :meth:`encode` (the guide's ``loc`` and ``scale_tril``), :meth:`decode`
-    (``W z + mu``), :meth:`sample`, :meth:`log_marginal` (exact), :meth:`guide_posterior`,
-    :meth:`set_guide_to_posterior`, :meth:`params`, :meth:`initialise`. The guide is
-    :class:`~pyrovae.models.linear_gaussian.LinearGaussianGuide`.
+    Methods: `encode` (the guide's ``loc`` and ``scale_tril``), `decode`
+    (``W z + mu``), `sample`, [`log_marginal`][] (exact), `guide_posterior`,
+    `set_guide_to_posterior`, [`params`][], [`initialise`][]. The guide is
+    [`LinearGaussianGuide`][linear_gaussian.LinearGaussianGuide].
     """
 
     def __init__(
@@ -125,7 +125,7 @@ class FactorAnalysis(LinearGaussianModel, ConfigurableModule):
 
     @torch.no_grad()
     def params(self) -> FAParams:
-        """The learned :class:`FAParams` (detached)."""
+        """The learned [`FAParams`][] (detached)."""
         return FAParams(self.W.detach(), self.mu.detach(), self.psi.detach())
 
     marginal = staticmethod(log_marginal)

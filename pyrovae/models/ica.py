@@ -8,7 +8,7 @@ Generative story (noisy ICA)::
 With Gaussian sources this would be PPCA, whose likelihood is unchanged by any rotation
 ``A -> A R``: the sources could not be told apart. A non-Gaussian (here super-Gaussian, peaked
 and heavy-tailed) prior breaks that symmetry, so ``A`` is identifiable up to a permutation and a
-sign of its columns (:func:`match_components` aligns two such matrices).
+sign of its columns ([`match_components`][] aligns two such matrices).
 
 The posterior ``p(s | x)`` is no longer Gaussian, but for small noise it is sharply peaked
 around a point that moves (almost) linearly with ``x``; the guide is an amortised Gaussian
@@ -40,7 +40,7 @@ LAPLACE_UNIT_SCALE = 1.0 / math.sqrt(2.0)
 
 
 class ComponentMatch(NamedTuple):
-    """How the columns of an estimate line up with a reference (see :func:`match_components`).
+    """How the columns of an estimate line up with a reference (see [`match_components`][]).
 
     ``order[k]`` is the estimated column matched to reference column ``k``; ``signs[k]`` its sign
     (+1/-1); ``cosines[k]`` the absolute cosine similarity of the pair (1 = the same direction).
@@ -100,10 +100,10 @@ class ICA(LinearGaussianGuide, ConfigurableModule):
         min_noise: lower bound on ``sigma2`` (default 1e-4).
         init_scale: scale of the random initialisation of ``A`` and ``B`` (default 0.1).
 
-    Methods: :meth:`encode` (the guide's ``loc`` and ``scale_tril``), :meth:`decode`
-    (``A s + mu``), :meth:`sources`, :meth:`guide_posterior`, :meth:`params`,
-    :meth:`initialise`. No ``log_marginal``: with Laplace sources ``p(x)`` has no closed form.
-    The guide is :class:`~pyrovae.models.linear_gaussian.LinearGaussianGuide`.
+    Methods: `encode` (the guide's ``loc`` and ``scale_tril``), [`decode`][]
+    (``A s + mu``), [`sources`][], `guide_posterior`, [`params`][],
+    [`initialise`][]. No ``log_marginal``: with Laplace sources ``p(x)`` has no closed form.
+    The guide is [`LinearGaussianGuide`][linear_gaussian.LinearGaussianGuide].
     """
 
     latent_site = "s"
@@ -152,7 +152,7 @@ class ICA(LinearGaussianGuide, ConfigurableModule):
 
     @torch.no_grad()
     def params(self) -> ICAParams:
-        """The learned :class:`ICAParams` (detached)."""
+        """The learned [`ICAParams`][] (detached)."""
         return ICAParams(self.A.detach(), self.mu.detach(), self.sigma2.detach())
 
     @torch.no_grad()

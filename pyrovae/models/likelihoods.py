@@ -46,7 +46,7 @@ class Likelihood:
 
     @property
     def check_key(self) -> str:
-        """Names the value check of :meth:`check` (see :func:`pyrovae.models.base.check_once`)."""
+        """Names the value check of [`check`][] (see [`pyrovae.models.base.check_once`][])."""
         return self.name
 
     def check(self, x: torch.Tensor) -> None:
@@ -68,8 +68,8 @@ class BernoulliLikelihood(Likelihood):
 
     Args:
         allow_continuous: accept values in [0, 1] that are not 0 or 1 (default False: they
-            raise a ``ValueError`` in :meth:`check`, since the Bernoulli log-mass of a grey
-            level is not a log-likelihood).
+            raise a ``ValueError`` in [`check`][Likelihood.check], since the Bernoulli log-mass of a
+            grey level is not a log-likelihood).
     """
 
     name = "bernoulli"

@@ -6,9 +6,9 @@ linear in ``x`` and a covariance that does not depend on it::
 
     p(z | x) = N(A (x - mu), G),    G = (I_K + W^T Psi^{-1} W)^{-1},    A = G W^T Psi^{-1}
 
-(:func:`exact_posterior`; PPCA is ``psi = sigma2``, where ``A = M^{-1} W^T`` and
+([`exact_posterior`][]; PPCA is ``psi = sigma2``, where ``A = M^{-1} W^T`` and
 ``G = sigma2 M^{-1}`` with ``M = W^T W + sigma2 I``). The guide
-``q(z | x) = N(B x + c, L L^T)`` (:class:`LinearGaussianGuide`) has this form, so it can be exact.
+``q(z | x) = N(B x + c, L L^T)`` ([`LinearGaussianGuide`][]) has this form, so it can be exact.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class LinearGaussianGuide:
     Parameters (on the model itself, so checkpoints keep their names): ``encoder_weight`` B
     [K, D], ``encoder_bias`` c [K] and a lower-triangular ``guide_scale_tril`` L [K, K]. The
     latent site is named ``latent_site`` (``"z"``; ICA's is ``"s"``). The model class sets
-    ``data_dim`` and ``latent_dim`` and calls :meth:`_init_guide` after creating its own
+    ``data_dim`` and ``latent_dim`` and calls `_init_guide` after creating its own
     parameters (the order of random draws fixes seeded initialisations).
     """
 
@@ -112,7 +112,7 @@ class LinearGaussianGuide:
         self.guide_scale_tril = torch.linalg.cholesky(posterior.cov)
 
     def _check_inputs(self, x: torch.Tensor) -> None:
-        """The data-check rule of :mod:`pyrovae.models.base`: shapes now, finite values once."""
+        """The data-check rule of [`pyrovae.models.base`][]: shapes now, finite values once."""
         check_data(x, self.data_dim)
         check_once(x, "finite", check_finite)
 

@@ -50,7 +50,7 @@ implementations that average each batch do (it pushes the decoder to use y when 
 Notes:
     * With the Bernoulli likelihood ``x`` must be binary (0/1): binarise images first
       (``pyrovae.data.binarize`` or ``DynamicBinarized``), or pass ``allow_continuous=True``.
-      Data checks follow the rule of :mod:`pyrovae.models.base` (shapes always; values, label
+      Data checks follow the rule of [`pyrovae.models.base`][] (shapes always; values, label
       range and every class present in the labelled set once per data tensor, while Pyro
       validation is on).
     * ``fit(..., objective="enum", jit=True)`` works: ``JitTraceEnum_ELBO`` compiles one graph
@@ -150,7 +150,7 @@ class M2(ConfigurableModule):
             and ``p(x|y,z)``, as the VAE's ``arch``.
         classifier_arch: ``"mlp"`` or ``"conv"``, the network of ``q(y|x)`` (default: ``arch``).
             E.g. ``arch="mlp", classifier_arch="conv"``: a conv classifier beside an MLP VAE.
-        activation: nonlinearity name from :mod:`pyrovae.models.networks` (default ``"softplus"``,
+        activation: nonlinearity name from [`pyrovae.models.networks`][] (default ``"softplus"``,
             as Kingma et al.).
         alpha: weight of the classifier term, ``alpha * mean_{labelled} log q(y|x)`` (Kingma et
             al.'s alpha). Default ``None``: ``0.1 * num_train``.
@@ -175,12 +175,12 @@ class M2(ConfigurableModule):
             copy of each as given, so a checkpoint can rebuild the model (the module's class
             must be importable to load it).
 
-    Methods: :meth:`encode` ``(x, y) -> (loc, scale)`` of ``q(z|x,y)``; :meth:`decode`
-    ``(z, y) -> E[x | y, z]``; :meth:`sample` ``y -> x`` with ``z`` from the prior;
-    :meth:`class_logits`, :meth:`classify`, :meth:`class_elbos`, :meth:`check_data`.
+    Methods: [`encode`][] ``(x, y) -> (loc, scale)`` of ``q(z|x,y)``; [`decode`][]
+    ``(z, y) -> E[x | y, z]``; [`sample`][] ``y -> x`` with ``z`` from the prior;
+    [`class_logits`][], [`classify`][], [`class_elbos`][], [`check_data`][].
 
     Configs saved before the networks' arguments were renamed (``hidden_dims``,
-    ``encoder_arch``/``decoder_arch``) are read by :meth:`upgrade_config`.
+    ``encoder_arch``/``decoder_arch``) are read by [`upgrade_config`][].
 
     Attributes:
         alpha: the classifier weight in use (a float).
@@ -309,7 +309,7 @@ class M2(ConfigurableModule):
 
     # ----------------------------------------------------------------- data checks
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
-        """The data-check rule of :mod:`pyrovae.models.base`: shapes now, values once."""
+        """The data-check rule of [`pyrovae.models.base`][]: shapes now, values once."""
         check_data(x, self.data_dim)
         check_once(x, self.likelihood.check_key, self.likelihood.check)
         if y is not None:

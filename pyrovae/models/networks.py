@@ -1,6 +1,6 @@
 """Encoder and decoder builders: MLPs and a convolutional pair for 28x28 images.
 
-Every builder returns a :class:`pyro.nn.PyroModule` (converted in place with
+Every builder returns a `pyro.nn.PyroModule` (converted in place with
 ``pyro.nn.module.to_pyro_module_``), so that inside a pyrovae model its weights go through Pyro's
 param store and ``JitTrace_ELBO`` sees them as parameters rather than constants. Outside Pyro
 they behave exactly like the ``torch.nn`` modules they were built from.
@@ -18,8 +18,8 @@ Example::
     loc, scale = encoder(x)                                          # x: [..., 784]
     logits = decoder(loc)                                            # [..., 784]
 
-The same networks, and the modules a user passes to :class:`~pyrovae.models.VAE` or
-:class:`~pyrovae.models.M2` instead of them, follow these shapes (B rows, K latent dimensions,
+The same networks, and the modules a user passes to [`VAE`][models.VAE] or
+[`M2`][models.M2] instead of them, follow these shapes (B rows, K latent dimensions,
 C classes, D pixels, H output heads per pixel):
 
 * Gaussian encoder: ``x [..., D] -> (loc [..., K], scale [..., K])``, ``scale > 0``.
@@ -174,8 +174,8 @@ class GaussianEncoder(PyroModule):
     ``scale = softplus(raw) + min_scale`` keeps the scale positive and away from 0.
 
     Args:
-        body: network ``[..., D] -> [..., features]`` (e.g. :func:`mlp` with
-            ``activate_last=True``, or :func:`conv_encoder_body`).
+        body: network ``[..., D] -> [..., features]`` (e.g. [`mlp`][] with
+            ``activate_last=True``, or [`conv_encoder_body`][]).
         features: the body's output width.
         latent_dim: K.
         min_scale: lower bound on the scale (default 1e-4).
@@ -206,7 +206,7 @@ def build_encoder(
 
     Args:
         arch: ``"mlp"`` (``D -> hidden_sizes... -> heads``) or ``"conv"`` (28x28 images,
-            :func:`conv_encoder_body` with ``features = hidden_sizes[-1]``).
+            [`conv_encoder_body`][] with ``features = hidden_sizes[-1]``).
         data_dim: D (784 for ``"conv"``).
         latent_dim: K.
         hidden_sizes: hidden widths (default ``(400,)``).
@@ -222,7 +222,7 @@ def build_body(
 ) -> PyroModule:
     """A feature extractor ``[..., D] -> [..., hidden_sizes[-1]]``, activated at its output.
 
-    ``"mlp"``: ``D -> hidden_sizes...``; ``"conv"``: :func:`conv_encoder_body` with
+    ``"mlp"``: ``D -> hidden_sizes...``; ``"conv"``: [`conv_encoder_body`][] with
     ``features = hidden_sizes[-1]`` (28x28 images). The body of every encoder and classifier.
     """
     hidden_sizes = _check_arch(arch, data_dim, hidden_sizes)
@@ -232,7 +232,7 @@ def build_body(
 
 
 class Classifier(PyroModule):
-    """``x [..., D] -> logits [..., C]``: a body (:func:`build_body`) and a linear head."""
+    """``x [..., D] -> logits [..., C]``: a body ([`build_body`][]) and a linear head."""
 
     def __init__(
         self, arch: str, data_dim: int, num_classes: int, hidden_sizes: Sequence[int],
@@ -249,7 +249,7 @@ class Classifier(PyroModule):
 class LabelledGaussianEncoder(PyroModule):
     """``(x [B, D], y) -> (loc, scale)`` of a diagonal Gaussian ``q(z | x, y)``.
 
-    ``x`` goes through a body (:func:`build_body`) once; the label enters through a learned
+    ``x`` goes through a body ([`build_body`][]) once; the label enters through a learned
     embedding added to a joint hidden layer (the same as a linear layer on
     ``[features, one_hot(y)]``), so with ``y`` enumerated as ``[C, 1]`` the output is
     ``[C, B, K]`` without copying ``x`` C times. ``scale = softplus(raw) + min_scale``.
@@ -286,7 +286,7 @@ def build_decoder(
 
     Args:
         arch: ``"mlp"`` (``K -> hidden_sizes... -> num_heads * D``) or ``"conv"``
-            (:func:`conv_decoder` with ``out_channels = num_heads``).
+            ([`conv_decoder`][] with ``out_channels = num_heads``).
         latent_dim: K.
         data_dim: D (784 for ``"conv"``).
         hidden_sizes: hidden widths, from the latent side (default ``(400,)``).

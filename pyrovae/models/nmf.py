@@ -71,7 +71,7 @@ class NMF(ConfigurableModule):
     a positive parameter; ``x`` holds counts (non-negative integers stored as floats).
 
     Guide: ``q(z | x) = LogNormal(loc, scale)`` with ``(loc, scale)`` [K] each from a network
-    applied to ``log(1 + x)``: an MLP (:func:`pyrovae.models.networks.mlp`) with softplus hidden
+    applied to ``log(1 + x)``: an MLP ([`pyrovae.models.networks.mlp`][]) with softplus hidden
     layers of widths ``hidden_sizes``, a linear map when ``hidden_sizes`` is empty.
 
     Args:
@@ -165,7 +165,7 @@ class NMF(ConfigurableModule):
             pyro.sample("z", dist.LogNormal(loc, scale).to_event(1))
 
     def _check_inputs(self, x: torch.Tensor) -> None:
-        """The data-check rule of :mod:`pyrovae.models.base`: shapes now, counts once."""
+        """The data-check rule of [`pyrovae.models.base`][]: shapes now, counts once."""
         check_data(x, self.data_dim)
         check_once(x, "counts", lambda t: check_counts(t, self.data_dim))
 

@@ -2,7 +2,7 @@
 
 Both find the K-dimensional subspace that minimises ``sum_n ||x_n - W z_n - mu||^2``. PPCA's
 maximum-likelihood ``W`` spans the same subspace, and as ``sigma2 -> 0`` its posterior mean becomes
-the PCA projection (:func:`pyrovae.models.ppca.zero_noise_posterior_mean`).
+the PCA projection ([`pyrovae.models.ppca.zero_noise_posterior_mean`][]).
 """
 
 from __future__ import annotations

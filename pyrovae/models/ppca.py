@@ -9,8 +9,8 @@ so that marginally ``x_n ~ N(mu, W W^T + sigma2 I)`` and the posterior is Gaussi
 ``p(z_n | x_n) = N(M^{-1} W^T (x_n - mu), sigma2 M^{-1})`` with ``M = W^T W + sigma2 I_K``.
 
 Everything SVI learns here has a closed form to be checked against: the maximum-likelihood
-parameters (:func:`fit_closed_form`), the marginal likelihood (:func:`log_marginal`), the exact
-posterior (:func:`posterior`) and the ELBO of any Gaussian guide (:func:`elbo_closed_form`).
+parameters ([`fit_closed_form`][]), the marginal likelihood ([`log_marginal`][]), the exact
+posterior ([`posterior`][]) and the ELBO of any Gaussian guide ([`elbo_closed_form`][]).
 
 References:
     M. E. Tipping and C. M. Bishop. Probabilistic principal component analysis.
@@ -125,8 +125,8 @@ def elbo_closed_form(
 ) -> torch.Tensor:
     """Exact ELBO of the Gaussian guide ``q(z_n) = N(q_mean[n], q_cov)`` for each row: [N].
 
-    ``E_q[log p(x|z)] - KL(q || N(0, I))`` in closed form; equals :func:`log_marginal` exactly
-    when ``q`` is the :func:`posterior`, and is below it otherwise.
+    ``E_q[log p(x|z)] - KL(q || N(0, I))`` in closed form; equals [`log_marginal`][] exactly
+    when ``q`` is the [`posterior`][], and is below it otherwise.
     """
     W, mu, sigma2 = params
     d, k = W.shape
@@ -155,10 +155,10 @@ class PPCA(LinearGaussianModel, ConfigurableModule):
         latent_dim: K, with 1 <= K.
         init_scale: scale of the random initialisation of ``W`` and ``A`` (default 0.1).
 
-    Methods: :meth:`encode` (the guide's ``loc`` and ``scale_tril``), :meth:`decode`
-    (``W z + mu``), :meth:`sample`, :meth:`log_marginal` (exact), :meth:`guide_posterior`,
-    :meth:`set_guide_to_posterior`, :meth:`params`. The guide is
-    :class:`~pyrovae.models.linear_gaussian.LinearGaussianGuide`.
+    Methods: `encode` (the guide's ``loc`` and ``scale_tril``), `decode`
+    (``W z + mu``), `sample`, [`log_marginal`][] (exact), `guide_posterior`,
+    `set_guide_to_posterior`, [`params`][]. The guide is
+    [`LinearGaussianGuide`][linear_gaussian.LinearGaussianGuide].
     """
 
     def __init__(self, data_dim: int, latent_dim: int, init_scale: float = 0.1) -> None:

@@ -93,7 +93,7 @@ class SketchRNN(ConfigurableModule):
 
     A sketch is a sequence of stroke-5 rows ``S_t = (dx_t, dy_t, p1_t, p2_t, p3_t)`` (offsets,
     then a one-hot pen state: down / lifted / sketch ended), padded to ``[N, T, 5]`` with
-    ``lengths`` L_n (see :mod:`pyrovae.data.sketches`).
+    ``lengths`` L_n (see [`pyrovae.data.sketches`][]).
 
     Generative story (model), for each sketch n::
 
@@ -119,8 +119,8 @@ class SketchRNN(ConfigurableModule):
     from a bidirectional LSTM over the L_n points.
 
     Sites: ``"z"`` (``.to_event(1)``), ``"offsets"`` and ``"pen"`` (observed; one event per
-    sketch through :func:`pyrovae.models.sequence.masked_sequence`), all in the data plate at
-    ``dim=-1`` (subsampled by :func:`pyrovae.fit`, which scales them by N/M). Optional
+    sketch through [`pyrovae.models.sequence.masked_sequence`][]), all in the data plate at
+    ``dim=-1`` (subsampled by [`pyrovae.fit`][], which scales them by N/M). Optional
     guide site ``"kl_floor"`` (a factor, see ``kl_floor``).
 
     KL annealing and free bits (the paper's ``w_KL * eta_step * max(L_KL, KL_min)``):
@@ -130,7 +130,7 @@ class SketchRNN(ConfigurableModule):
     ``KL(q(z_n | S) || N(0, I))`` averaged over the minibatch: with ``Trace_ELBO``
     (``objective="elbo"``) the loss is then ``recon + kl_weight * max(KL, kl_floor)`` per sketch in
     expectation. ``TraceMeanField_ELBO`` ignores factors in guides, so use ``"elbo"`` with a floor.
-    ``kl_weight`` is a buffer (saved in checkpoints); :func:`kl_annealing` updates it per epoch.
+    ``kl_weight`` is a buffer (saved in checkpoints); [`kl_annealing`][] updates it per epoch.
 
     Units differ from the paper's: here the reconstruction term is a sum over a sketch's steps
     and the KL a sum over the K latent dimensions (nats per sketch), where the paper divides
@@ -391,10 +391,10 @@ class SketchRNN(ConfigurableModule):
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` sketches from the prior: ``z ~ N(0, I)``, then :meth:`decode`.
+        """``n`` sketches from the prior: ``z ~ N(0, I)``, then [`decode`][].
 
         ``generator`` (default: the global RNG) must live on the model's device, as in
-        :meth:`decode` and :meth:`reconstruct`.
+        [`decode`][] and [`reconstruct`][].
         """
         check_positive_int(n, "n")
         like = self.head.weight
@@ -409,7 +409,7 @@ def _categorical(logits: torch.Tensor, generator: torch.Generator | None) -> tor
 
 
 def kl_annealing(kl_weight: float = 1.0, eta_min: float = 0.01, rate: float = 0.99995):
-    """A :func:`pyrovae.fit` callback setting ``module.kl_weight`` after every epoch.
+    """A [`pyrovae.fit`][] callback setting ``module.kl_weight`` after every epoch.
 
     The paper's schedule ``kl_weight * (1 - (1 - eta_min) * rate ** step)``, evaluated at the
     step reached by the epoch's end and used for the whole next epoch. The module's initial

@@ -53,11 +53,11 @@ class SMILESVAE(ConfigurableModule):
     fixed width of 120 characters; a recurrent encoder reads each molecule only up to its own
     end, which makes the padding invariance exact, and is what MOSES's character VAE uses.
 
-    Sites: ``"z"`` (``.to_event(1)``, scaled by :attr:`kl_weight` in model and guide, so the
+    Sites: ``"z"`` (``.to_event(1)``, scaled by `kl_weight` in model and guide, so the
     KL term of the ELBO is multiplied by it: KL annealing) and ``"x"`` (the next-token
     categoricals, masked after ``<eos>``, ``.to_event(1)``), both in the data plate at
     ``dim=-1``. ``model``/``guide`` take ``(tokens, lengths, subsample=None)`` as made by
-    :meth:`pyrovae.data.smiles.SmilesVocabulary.encode`: ``tokens`` [N, T] long, each row
+    [`pyrovae.data.smiles.SmilesVocabulary.encode`][]: ``tokens`` [N, T] long, each row
     ``<bos> x_1 .. x_L <eos> <pad>..``, ``lengths`` [N] long, ``L + 1``.
 
     Args:
@@ -68,10 +68,10 @@ class SMILESVAE(ConfigurableModule):
         hidden_size: decoder GRU width (default 256).
         encoder_hidden_size: width of each direction of the encoder GRU (default 128).
         num_layers: decoder GRU layers (default 1).
-        max_length: most tokens :meth:`decode` and :meth:`sample` generate before giving up on
+        max_length: most tokens [`decode`][] and [`sample`][] generate before giving up on
             ``<eos>`` (default 100).
         kl_weight: initial weight of the KL term, in (0, 1] (default 1.0: the ELBO); a buffer,
-            so a checkpoint keeps the annealed value. See :class:`KLAnnealing`.
+            so a checkpoint keeps the annealed value. See [`KLAnnealing`][].
     """
 
     def __init__(
@@ -235,7 +235,7 @@ class SMILESVAE(ConfigurableModule):
 
     @torch.no_grad()
     def decode(self, z: Tensor, **options: Any) -> list[str]:
-        """SMILES strings from codes ``z`` [N, K]; ``options`` as in :meth:`generate`."""
+        """SMILES strings from codes ``z`` [N, K]; ``options`` as in [`generate`][]."""
         return self.vocab.decode(self.generate(z, **options))
 
     @torch.no_grad()
@@ -251,7 +251,7 @@ class SMILESVAE(ConfigurableModule):
         greedy: bool = False,
         generator: torch.Generator | None = None,
     ) -> list[str]:
-        """``n`` strings from the model: ``z ~ N(0, I)``, then :meth:`decode`.
+        """``n`` strings from the model: ``z ~ N(0, I)``, then [`decode`][].
 
         ``generator``, if given, must live on the model's device.
         """
@@ -264,7 +264,7 @@ class SMILESVAE(ConfigurableModule):
 
 
 class KLAnnealing:
-    """A :func:`pyrovae.fit` callback that raises the model's ``kl_weight`` linearly to 1.
+    """A [`pyrovae.fit`][] callback that raises the model's ``kl_weight`` linearly to 1.
 
     After epoch ``e`` the weight becomes ``min(1, start + (1 - start) * (e + 1) / epochs)``;
     the module's ``kl_weight`` should start at ``start``. The weight is a buffer, saved in

@@ -87,11 +87,11 @@ class VAE(ConfigurableModule):
             ``config`` keeps a copy of each module as given, so a checkpoint can rebuild the
             model: the module's class must be importable to load it.
 
-    Methods: :meth:`encode` ``x -> (loc, scale)`` of ``q(z | x)``; :meth:`decode`
-    ``z -> E[x | z]``, the mean of ``p(x | z)``; :meth:`sample` draws ``z`` from the prior and
-    decodes it; :meth:`reconstruct`; :meth:`check_data`.
+    Methods: [`encode`][] ``x -> (loc, scale)`` of ``q(z | x)``; [`decode`][]
+    ``z -> E[x | z]``, the mean of ``p(x | z)``; [`sample`][] draws ``z`` from the prior and
+    decodes it; [`reconstruct`][]; [`check_data`][].
 
-    Data checks follow the rule of :mod:`pyrovae.models.base`: shapes on every call; the
+    Data checks follow the rule of [`pyrovae.models.base`][]: shapes on every call; the
     likelihood's support (binary values for Bernoulli) on the whole data tensor once, while Pyro
     validation is on.
     """
@@ -178,7 +178,7 @@ class VAE(ConfigurableModule):
 
     # ------------------------------------------------------------------------------ utilities
     def _check_inputs(self, x: torch.Tensor) -> None:
-        """The data-check rule of :mod:`pyrovae.models.base`: shapes now, values once."""
+        """The data-check rule of [`pyrovae.models.base`][]: shapes now, values once."""
         check_data(x, self.data_dim)
         check_once(x, self.likelihood.check_key, self.likelihood.check)
 
