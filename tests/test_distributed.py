@@ -13,6 +13,7 @@ parameters then agree to ~1e-12; we allow 1e-9 (float32 would need ~1e-5).
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -273,3 +274,24 @@ def test_kill_one_process_then_resume_reaches_the_uninterrupted_run(tmp_path):
     single = torch.load(tmp_path / "one.pt", weights_only=False)
     _assert_close(single[0], reference[0], atol=1e-9)
     assert single[1] == pytest.approx(reference[1], rel=1e-6)
+
+
+def test_benchmark_script_runs_at_tiny_size(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "data_parallel.py")
+    args = ["--devices", "1", "--batch-size", "4", "--steps", "2", "--epochs", "2"]
+    done = subprocess.run(
+        [sys.executable, script, *args, "--out", str(tmp_path / "dp.json")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "dp.json").read_text())
+    assert result["examples_per_second"] > 0 and result["allreduce_seconds"] is None
+    # The all-reduced buffer: the VAE's parameters and one flag per parameter tensor.
+    from pyrovae.models.vae import VAE
+
+    params = list(VAE(784, 20, hidden_sizes=(400,)).parameters())
+    assert result["allreduce_floats"] == sum(p.numel() for p in params) + len(params)
+    sizes = subprocess.run([sys.executable, script, "--sizes"], capture_output=True, text=True)
+    assert json.loads(sizes.stdout)["VAE 784-400-20"] == 784 * 400 + 400 + 2 * (400 * 20 + 20) + (
+        20 * 400 + 400 + 400 * 784 + 784
+    )
