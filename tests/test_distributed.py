@@ -295,3 +295,33 @@ def test_benchmark_script_runs_at_tiny_size(tmp_path):
     assert json.loads(sizes.stdout)["VAE 784-400-20"] == 784 * 400 + 400 + 2 * (400 * 20 + 20) + (
         20 * 400 + 400 + 400 * 784 + 784
     )
+
+
+def test_gradient_average_keeps_missing_gradients_missing(tmp_path):
+    """In a one-process gloo group: gradients come back unchanged, ``None`` stays ``None``."""
+    import torch.distributed as dist
+
+    from pyrovae.infer.distributed import GradientAverage
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        a, b, c = (torch.nn.Parameter(torch.randn(3, 2)) for _ in range(3))
+        a.grad, c.grad = torch.randn(3, 2), torch.randn(3, 2)
+        expected_a, expected_c = a.grad.clone(), c.grad.clone()
+        average = GradientAverage(world_size=1, timed=True)
+        average([a, b, c])
+        assert torch.equal(a.grad, expected_a) and torch.equal(c.grad, expected_c)
+        assert b.grad is None
+        assert (average.numel, average.calls) == (3 * 6 + 3, 1) and average.seconds > 0
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kwargs", [dict(devices=0), dict(num_nodes=0), dict(devices=True)])
+def test_launch_refuses_bad_counts(kwargs):
+    from pyrovae import fit
+    from pyrovae.models import VAE
+
+    with pytest.raises(ValueError, match="positive integer"):
+        fit(VAE(4, 2, hidden_sizes=(3,)), torch.zeros(8, 4), **kwargs)

@@ -159,27 +159,17 @@ class DataParallel:
 
     @contextlib.contextmanager
     def quiet_unless_main(self) -> Iterator[None]:
-        """Silence pyrovae's logging on ranks other than 0 while ``fit`` runs."""
+        """On ranks other than 0, pyrovae logs warnings and errors only while ``fit`` runs."""
         if self.is_main:
             yield
             return
-        silence = _Silence()
         target = logging.getLogger("pyrovae")
-        target.addFilter(silence)
-        handlers = [h for h in logging.getLogger().handlers]
-        for handler in handlers:
-            handler.addFilter(silence)
+        level = target.level
+        target.setLevel(max(target.getEffectiveLevel(), logging.WARNING))
         try:
             yield
         finally:
-            target.removeFilter(silence)
-            for handler in handlers:
-                handler.removeFilter(silence)
-
-
-class _Silence(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith("pyrovae")
+            target.setLevel(level)
 
 
 def launch(
