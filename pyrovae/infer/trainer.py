@@ -10,7 +10,10 @@ checkpoints, which is when a NaN or inf is caught.
 device, objective, optimiser, resume), run an epoch, end an epoch (history row, callbacks,
 best-model selection) and checkpoint. Its arguments travel grouped (:mod:`.options`); one
 optimisation step is a :class:`~pyrovae.infer.step.Step` built by
-:func:`~pyrovae.infer.step.make_step`, which the epoch loop only calls.
+:func:`~pyrovae.infer.step.make_step`, which the epoch loop only calls. With ``devices`` or
+``num_nodes`` the same loop runs in every process of a data-parallel group
+(:mod:`.distributed`): each takes its shard of every global batch, the step averages the
+gradients, and rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
