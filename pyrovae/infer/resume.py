@@ -151,9 +151,14 @@ def resume_source(checkpointing: Checkpointing) -> Path | None:
 
 def save_run(
     path: Path, pair, optimizer, state: RunState, fit_config: dict, configs: list[dict],
-    previous: Path | None = None,
+    previous: Path | None = None, rank_rng_states: list[dict] | None = None,
 ) -> Path:
-    """Write the run to ``path`` (first keeping the file there as ``previous``, if given)."""
+    """Write the run to ``path`` (first keeping the file there as ``previous``, if given).
+
+    ``rank_rng_states``: in data-parallel training, every rank's random-number states (rank 0's
+    are ``rng_state`` as well), so that each rank of a resumed run continues its own stream.
+    """
+    extra = {} if rank_rng_states is None else {"rank_rng_states": rank_rng_states}
     if previous is not None:
         keep_previous(path, previous)
     return save_checkpoint(
@@ -169,13 +174,18 @@ def save_run(
         best=state.history.best,
         fit_config=fit_config,
         run_configs=configs,
+        **extra,
     )
 
 
 def restore_run(
-    path: Path, pair, optimizer, device, config: dict[str, Any], allow: set[str]
+    path: Path, pair, optimizer, device, config: dict[str, Any], allow: set[str], rank: int = 0
 ) -> RunState:
     """Load the run at ``path`` into ``pair`` and ``optimizer``; refuse a changed configuration.
+
+    ``rank`` (data-parallel training) restores that rank's random-number states when the
+    checkpoint holds them; a rank the checkpoint's run did not have (a larger world size) is
+    seeded from ``(seed, rank, step)``.
 
     Raises:
         ValueError: the checkpoint's run configuration differs from ``config`` in settings not
@@ -200,7 +210,7 @@ def restore_run(
         logger.info("optimizer changed on resume: its state is not restored")
     else:
         optimizer.load_state_dict(payload["optimizer_state"])
-    set_rng_state(_cpu_rng(payload["rng_state"]))
+    set_rng_state(_cpu_rng(_rank_rng(payload, rank, config.get("seed", 0))))
     history = History(
         epochs=list(payload.get("history", [])),
         best=payload.get("best"),
@@ -221,6 +231,21 @@ def restore_run(
             )
             state.step_in_epoch, state.step_losses = 0, None
     return state
+
+
+def _rank_rng(payload: dict, rank: int, seed: int) -> dict:
+    states = payload.get("rank_rng_states")
+    if rank == 0:
+        return payload["rng_state"]
+    if states is not None and rank < len(states):
+        return states[rank]
+    from .distributed import rank_seed
+
+    saved = rng_state()
+    pyro.set_rng_seed(rank_seed(seed, rank, payload["step"]))
+    fresh = rng_state()
+    set_rng_state(saved)
+    return fresh
 
 
 def _comparable(stored: dict[str, Any]) -> dict[str, Any]:

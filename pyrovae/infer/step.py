@@ -106,6 +106,11 @@ class EagerStep:
     The loss is the sum over streams of ``objective.differentiable_loss(model, guide, *tensors,
     subsample=idx)``, each already scaled by N/M by the model's data plate. With ``validate=
     "first"`` Pyro's checks follow its global setting on this step's first call only.
+
+    Data-parallel training (:mod:`.distributed`) sets two hooks: ``weights`` (one factor per
+    stream for the next call, None for 1: a shard's share of the global batch; a stream with
+    an empty shard is skipped) and ``reduce_gradients`` (called with the parameters after
+    backward, before clipping: the all-reduce).
     """
 
     def __init__(
@@ -127,6 +132,8 @@ class EagerStep:
             self.model, self.guide = _positional(self.model), _positional(self.guide)
         self.calls = 0
         self.data_plates: list | None = None
+        self.weights: Sequence[float] | None = None
+        self.reduce_gradients: Callable[[list], None] | None = None
 
     def loss(
         self, tensors: Sequence[Tensors], batches: Sequence[torch.Tensor], record: bool = False
@@ -135,16 +142,26 @@ class EagerStep:
 
         With ``record``, each stream's model run notes its data plate in ``self.data_plates``.
         """
-        if not record:
-            return sum(self._loss_of(t, idx) for t, idx in zip(tensors, batches, strict=True))
-        total, self.data_plates = 0, []
-        for t, idx in zip(tensors, batches, strict=True):
-            self._recorder = _DataPlateRecorder()
+        weights = self.weights if self.weights is not None else [1] * len(batches)
+        total = None
+        if record:
+            self.data_plates = []
+        for t, idx, w in zip(tensors, batches, weights, strict=True):
+            if idx.numel() == 0:  # an empty shard (data-parallel): nothing to add
+                if record:
+                    self.data_plates.append(None)
+                continue
+            self._recorder = _DataPlateRecorder() if record else None
             try:
-                total = total + self._loss_of(t, idx)
+                term = self._loss_of(t, idx)
             finally:
-                self.data_plates.append(self._recorder.frame)
+                if record:
+                    self.data_plates.append(self._recorder.frame)
                 self._recorder = None
+            term = term if w == 1 else term * w
+            total = term if total is None else total + term
+        if total is None:  # no rows on this rank at this step: no gradient to contribute
+            return torch.zeros((), device=batches[0].device, requires_grad=True)
         return total
 
     def _loss_of(self, tensors: Tensors, idx: torch.Tensor) -> torch.Tensor:
@@ -164,6 +181,8 @@ class EagerStep:
             loss = self.loss(tensors, batches, record=self.calls == 0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.reduce_gradients is not None:
+            self.reduce_gradients(self.params)
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         self.optimizer.step()

@@ -130,6 +130,10 @@ class BatchPlan:
     The largest stream sets the number of steps: ``ceil(N / B)`` (``floor`` with ``drop_last``).
     Smaller streams cycle through fresh permutations as often as needed, with batch size
     ``min(B, N_stream)``, so 100 labelled images pair with any number of unlabelled batches.
+
+    With ``world_size > 1`` the batches above are the *global* ones (every rank computes the
+    same plan) and :meth:`step` gives rank ``rank``'s contiguous shard of each (sizes differ by
+    at most one row); :meth:`weights` gives each shard's loss weight ``world_size * M_r / M``.
     """
 
     def __init__(
@@ -139,7 +143,12 @@ class BatchPlan:
         seed: int,
         epoch: int,
         drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+        self.rank, self.world_size = rank, world_size
         main = max(range(len(streams)), key=lambda i: streams[i].size)
         n, b = streams[main].size, batch_sizes[main]
         self.num_steps = n // b if drop_last and n >= b else -(-n // b)
@@ -161,5 +170,16 @@ class BatchPlan:
             self.batches.append(chunks)
 
     def step(self, k: int) -> list[torch.Tensor]:
-        return [chunks[k] for chunks in self.batches]
+        """Step ``k``'s index batch of every stream (this rank's shard of it)."""
+        if self.world_size == 1:
+            return [chunks[k] for chunks in self.batches]
+        return [chunks[k].tensor_split(self.world_size)[self.rank] for chunks in self.batches]
+
+    def weights(self, k: int) -> list[float]:
+        """Each stream's loss weight at step ``k``: ``world_size * M_r / M`` (1: equal shards)."""
+        shards = self.step(k)
+        return [
+            self.world_size * shard.numel() / chunks[k].numel()
+            for shard, chunks in zip(shards, self.batches, strict=True)
+        ]
 

@@ -10,11 +10,15 @@ checkpoints, which is when a NaN or inf is caught.
 device, objective, optimiser, resume), run an epoch, end an epoch (history row, callbacks,
 best-model selection) and checkpoint. Its arguments travel grouped (`.options`); one
 optimisation step is a [`Step`][step.Step] built by
-[`make_step`][step.make_step], which the epoch loop only calls.
+[`make_step`][step.make_step], which the epoch loop only calls. With ``devices`` or
+``num_nodes`` the same loop runs in every process of a data-parallel group
+(`.distributed`): each takes its shard of every global batch, the step averages the
+gradients, and rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -26,6 +30,8 @@ import pyro
 import torch
 
 from .callbacks import EpochEnd, History
+from .checkpoint import rng_state
+from .distributed import DataParallel, launch, rank_seed
 from .objectives import make_objective
 from .options import Checkpointing, LossOptions, Monitoring, Optimisation, Schedule
 from .resume import RunState, allowed_changes, restore_run, resume_source, run_config, save_run
@@ -73,6 +79,9 @@ def fit(
     config: Mapping[str, Any] | None = None,
     validate: bool | str = "first",
     allow_config_change: bool | Collection[str] = False,
+    devices: int | None = None,
+    num_nodes: int = 1,
+    fabric: Any = None,
 ) -> History:
     """Train a model/guide pair by stochastic variational inference.
 
@@ -137,6 +146,16 @@ def fit(
         allow_config_change: settings a resumed run may change, e.g. ``("lr",)``, or ``True``
             for any (default ``False``: a difference is a ``ValueError`` listing them). Every
             configuration the run has had is kept in ``History.configs`` and the checkpoint.
+        devices: processes (devices) per node for data-parallel training (default: one
+            process, no Lightning). Each process trains on its shard of every global batch of
+            ``devices * num_nodes * batch_size`` rows and the gradients are averaged; the
+            processes are launched by Lightning Fabric (``device="cuda"``: one GPU each, NCCL;
+            otherwise CPU processes, gloo). The script that calls ``fit`` runs in every
+            process: write results on rank 0 only
+            (:func:`pyrovae.infer.distributed.global_rank`). See docs/scaling.md.
+        num_nodes: machines taking part (default 1), each running ``devices`` processes.
+        fabric: a ``lightning.fabric.Fabric`` to launch and train in, instead of
+            ``devices``/``num_nodes`` (for another strategy, cluster environment or timeout).
 
     Data may also be NumPy arrays: floating arrays become tensors of the model's floating-point
     dtype, integer arrays int64. On its first step ``fit`` traces the model once and warns
@@ -165,9 +184,13 @@ def fit(
         ),
         monitoring=Monitoring(tuple(callbacks), select_metric, select_mode, sync_every, progress),
     )
+    parallel = launch(devices, num_nodes, fabric, device)
+    if parallel is not None:
+        groups["schedule"] = Schedule(epochs, batch_size, drop_last, seed, parallel.device)
     pair = ModelPair(model, guide)
-    with param_scope(pair.module):
-        run = _Run(pair, data, **groups)
+    quiet = parallel.quiet_unless_main() if parallel is not None else contextlib.nullcontext()
+    with param_scope(pair.module), quiet:
+        run = _Run(pair, data, parallel=parallel, **groups)
         while run.state.epoch < run.schedule.epochs:
             steps, seconds = run.run_epoch()
             if run.end_epoch(steps, seconds):
@@ -188,7 +211,12 @@ class _Run:
         schedule: Schedule,
         checkpointing: Checkpointing,
         monitoring: Monitoring,
+        parallel: DataParallel | None = None,
     ) -> None:
+        self.parallel = parallel
+        self.rank, self.world_size = (0, 1) if parallel is None else (
+            parallel.rank, parallel.world_size
+        )
         self.pair, self.optimisation, self.schedule = pair, optimisation, schedule
         self.checkpointing, self.monitoring = checkpointing, monitoring
         allow = allowed_changes(checkpointing.allow_config_change)
@@ -202,7 +230,9 @@ class _Run:
         pair, schedule = self.pair, self.schedule
         self.device = resolve_device(schedule.device, data)
         self.streams = make_streams(data, self.device, _float_dtype(pair.module))
-        self.sizes = schedule.batch_sizes([s.name for s in self.streams])
+        # Global batch sizes: each of the world_size processes takes a shard of batch_size rows.
+        sizes = schedule.batch_sizes([s.name for s in self.streams])
+        self.sizes = [b * self.world_size for b in sizes]
         self.drop_last = jit if schedule.drop_last is None else schedule.drop_last
         if pair.module is not None:
             pair.module.to(self.device)
@@ -222,7 +252,8 @@ class _Run:
                 "compiled=True needs a graph-safe objective: give its name, or one made by "
                 "make_objective(..., graph_safe=True)"
             )
-        pyro.set_rng_seed(schedule.seed)  # the only seeding; a resumed run restores its RNGs
+        # The only seeding (its own on every rank); a resumed run restores its RNGs.
+        pyro.set_rng_seed(rank_seed(schedule.seed, self.rank))
         if pair.module is None:
             first = BatchPlan(self.streams, self.sizes, schedule.seed, 0, self.drop_last).step(0)
             pair.create_params(self.streams[0].tensors(0), first[0])
@@ -231,6 +262,8 @@ class _Run:
         )
         self.step = make_step(pair, loss, objective, optimizer, optimisation.clip_norm)
         self.optimizer_state = getattr(self.step, "checkpoint_state", self.step.optimizer)
+        if self.parallel is not None:
+            self.parallel.attach(self.step)
         self.config = run_config(
             model=pair.describe(), data={s.name: s.size for s in self.streams},
             objective=objective, num_particles=loss.num_particles, optimizer=optimisation.optimizer,
@@ -242,34 +275,44 @@ class _Run:
         """A fresh run state, or the checkpoint's (its configuration checked against ours)."""
         checkpointing, pair = self.checkpointing, self.pair
         self.fit_config = dict(
-            self.config, epochs=self.schedule.epochs, user=dict(checkpointing.config or {})
+            self.config, epochs=self.schedule.epochs, user=dict(checkpointing.config or {}),
+            world_size=self.world_size,
         )
         source = resume_source(checkpointing)
         if source is None:
             self.state = RunState(History(configs=[dict(epoch=0, step=0, config=self.config)]))
         else:
             self.state = restore_run(
-                source, pair, self.optimizer_state, self.device, self.config, allow
+                source, pair, self.optimizer_state, self.device, self.config, allow,
+                rank=self.rank,
             )
             logger.info(
                 "resumed from %s at epoch %d step %d", source, self.state.epoch, self.state.step
             )
+        if self.parallel is not None:
+            self.parallel.broadcast_parameters(pair.parameters())
         # A last.pt found bad on resume is not kept as previous.pt over the good one.
         self.keep_previous = source is None or source != checkpointing.previous
 
     def run_epoch(self) -> tuple[int, float]:
         """Train one epoch (from where a resumed run stopped); its number of steps and seconds."""
         state, epoch = self.state, self.state.epoch
-        plan = BatchPlan(self.streams, self.sizes, self.schedule.seed, epoch, self.drop_last)
+        plan = BatchPlan(
+            self.streams, self.sizes, self.schedule.seed, epoch, self.drop_last,
+            rank=self.rank, world_size=self.world_size,
+        )
         tensors = [s.tensors(epoch) for s in self.streams]
         self.lr = self.optimisation.lr_at(epoch, self.schedule.epochs)
         self.step.set_lr(self.lr)
         if state.step_losses is None or state.step_losses.numel() != plan.num_steps:
             state.step_losses = torch.zeros(plan.num_steps, device=self.device)
         started = time.perf_counter()
-        bar = _progress_bar(self.monitoring.progress, plan.num_steps, state.step_in_epoch, epoch)
+        progress = self.monitoring.progress if self.rank == 0 else False
+        bar = _progress_bar(progress, plan.num_steps, state.step_in_epoch, epoch)
         for k in range(state.step_in_epoch, plan.num_steps):
             batches = plan.step(k)
+            if self.parallel is not None:
+                self.step.weights = plan.weights(k)
             state.step_losses[k] = self.step(tensors, batches)
             state.step += 1
             state.step_in_epoch = k + 1
@@ -297,6 +340,8 @@ class _Run:
     def end_epoch(self, steps: int, seconds: float) -> bool:
         """The epoch's row, the callbacks, best-model selection, checkpoints; True to stop."""
         state, epoch = self.state, self.state.epoch
+        if self.parallel is not None:  # each rank's losses estimate the same global batch's
+            self.parallel.mean_(state.step_losses)
         mean_loss = float(state.step_losses.mean())
         row = dict(
             epoch=epoch,
@@ -310,6 +355,8 @@ class _Run:
         info = EpochEnd(epoch, state.step, mean_loss, self.pair.module, state.history, row)
         for callback in self.monitoring.callbacks:
             row.update(callback(info) or {})
+        if self.parallel is not None:  # one history (metrics, stop) for every rank: rank 0's
+            row = self.parallel.from_main(row)
         stop = bool(row.pop("stop", False))
         state.history.epochs.append(row)
         logger.info("epoch %d: %s", epoch, _fmt(row))
@@ -342,9 +389,17 @@ class _Run:
     def _save(self, path):
         is_last = path == self.checkpointing.last
         previous = self.checkpointing.previous if is_last and self.keep_previous else None
+        rank_rng_states = None
+        if self.parallel is not None:  # every rank takes part; rank 0 alone writes
+            if self.state.step_losses is not None:
+                self.parallel.mean_(self.state.step_losses)
+            rank_rng_states = self.parallel.gather(rng_state())
+            if not self.parallel.is_main:
+                self.keep_previous = self.keep_previous or is_last
+                return path
         saved = save_run(
             path, self.pair, self.optimizer_state, self.state, self.fit_config,
-            self.state.history.configs, previous=previous,
+            self.state.history.configs, previous=previous, rank_rng_states=rank_rng_states,
         )
         self.keep_previous = self.keep_previous or is_last
         return saved
