@@ -39,7 +39,7 @@ def model_sizes() -> dict[str, int]:
         "VAE 784-400-20": VAE(784, 20, hidden_sizes=(400,)),
         "Burda VAE 784-200-200-50": VAE(784, 50, hidden_sizes=(200, 200)),
         "M2 (experiments/m2_mnist.py defaults: conv classifier, 500 hidden, z 50)": M2(
-            784, 10, 50, hidden_dims=[500], classifier_arch="conv", activation="relu",
+            784, 10, 50, hidden_sizes=[500], classifier_arch="conv", activation="relu",
             alpha=5000.0,
         ),
         "PPCA K=10 on MNIST": PPCA(784, 10),

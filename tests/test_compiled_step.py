@@ -118,7 +118,7 @@ def test_m2_two_streams_eager_step_is_the_plain_loop():
     y = torch.arange(N) % 3
     streams = [(x,), (x[:12], y[:12])]
     steps = list(zip(_batches(4), _batches(4, n=12, b=6, seed=2), strict=True))
-    reference = M2(data_dim=D, num_classes=3, latent_dim=2, hidden_dims=(5,), alpha=3.0)
+    reference = M2(data_dim=D, num_classes=3, latent_dim=2, hidden_sizes=(5,), alpha=3.0)
     ours = copy.deepcopy(reference)
     plain = _plain_run(reference, EnumELBO(max_plate_nesting=1), streams, steps)
     compiled = _compiled_run(ours, make_objective("enum", graph_safe=True), streams, steps)

@@ -94,7 +94,7 @@ SCRIPT = textwrap.dedent(
 
     def train_m2(devices, scale):
         torch.manual_seed(2)
-        m2 = Fixed(M2(D, 3, 2, hidden_dims=[8], alpha=5.0).double())
+        m2 = Fixed(M2(D, 3, 2, hidden_sizes=[8], alpha=5.0).double())
         labelled = (binary(9, 1), torch.arange(9) % 3)
         data = {"labelled": labelled, "unlabelled": binary(40, 2)}
         history = fit(m2, data, devices=devices, objective="enum", lr=0.02, epochs=2, seed=4,
