@@ -30,8 +30,8 @@ import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroParam, pyro_method
 
-from .base import ConfigurableModule, check_data, check_positive_int, data_plate, take
-from .linear_gaussian import LinearGaussianModel, exact_posterior
+from .base import ConfigurableModule, check_data, data_plate, take
+from .linear_gaussian import LinearGaussianModel, check_linear_arguments, exact_posterior
 from .ppca import gaussian_log_density
 
 
@@ -91,10 +91,7 @@ class FactorAnalysis(LinearGaussianModel, ConfigurableModule):
     def __init__(
         self, data_dim: int, latent_dim: int, min_noise: float = 1e-4, init_scale: float = 0.1
     ) -> None:
-        check_positive_int(data_dim, "data_dim")
-        check_positive_int(latent_dim, "latent_dim")
-        if not min_noise > 0:
-            raise ValueError(f"min_noise must be > 0, got {min_noise!r}")
+        check_linear_arguments(data_dim, latent_dim, min_noise)
         super().__init__(
             data_dim=data_dim, latent_dim=latent_dim, min_noise=min_noise, init_scale=init_scale
         )

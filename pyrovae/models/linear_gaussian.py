@@ -63,6 +63,14 @@ def exact_posterior(W: torch.Tensor, mu: torch.Tensor, noise_var: torch.Tensor) 
     return AffineGaussian(weight, -weight @ mu, cov)
 
 
+def check_linear_arguments(data_dim: int, latent_dim: int, min_noise: float) -> None:
+    """The constructor checks of the linear models with a noise floor (FA, ICA)."""
+    check_positive_int(data_dim, "data_dim")
+    check_positive_int(latent_dim, "latent_dim")
+    if not min_noise > 0:
+        raise ValueError(f"min_noise must be > 0, got {min_noise!r}")
+
+
 class LinearGaussianGuide:
     """Mixin for a ``ConfigurableModule``: the guide ``q(z | x) = N(B x + c, L L^T)``.
 
