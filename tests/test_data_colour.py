@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import pyrovae.data.download as download
 import pyrovae.data.svhn as svhn
 from pyrovae.data import ChecksumError, DatasetNotFoundError, load_dataset
 from pyrovae.data.celeba import ATTRIBUTES, CROP, IMAGES, PARTITION
@@ -47,7 +48,7 @@ def test_svhn_download_is_md5_checked(tmp_path, monkeypatch):
     source = tmp_path / "source.mat"
     write_svhn(source)
     payload = source.read_bytes()
-    monkeypatch.setattr(svhn, "_fetch", lambda url, timeout: payload)
+    monkeypatch.setattr(download, "_fetch", lambda url, timeout: payload)
     with pytest.raises(ChecksumError, match="expected e26dedcc434d2e4c54c9b2d4a06d8373"):
         svhn.svhn_file("train", root=tmp_path / "a")
     assert not (tmp_path / "a" / "SVHN" / "train_32x32.mat").exists()  # nothing written
