@@ -58,6 +58,18 @@ def test_svhn_download_is_md5_checked(tmp_path, monkeypatch):
     assert path.read_bytes() == payload
 
 
+def test_svhn_download_waits_longer_and_a_stored_file_is_trusted(tmp_path, monkeypatch):
+    timeouts = []
+    payload = b"stands in for an SVHN file"
+    monkeypatch.setattr(download, "_fetch", lambda _, timeout: timeouts.append(timeout) or payload)
+    monkeypatch.setitem(svhn.FILES, "test", ("test_32x32.mat", hashlib.md5(payload).hexdigest()))
+    path = svhn.svhn_file("test", root=tmp_path)
+    assert timeouts == [download.DOWNLOAD_TIMEOUT_S * 20]  # the long timeout of the big files
+    path.write_bytes(b"changed")  # verify_stored=False: not hashed again on each load
+    assert svhn.svhn_file("test", root=tmp_path, download=False) == path
+    assert timeouts == [download.DOWNLOAD_TIMEOUT_S * 20]
+
+
 def test_svhn_without_scipy_says_what_to_install(tmp_path, monkeypatch):
     write_svhn(tmp_path / "SVHN" / "test_32x32.mat")
     monkeypatch.setitem(sys.modules, "scipy.io", None)
