@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import pyrovae.data.download as download
 import pyrovae.data.svhn as svhn
 from pyrovae.data import ChecksumError, DatasetNotFoundError, load_dataset
 from pyrovae.data.celeba import ATTRIBUTES, CROP, IMAGES, PARTITION
@@ -47,7 +48,7 @@ def test_svhn_download_is_md5_checked(tmp_path, monkeypatch):
     source = tmp_path / "source.mat"
     write_svhn(source)
     payload = source.read_bytes()
-    monkeypatch.setattr(svhn, "_fetch", lambda url, timeout: payload)
+    monkeypatch.setattr(download, "_fetch", lambda url, timeout: payload)
     with pytest.raises(ChecksumError, match="expected e26dedcc434d2e4c54c9b2d4a06d8373"):
         svhn.svhn_file("train", root=tmp_path / "a")
     assert not (tmp_path / "a" / "SVHN" / "train_32x32.mat").exists()  # nothing written
@@ -55,6 +56,18 @@ def test_svhn_download_is_md5_checked(tmp_path, monkeypatch):
     monkeypatch.setitem(svhn.FILES, "train", ("train_32x32.mat", good))
     path = svhn.svhn_file("train", root=tmp_path / "b")
     assert path.read_bytes() == payload
+
+
+def test_svhn_download_waits_longer_and_a_stored_file_is_trusted(tmp_path, monkeypatch):
+    timeouts = []
+    payload = b"stands in for an SVHN file"
+    monkeypatch.setattr(download, "_fetch", lambda _, timeout: timeouts.append(timeout) or payload)
+    monkeypatch.setitem(svhn.FILES, "test", ("test_32x32.mat", hashlib.md5(payload).hexdigest()))
+    path = svhn.svhn_file("test", root=tmp_path)
+    assert timeouts == [download.DOWNLOAD_TIMEOUT_S * 20]  # the long timeout of the big files
+    path.write_bytes(b"changed")  # verify_stored=False: not hashed again on each load
+    assert svhn.svhn_file("test", root=tmp_path, download=False) == path
+    assert timeouts == [download.DOWNLOAD_TIMEOUT_S * 20]
 
 
 def test_svhn_without_scipy_says_what_to_install(tmp_path, monkeypatch):

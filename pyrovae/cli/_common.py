@@ -1,6 +1,8 @@
 """What every ``pyrovae`` subcommand shares: option types that refuse bad values, the run
 options (``--device``, ``--seed``, ``--out``, ``--data-root``), the checks of an output folder
-before any work starts, and the one-line messages for faults the user can fix.
+before any work starts, the one-line messages for faults the user can fix, and the plumbing of
+the model families' ``train``/``resume``/``evaluate``/``sample`` (run folders, ``fit``,
+``train.json``, checkpoints, their parsers).
 
 Every message a user sees for a bad input is a `UsageError` (or an argparse error), which
 `pyrovae.cli.main` prints as one line ``pyrovae: error: ...`` with exit status 2.
@@ -9,16 +11,23 @@ Every message a user sees for a bad input is a `UsageError` (or an argparse erro
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import shlex
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+
+from pyrovae.cli._train import save_grid
+from pyrovae.infer import History, fit, load_checkpoint
+from pyrovae.infer.checkpoint import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -35,37 +44,32 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------------- option types
+def _number(text: str, convert, noun: str, accept) -> int | float:
+    """``convert(text)`` if ``accept`` takes it, else an ``ArgumentTypeError`` saying it must be
+    ``noun`` (a rejected integer is shown as parsed, a rejected float as typed)."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {noun}, got {text!r}") from None
+    if not accept(value):
+        shown = value if isinstance(value, int) else text
+        raise argparse.ArgumentTypeError(f"must be {noun}, got {shown}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (``0`` never means "all" or "none")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+    return _number(text, int, "a positive integer", lambda value: value >= 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
+    return _number(text, int, "a non-negative integer", lambda value: value >= 0)
 
 
 def positive_float(text: str) -> float:
     """argparse type: a finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+    return _number(text, float, "a positive number", lambda value: 0 < value < float("inf"))
 
 
 # ---------------------------------------------------------------------------------- run options
@@ -182,7 +186,7 @@ def out_of_memory_message(args: argparse.Namespace) -> str:
     """The one-line message for an out-of-memory fault, naming the options that set memory."""
     options = getattr(args, "memory_options", ("--batch-size",))
     def value(option: str) -> str:
-        found = getattr(args, option.lstrip("-").replace("-", "_"), None)
+        found = getattr(args, dest(option), None)
         return "all the data" if found is None and option == "--batch-size" else str(found)
 
     values = ", ".join(f"{o} {value(o)}" for o in options)
@@ -190,6 +194,11 @@ def out_of_memory_message(args: argparse.Namespace) -> str:
         f"out of memory ({values}): lower {' or '.join(options)}"
         + (" or use --device cpu" if str(getattr(args, "device", "")).startswith("cuda") else "")
     )
+
+
+def dest(option: str) -> str:
+    """The ``Namespace`` attribute of ``option``: ``--batch-size`` -> ``batch_size``."""
+    return option.lstrip("-").replace("-", "_")
 
 
 def progress_enabled(args: argparse.Namespace) -> bool | None:
@@ -228,6 +237,23 @@ def read_options(out: str | os.PathLike, command: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+#: The data sets the model families' ``train --dataset`` accepts (grey-level images).
+GREY_DATASETS = ("mnist", "fashion-mnist", "digits")
+
+
+def add_family_parser(
+    sub, family: str, *, help: str, description: str, train_help: str, train_description: str
+) -> tuple[argparse.ArgumentParser, Any, argparse.ArgumentParser]:
+    """``pyrovae FAMILY`` with its subcommands: returns its parser, the subparsers' action (to
+    add ``resume``, ``evaluate``, ``sample``) and ``train``'s parser, holding ``--dataset``."""
+    parser = sub.add_parser(family, help=help, description=description)
+    actions = parser.add_subparsers(dest="action", required=True)
+    train = actions.add_parser("train", help=train_help, description=train_description)
+    train.add_argument("--dataset", default="mnist", choices=GREY_DATASETS,
+                       help="data set (default mnist; digits is bundled and offline)")
+    return parser, actions, train
+
+
 def add_train_basics(parser: argparse.ArgumentParser, out: str, epochs: int) -> None:
     """``--epochs``, ``--batch-size``, ``--lr``, ``--out`` and the device, seed, data options."""
     parser.add_argument("--epochs", type=positive_int, default=epochs,
@@ -241,7 +267,11 @@ def add_train_basics(parser: argparse.ArgumentParser, out: str, epochs: int) -> 
     add_data_options(parser)
 
 
-def add_resume_parser(sub, command: str, run) -> argparse.ArgumentParser:
+def add_resume_parser(
+    sub, command: str, fit_run: Callable[..., int], memory_options: tuple[str, ...]
+) -> argparse.ArgumentParser:
+    """``pyrovae COMMAND resume``, which runs [`resume_run`][] with ``fit_run``; the
+    ``memory_options`` (named by the out-of-memory message) take the run's stored values."""
     parser = sub.add_parser(
         "resume", help="continue a run from its last checkpoint",
         description=f"Continue the run in --out (started by `pyrovae {command} train`) from its "
@@ -253,7 +283,8 @@ def add_resume_parser(sub, command: str, run) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     add_data_options(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=functools.partial(resume_run, command=command, fit_run=fit_run),
+                        memory_options=memory_options)
     return parser
 
 
@@ -272,3 +303,132 @@ def training_options(checkpoint: dict[str, Any], path: str | os.PathLike, family
             f"(it holds {checkpoint.get('model_class', 'no model')})"
         )
     return options
+
+
+# ---------------------------------------------------------------------------------- subcommands
+# What ``train``, ``resume``, ``evaluate`` and ``sample`` of every model family (``vae.py``,
+# ``m2.py``) do alike; each family module keeps its data, model, metrics and printed lines.
+def start_training(
+    args: argparse.Namespace, family: str, keys: tuple[str, ...], **options: Any
+) -> tuple[Path, dict[str, Any]]:
+    """``train``'s checks (``--device``, then a fresh ``--out``) and the run's options:
+    ``family``, the given ``options``, then ``args``' values of ``keys``."""
+    resolve_device(args.device)
+    out = start_run_folder(args.out, family)
+    return out, {"family": family, **options, **{key: getattr(args, key) for key in keys}}
+
+
+def resume_run(args: argparse.Namespace, command: str, fit_run: Callable[..., int]) -> int:
+    """``resume``: ``fit_run(args, out, options, resume=True)`` with the options the run in
+    ``--out`` was started with (``--epochs`` raises their total); the values the out-of-memory
+    message names (``args.memory_options``) are set on ``args`` from them."""
+    options = read_options(args.out, command)
+    if args.epochs is not None:
+        options["epochs"] = args.epochs
+    for option in args.memory_options:
+        setattr(args, dest(option), options[dest(option)])
+    return fit_run(args, check_writable_dir(args.out), options, resume=True)
+
+
+def fit_run(
+    args: argparse.Namespace, out: Path, options: dict[str, Any], model, data, *,
+    device: torch.device, resume: bool, **fit_options: Any,
+) -> tuple[History, float]:
+    """Write ``options.json``, then ``fit`` ``model`` to ``data`` with the run's ``lr``,
+    ``epochs`` and ``seed``, checkpoints in ``out`` and the options as ``config``; returns the
+    history and the seconds this invocation took."""
+    write_json(out / OPTIONS_FILE, options)
+    started = time.perf_counter()
+    history = fit(
+        model, data, lr=options["lr"], epochs=options["epochs"], seed=options["seed"],
+        device=device, checkpoint_dir=out, resume=resume, config=options,
+        progress=progress_enabled(args), **fit_options,
+    )
+    return history, time.perf_counter() - started
+
+
+def write_train_report(
+    out: Path, options: dict[str, Any], device: torch.device, seconds: float, history: History,
+    **results: Any,
+) -> Path:
+    """``out/train.json``: the command, options, device, seconds, ``results`` and history."""
+    return write_json(out / "train.json", {
+        "command": command_line(), "options": options, "device": str(device),
+        "seconds_this_invocation": seconds, **results, "history": history.epochs,
+    })
+
+
+class OpenedCheckpoint(NamedTuple):
+    device: torch.device
+    out: Path | None
+    options: dict[str, Any]
+    model: Any
+
+
+def open_checkpoint(
+    args: argparse.Namespace, family: str, *, optional_out: bool = False
+) -> OpenedCheckpoint:
+    """``evaluate``'s and ``sample``'s checks, in order (``--device``, ``--out``, then
+    ``--checkpoint`` written by ``pyrovae FAMILY train``) and the model loaded on the device.
+    With ``optional_out`` an empty ``--out`` means no file."""
+    device = resolve_device(args.device)
+    out = None if optional_out and not args.out else check_writable_file(args.out)
+    options = training_options(read_checkpoint(args.checkpoint), args.checkpoint, family)
+    return OpenedCheckpoint(device, out, options,
+                            load_checkpoint(args.checkpoint, map_location=device))
+
+
+def nll_line(nll: float, stderr: float, num_samples: int, num_examples: int) -> str:
+    """The printed line of an importance-sampled NLL (nats per image)."""
+    return (f"test NLL {nll:.3f} ± {stderr:.3f} nats/image "
+            f"(K={num_samples} importance samples, first {num_examples} images)")
+
+
+def write_report(path: Path | None, args: argparse.Namespace, metrics: dict[str, Any]) -> None:
+    """``evaluate --out``: the metrics as JSON with the command and checkpoint (and a line
+    saying so); nothing without ``--out``."""
+    if path:
+        write_json(path, {"command": command_line(), "checkpoint": str(args.checkpoint),
+                          **metrics})
+        print(f"wrote {path}")
+
+
+def write_samples(images: torch.Tensor, options: dict[str, Any], columns: int, out: Path,
+                  what: str) -> int:
+    """``sample``'s end: ``images`` [N, H*W] as a PNG grid ``columns`` wide at ``out`` (the
+    run's ``image_shape``), a line saying ``what`` was written, exit status 0."""
+    save_grid(images, tuple(options["image_shape"]), columns, out)
+    print(f"wrote {what} to {out}")
+    return 0
+
+
+def add_evaluate_parser(
+    actions, run: Callable[..., int], *, help: str, description: str, num_samples: int,
+    test_size_help: str,
+) -> argparse.ArgumentParser:
+    """``evaluate``: the checkpoint, device and seed, ``--num-samples`` (default
+    ``num_samples``), ``--eval-examples``, ``--test-size``, ``--out`` and the data options."""
+    parser = actions.add_parser("evaluate", help=help, description=description)
+    add_checkpoint_options(parser)
+    parser.add_argument("--num-samples", type=non_negative_int, default=num_samples,
+                        help=f"importance samples K for the NLL (default {num_samples}; "
+                        "0 skips it)")
+    parser.add_argument("--eval-examples", type=positive_int, default=1000,
+                        help="test images for the NLL (default 1000)")
+    parser.add_argument("--test-size", type=positive_int, default=None, help=test_size_help)
+    parser.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    add_data_options(parser)
+    parser.set_defaults(run=run, memory_options=("--num-samples",))
+    return parser
+
+
+def add_sample_parser(
+    actions, run: Callable[..., int], *, help: str, description: str, out: str,
+    memory_options: tuple[str, ...],
+) -> argparse.ArgumentParser:
+    """``sample``: the checkpoint, device and seed and ``--out`` (default ``out``, a PNG)."""
+    parser = actions.add_parser("sample", help=help, description=description)
+    add_checkpoint_options(parser)
+    parser.add_argument("--out", default=out, help=f"PNG file (default {out})")
+    parser.set_defaults(run=run, memory_options=memory_options)
+    return parser

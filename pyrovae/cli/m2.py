@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from typing import Any
 
 import torch
 
 from pyrovae.cli import _common as common
-from pyrovae.cli._train import m2_metrics, save_grid, semi_supervised_set
+from pyrovae.cli._train import m2_metrics, semi_supervised_set
 from pyrovae.data.mnist import canonical_name
-from pyrovae.infer import fit, load_checkpoint
-from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.infer.classification import validation_callback
 from pyrovae.models.m2 import M2
 
 logger = logging.getLogger(__name__)
 FAMILY = "m2"
-GREY_DATASETS = ("mnist", "fashion-mnist", "digits")
 #: data set -> (labelled examples, validation examples) by default.
 DEFAULT_SPLIT = {"mnist": (100, 10_000), "fashion-mnist": (100, 10_000), "digits": (50, 200)}
 
@@ -53,29 +49,17 @@ def m2_images(model: M2, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------- subcommands
 def train(args: argparse.Namespace) -> int:
-    common.resolve_device(args.device)
-    out = common.start_run_folder(args.out, FAMILY)
     dataset = canonical_name(args.dataset)
     n_labelled, n_validation = DEFAULT_SPLIT[dataset]
-    options = {
-        "family": FAMILY,
-        "dataset": dataset,
-        "n_labelled": args.n_labelled if args.n_labelled is not None else n_labelled,
-        "n_validation": args.n_validation if args.n_validation is not None else n_validation,
-        **{k: getattr(args, k) for k in (
+    out, options = common.start_training(
+        args, FAMILY, (
             "limit", "latent_dim", "hidden_sizes", "classifier_arch", "activation",
             "alpha_factor", "epochs", "batch_size", "labelled_batch_size", "lr", "seed",
-        )},
-    }
+        ), dataset=dataset,
+        n_labelled=args.n_labelled if args.n_labelled is not None else n_labelled,
+        n_validation=args.n_validation if args.n_validation is not None else n_validation,
+    )
     return _fit(args, out, options, resume=False)
-
-
-def resume(args: argparse.Namespace) -> int:
-    options = common.read_options(args.out, FAMILY)
-    if args.epochs is not None:
-        options["epochs"] = args.epochs
-    args.batch_size = options["batch_size"]  # named by the out-of-memory message
-    return _fit(args, common.check_writable_dir(args.out), options, resume=True)
 
 
 def _data(options: dict[str, Any], args: argparse.Namespace, device: torch.device):
@@ -92,25 +76,16 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
     options["image_shape"] = list(data.image_shape)
     torch.manual_seed(options["seed"])
     model = build_m2(options, data.x_test.shape[1], data.num_classes, data.num_train)
-    common.write_json(out / common.OPTIONS_FILE, options)
-    started = time.perf_counter()
-    history = fit(
-        model, {"unlabelled": data.unlabelled, "labelled": data.labelled}, objective="enum",
-        lr=options["lr"], epochs=options["epochs"],
+    history, seconds = common.fit_run(
+        args, out, options, model, {"unlabelled": data.unlabelled, "labelled": data.labelled},
+        device=device, resume=resume, objective="enum",
         batch_size={"unlabelled": options["batch_size"],
                     "labelled": options["labelled_batch_size"]},
-        seed=options["seed"], device=device,
-        callbacks=[validation_callback(data.x_val, data.y_val)], checkpoint_dir=out,
-        resume=resume, select_metric="val_accuracy", config=options,
-        progress=common.progress_enabled(args),
+        callbacks=[validation_callback(data.x_val, data.y_val)], select_metric="val_accuracy",
     )
-    seconds = time.perf_counter() - started
     best = history.best
-    common.write_json(out / "train.json", {
-        "command": common.command_line(), "options": options, "device": str(device),
-        "seconds_this_invocation": seconds, "best_epoch": best["epoch"],
-        "best_val_accuracy": best["val_accuracy"], "history": history.epochs,
-    })
+    common.write_train_report(out, options, device, seconds, history, best_epoch=best["epoch"],
+                              best_val_accuracy=best["val_accuracy"])
     print(f"M2 on {data.name} ({options['n_labelled']} labels): {len(history.epochs)} epochs "
           f"({seconds:.1f} s); best validation error {100 * (1 - best['val_accuracy']):.2f} % "
           f"at epoch {best['epoch']}: {out / 'best.pt'}")
@@ -118,10 +93,7 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    device = common.resolve_device(args.device)
-    report_path = common.check_writable_file(args.out) if args.out else None
-    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
-    model = load_checkpoint(args.checkpoint, map_location=device)
+    device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
     data = _data(options, args, device)
     x, y = data.x_test[: args.test_size], data.y_test[: args.test_size]
     torch.manual_seed(args.seed)
@@ -130,43 +102,33 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"test error {100 * metrics['test_error']:.2f} % ({metrics['num_examples']} images); "
           f"unlabelled bound U(x) {metrics['elbo']:.3f} nats/image")
     if "nll" in metrics:
-        print(f"test NLL {metrics['nll']:.3f} ± {metrics['nll_stderr']:.3f} nats/image "
-              f"(K={args.num_samples} importance samples, first {metrics['nll_examples']} images)")
-    if report_path:
-        common.write_json(report_path, {"command": common.command_line(),
-                                        "checkpoint": str(args.checkpoint), **metrics})
-        print(f"wrote {report_path}")
+        print(common.nll_line(metrics["nll"], metrics["nll_stderr"], args.num_samples,
+                              metrics["nll_examples"]))
+    common.write_report(report_path, args, metrics)
     return 0
 
 
 def sample(args: argparse.Namespace) -> int:
-    device = common.resolve_device(args.device)
-    out = common.check_writable_file(args.out)
-    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
-    model = load_checkpoint(args.checkpoint, map_location=device)
+    device, out, options, model = common.open_checkpoint(args, FAMILY)
     generator = torch.Generator().manual_seed(args.seed)
     classes, columns = model.num_classes, args.per_class
     z = torch.randn(columns, model.latent_dim, generator=generator)
     z = z.repeat(classes, 1).to(device)  # row c, column j: class c in style j
     y = torch.arange(classes, device=device).repeat_interleave(columns)
-    save_grid(m2_images(model, y, z), tuple(options["image_shape"]), columns, out)
-    print(f"wrote {classes} x {columns} samples (one row per class) to {out}")
-    return 0
+    return common.write_samples(m2_images(model, y, z), options, columns, out,
+                                f"{classes} x {columns} samples (one row per class)")
 
 
 # ----------------------------------------------------------------- options
 def add_parser(sub) -> list[argparse.ArgumentParser]:
     """``pyrovae m2`` and its four subcommands; returns every parser (for ``-v``/``-q``)."""
-    m2 = sub.add_parser("m2", help="train, resume, evaluate or sample semi-supervised M2",
-                        description="Semi-supervised M2 (Kingma et al. 2014) with y summed out.")
-    actions = m2.add_subparsers(dest="action", required=True)
-
-    tr = actions.add_parser("train", help="train M2 into a run folder",
-                            description="Train M2 with pyrovae.fit (TraceEnum_ELBO); the run "
-                            "folder gets last.pt (resumable), best.pt (best validation accuracy), "
-                            "options.json and train.json.")
-    tr.add_argument("--dataset", default="mnist", choices=GREY_DATASETS,
-                    help="data set (default mnist; digits is bundled and offline)")
+    m2, actions, tr = common.add_family_parser(
+        sub, FAMILY, help="train, resume, evaluate or sample semi-supervised M2",
+        description="Semi-supervised M2 (Kingma et al. 2014) with y summed out.",
+        train_help="train M2 into a run folder",
+        train_description="Train M2 with pyrovae.fit (TraceEnum_ELBO); the run folder gets "
+        "last.pt (resumable), best.pt (best validation accuracy), options.json and train.json.",
+    )
     tr.add_argument("--n-labelled", type=common.positive_int, default=None,
                     help="labelled images, a multiple of 10 (default 100; digits 50)")
     tr.add_argument("--n-validation", type=common.positive_int, default=None,
@@ -186,29 +148,20 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     common.add_train_basics(tr, out="runs/m2", epochs=10)
     tr.set_defaults(run=train, memory_options=("--batch-size", "--labelled-batch-size"))
 
-    re = common.add_resume_parser(actions, FAMILY, resume)
-    re.set_defaults(memory_options=("--batch-size",))
+    re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))
 
-    ev = actions.add_parser("evaluate", help="test error, test bound and importance-sampled NLL",
-                            description="Test error of argmax q(y|x), the unlabelled bound U(x) "
-                            "and the importance-sampled NLL of a checkpoint (nats per image).")
-    common.add_checkpoint_options(ev)
-    ev.add_argument("--num-samples", type=common.non_negative_int, default=100,
-                    help="importance samples K for the NLL (default 100; 0 skips it)")
-    ev.add_argument("--eval-examples", type=common.positive_int, default=1000,
-                    help="test images for the NLL (default 1000)")
-    ev.add_argument("--test-size", type=common.positive_int, default=None,
-                    help="first N test images (default all)")
-    ev.add_argument("--out", default=None, help="also write the metrics to this JSON file")
-    common.add_data_options(ev)
-    ev.set_defaults(run=evaluate, memory_options=("--num-samples",))
+    ev = common.add_evaluate_parser(
+        actions, evaluate, help="test error, test bound and importance-sampled NLL",
+        description="Test error of argmax q(y|x), the unlabelled bound U(x) and the "
+        "importance-sampled NLL of a checkpoint (nats per image).",
+        num_samples=100, test_size_help="first N test images (default all)",
+    )
 
-    sa = actions.add_parser("sample", help="one row of images per class into a PNG",
-                            description="Decoder means E[x|y,z]: one row per class y, one "
-                            "style z from the prior per column.")
-    common.add_checkpoint_options(sa)
+    sa = common.add_sample_parser(
+        actions, sample, help="one row of images per class into a PNG",
+        description="Decoder means E[x|y,z]: one row per class y, one style z from the prior "
+        "per column.", out="m2_samples.png", memory_options=("--per-class",),
+    )
     sa.add_argument("--per-class", type=common.positive_int, default=8,
                     help="images per class (default 8)")
-    sa.add_argument("--out", default="m2_samples.png", help="PNG file (default m2_samples.png)")
-    sa.set_defaults(run=sample, memory_options=("--per-class",))
     return [m2, tr, re, ev, sa]

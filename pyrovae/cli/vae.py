@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from typing import Any
 
 import torch
 
 from pyrovae.cli import _common as common
-from pyrovae.cli._train import image_set, save_grid, vae_metrics
+from pyrovae.cli._train import image_set, vae_metrics
 from pyrovae.data.mnist import canonical_name
-from pyrovae.infer import fit, load_checkpoint
-from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.infer.evaluation import elbo_terms
 from pyrovae.models.vae import VAE
 
 logger = logging.getLogger(__name__)
 FAMILY = "vae"
-GREY_DATASETS = ("mnist", "fashion-mnist", "digits")
 
 
 # ----------------------------------------------------------------- the model: one place to adapt
@@ -49,27 +45,12 @@ def vae_images(model: VAE, n: int, generator: torch.Generator) -> torch.Tensor:
 
 # ----------------------------------------------------------------- subcommands
 def train(args: argparse.Namespace) -> int:
-    common.resolve_device(args.device)
-    out = common.start_run_folder(args.out, FAMILY)
-    options = {
-        "family": FAMILY,
-        "dataset": canonical_name(args.dataset),
-        **{k: getattr(args, k) for k in (
-            "latent_dim", "hidden_sizes", "arch", "activation", "likelihood", "sigma",
-            "objective", "num_particles", "epochs", "batch_size", "lr", "train_size",
-            "test_size", "eval_every", "seed",
-        )},
-    }
+    out, options = common.start_training(args, FAMILY, (
+        "latent_dim", "hidden_sizes", "arch", "activation", "likelihood", "sigma", "objective",
+        "num_particles", "epochs", "batch_size", "lr", "train_size", "test_size", "eval_every",
+        "seed",
+    ), dataset=canonical_name(args.dataset))
     return _fit(args, out, options, resume=False)
-
-
-def resume(args: argparse.Namespace) -> int:
-    options = common.read_options(args.out, FAMILY)
-    if args.epochs is not None:
-        options["epochs"] = args.epochs
-    for key in ("batch_size", "num_particles"):  # named by the out-of-memory message
-        setattr(args, key, options[key])
-    return _fit(args, common.check_writable_dir(args.out), options, resume=True)
 
 
 def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -> int:
@@ -83,7 +64,6 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
     torch.manual_seed(options["seed"])
     model = build_vae(options, data.data_dim)
     model.check_data(data.test_x)
-    common.write_json(out / common.OPTIONS_FILE, options)
     every, epochs = options["eval_every"], options["epochs"]
 
     def test_elbo(end) -> dict[str, float]:
@@ -93,30 +73,20 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
         end.module.train()
         return {"test_elbo": value}
 
-    started = time.perf_counter()
-    history = fit(
-        model, data.train, objective=options["objective"],
-        num_particles=options["num_particles"], lr=options["lr"], epochs=epochs,
-        batch_size=options["batch_size"], seed=options["seed"], device=device,
-        callbacks=[test_elbo], checkpoint_dir=out, resume=resume, config=options,
-        progress=common.progress_enabled(args),
+    history, seconds = common.fit_run(
+        args, out, options, model, data.train, device=device, resume=resume,
+        objective=options["objective"], num_particles=options["num_particles"],
+        batch_size=options["batch_size"], callbacks=[test_elbo],
     )
-    seconds = time.perf_counter() - started
     final = next((r["test_elbo"] for r in reversed(history.epochs) if "test_elbo" in r), None)
-    common.write_json(out / "train.json", {
-        "command": common.command_line(), "options": options, "device": str(device),
-        "seconds_this_invocation": seconds, "test_elbo": final, "history": history.epochs,
-    })
+    common.write_train_report(out, options, device, seconds, history, test_elbo=final)
     print(f"VAE (K={options['latent_dim']}) on {data.name}: {len(history.epochs)} epochs, "
           f"test ELBO {final:.3f} nats/image ({seconds:.1f} s); checkpoint {out / 'last.pt'}")
     return 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    device = common.resolve_device(args.device)
-    report_path = common.check_writable_file(args.out) if args.out else None
-    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
-    model = load_checkpoint(args.checkpoint, map_location=device)
+    device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
     test_size = args.test_size if args.test_size is not None else options["test_size"]
     data = image_set(
         options["dataset"], binarized=options["likelihood"] == "bernoulli", seed=options["seed"],
@@ -132,39 +102,28 @@ def evaluate(args: argparse.Namespace) -> int:
           f"{args.elbo_samples} samples each)")
     if "subset" in metrics:
         s = metrics["subset"]
-        print(f"test NLL {s['nll']:.3f} ± {s['nll_stderr']:.3f} nats/image "
-              f"(K={args.num_samples} importance samples, first {s['num_examples']} images)")
-    if report_path:
-        common.write_json(report_path, {"command": common.command_line(),
-                                        "checkpoint": str(args.checkpoint), **metrics})
-        print(f"wrote {report_path}")
+        print(common.nll_line(s["nll"], s["nll_stderr"], args.num_samples, s["num_examples"]))
+    common.write_report(report_path, args, metrics)
     return 0
 
 
 def sample(args: argparse.Namespace) -> int:
-    device = common.resolve_device(args.device)
-    out = common.check_writable_file(args.out)
-    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
-    model = load_checkpoint(args.checkpoint, map_location=device)
+    device, out, options, model = common.open_checkpoint(args, FAMILY)
     generator = torch.Generator().manual_seed(args.seed)
     images = vae_images(model, args.num, generator)
-    save_grid(images, tuple(options["image_shape"]), args.columns, out)
-    print(f"wrote {args.num} samples to {out}")
-    return 0
+    return common.write_samples(images, options, args.columns, out, f"{args.num} samples")
 
 
 # ----------------------------------------------------------------- options
 def add_parser(sub) -> list[argparse.ArgumentParser]:
     """``pyrovae vae`` and its four subcommands; returns every parser (for ``-v``/``-q``)."""
-    vae = sub.add_parser("vae", help="train, resume, evaluate or sample a VAE",
-                         description="A VAE (Kingma & Welling 2014) on binarised images.")
-    actions = vae.add_subparsers(dest="action", required=True)
-
-    tr = actions.add_parser("train", help="train a VAE into a run folder",
-                            description="Train a VAE with pyrovae.fit; the run folder gets "
-                            "last.pt (resumable), options.json and train.json.")
-    tr.add_argument("--dataset", default="mnist", choices=GREY_DATASETS,
-                    help="data set (default mnist; digits is bundled and offline)")
+    vae, actions, tr = common.add_family_parser(
+        sub, FAMILY, help="train, resume, evaluate or sample a VAE",
+        description="A VAE (Kingma & Welling 2014) on binarised images.",
+        train_help="train a VAE into a run folder",
+        train_description="Train a VAE with pyrovae.fit; the run folder gets last.pt "
+        "(resumable), options.json and train.json.",
+    )
     tr.add_argument("--latent-dim", type=common.positive_int, default=20, help="K (default 20)")
     tr.add_argument("--hidden-sizes", type=common.positive_int, nargs="+", default=[400],
                     help="hidden widths of the encoder; the decoder mirrors them (default 400)")
@@ -190,30 +149,22 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     common.add_train_basics(tr, out="runs/vae", epochs=10)
     tr.set_defaults(run=train, memory_options=("--batch-size", "--num-particles"))
 
-    re = common.add_resume_parser(actions, FAMILY, resume)
-    re.set_defaults(memory_options=("--batch-size", "--num-particles"))
+    re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size", "--num-particles"))
 
-    ev = actions.add_parser("evaluate", help="test ELBO and importance-sampled NLL",
-                            description="Test ELBO (all test images) and the importance-sampled "
-                            "NLL (the first --eval-examples) of a checkpoint, nats per image.")
-    common.add_checkpoint_options(ev)
-    ev.add_argument("--num-samples", type=common.non_negative_int, default=1000,
-                    help="importance samples K for the NLL (default 1000; 0 skips it)")
-    ev.add_argument("--eval-examples", type=common.positive_int, default=1000,
-                    help="test images for the NLL (default 1000)")
+    ev = common.add_evaluate_parser(
+        actions, evaluate, help="test ELBO and importance-sampled NLL",
+        description="Test ELBO (all test images) and the importance-sampled NLL (the first "
+        "--eval-examples) of a checkpoint, nats per image.",
+        num_samples=1000, test_size_help="first N test images (default: as in training)",
+    )
     ev.add_argument("--elbo-samples", type=common.positive_int, default=10,
                     help="samples per image for the ELBO (default 10)")
-    ev.add_argument("--test-size", type=common.positive_int, default=None,
-                    help="first N test images (default: as in training)")
-    ev.add_argument("--out", default=None, help="also write the metrics to this JSON file")
-    common.add_data_options(ev)
-    ev.set_defaults(run=evaluate, memory_options=("--num-samples",))
 
-    sa = actions.add_parser("sample", help="draw images from a checkpoint into a PNG",
-                            description="Decoder means E[x|z] for z from the prior, as a grid.")
-    common.add_checkpoint_options(sa)
+    sa = common.add_sample_parser(
+        actions, sample, help="draw images from a checkpoint into a PNG",
+        description="Decoder means E[x|z] for z from the prior, as a grid.",
+        out="samples.png", memory_options=("--num",),
+    )
     sa.add_argument("--num", type=common.positive_int, default=64, help="images (default 64)")
     sa.add_argument("--columns", type=common.positive_int, default=8, help="grid width (8)")
-    sa.add_argument("--out", default="samples.png", help="PNG file (default samples.png)")
-    sa.set_defaults(run=sample, memory_options=("--num",))
     return [vae, tr, re, ev, sa]

@@ -10,22 +10,14 @@ it is mapped to 0.
 from __future__ import annotations
 
 import functools
-import http.client
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from pyrovae.data.mnist import (
-    DOWNLOAD_TIMEOUT_S,
-    ChecksumError,
-    DatasetNotFoundError,
-    _fetch,
-    _md5,
-    _write_atomically,
-    data_root,
-)
+from pyrovae.data.download import checked_file
+from pyrovae.data.mnist import DOWNLOAD_TIMEOUT_S, data_root
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +34,9 @@ IMAGE_SHAPE = (3, 32, 32)
 def svhn_file(split: str, root: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The path of ``split``'s ``.mat`` file, downloaded (md5-checked, atomically) if missing.
 
+    A file already stored is trusted (``checked_file(verify_stored=False)``): hashing 182 MB on
+    every load is slow, and the file is parsed by ``scipy.io.loadmat``, never unpickled.
+
     Raises:
         DatasetNotFoundError: the file is missing and ``download=False`` or the download failed;
             the message names the folder, the file and where to get it.
@@ -50,23 +45,14 @@ def svhn_file(split: str, root: str | os.PathLike | None = None, download: bool 
     name, md5 = FILES[split]
     folder = data_root(root) / FOLDER
     path = folder / name
-    if path.is_file():
-        return path
-    where = (f"SVHN file {path} is missing ({{}}). Download {URL}{name} (md5 {md5}) into "
-             f"{folder}, or set PYROVAE_DATA (or pass root=) to a folder that contains {FOLDER}/")
-    if not download:
-        raise DatasetNotFoundError(where.format("download=False"))
-    logger.info("downloading %s%s", URL, name)
-    try:
-        payload = _fetch(URL + name, DOWNLOAD_TIMEOUT_S * 20)  # 182 MB for train
-    except (OSError, http.client.HTTPException) as error:
-        raise DatasetNotFoundError(where.format(f"download failed: {error}")) from error
-    actual = _md5(payload)
-    if actual != md5:
-        raise ChecksumError(f"download of {URL}{name} has md5 {actual}, expected {md5}; "
-                            "it was discarded")
-    _write_atomically(path, payload)
-    return path
+    return checked_file(
+        path, URL + name, md5, download=download, timeout=DOWNLOAD_TIMEOUT_S * 20,  # 182 MB
+        verify_stored=False,
+        missing=lambda reason: (
+            f"SVHN file {path} is missing ({reason}). Download {URL}{name} (md5 {md5}) into "
+            f"{folder}, or set PYROVAE_DATA (or pass root=) to a folder that contains {FOLDER}/"
+        ),
+    )
 
 
 def _loadmat():
