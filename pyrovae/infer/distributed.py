@@ -4,12 +4,12 @@
 launches one process per device through Lightning Fabric's launcher (``Fabric.launch()``: the
 running script is started again once per extra device, with the ranks in its environment; under
 ``torchrun`` or SLURM the processes already exist and Fabric only joins them) and trains with
-:class:`DataParallel`:
+[`DataParallel`][]:
 
 - every process holds the whole data set and draws the *same* permutation of every epoch (it is
   a function of ``(seed, epoch, stream)``); the global batch of ``world_size * batch_size`` rows
   is cut into ``world_size`` contiguous shards and rank ``r`` takes shard ``r``
-  (:class:`~pyrovae.infer.streams.BatchPlan`), so each example is seen once per epoch;
+  (`BatchPlan`), so each example is seen once per epoch;
 - each process's model scales its shard by ``N / M_r`` (global data size over its shard's size)
   in its data plate, so its loss is an unbiased estimate of the full-data loss; its loss is
   weighted by ``world_size * M_r / M`` (1 when the shards are equal) and the flat gradient of

@@ -107,7 +107,7 @@ class EagerStep:
     subsample=idx)``, each already scaled by N/M by the model's data plate. With ``validate=
     "first"`` Pyro's checks follow its global setting on this step's first call only.
 
-    Data-parallel training (:mod:`.distributed`) sets two hooks: ``weights`` (one factor per
+    Data-parallel training (`.distributed`) sets two hooks: ``weights`` (one factor per
     stream for the next call, None for 1: a shard's share of the global batch; a stream with
     an empty shard is skipped) and ``reduce_gradients`` (called with the parameters after
     backward, before clipping: the all-reduce).

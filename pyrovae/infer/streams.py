@@ -132,8 +132,8 @@ class BatchPlan:
     ``min(B, N_stream)``, so 100 labelled images pair with any number of unlabelled batches.
 
     With ``world_size > 1`` the batches above are the *global* ones (every rank computes the
-    same plan) and :meth:`step` gives rank ``rank``'s contiguous shard of each (sizes differ by
-    at most one row); :meth:`weights` gives each shard's loss weight ``world_size * M_r / M``.
+    same plan) and `step` gives rank ``rank``'s contiguous shard of each (sizes differ by
+    at most one row); `weights` gives each shard's loss weight ``world_size * M_r / M``.
     """
 
     def __init__(

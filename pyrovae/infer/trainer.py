@@ -152,7 +152,7 @@ def fit(
             processes are launched by Lightning Fabric (``device="cuda"``: one GPU each, NCCL;
             otherwise CPU processes, gloo). The script that calls ``fit`` runs in every
             process: write results on rank 0 only
-            (:func:`pyrovae.infer.distributed.global_rank`). See docs/scaling.md.
+            ([`pyrovae.infer.distributed.global_rank`][]). See docs/scaling.md.
         num_nodes: machines taking part (default 1), each running ``devices`` processes.
         fabric: a ``lightning.fabric.Fabric`` to launch and train in, instead of
             ``devices``/``num_nodes`` (for another strategy, cluster environment or timeout).
