@@ -56,8 +56,10 @@ def prepare_data(
 ) -> SemiSupervisedData:
     """Balanced labelled set (``labelled_split``, seeded), the rest unlabelled, a validation split.
 
-    Training images are binarised afresh every epoch (``"dynamic"``) or once (``"static"``);
-    validation and test images once, with fixed seeds; every tensor on ``device`` (default
+    Training images are binarised afresh every epoch (``"dynamic"``) or once (``"static"``),
+    validation and test images once, with fixed seeds; or every image keeps its grey levels in
+    [0, 1] (``"grey"``, the papers' input, for a Bernoulli likelihood with
+    ``allow_continuous=True``); every tensor on ``device`` (default
     the CPU; ``m1`` must be there too). ``limit`` keeps the first ``limit``
     training and test images (smoke tests). With an M1 VAE ``m1`` (M1+M2), the data are
     M1's codes instead of pixels: fresh draws of ``q(z1 | x)`` every epoch for training
@@ -72,6 +74,15 @@ def prepare_data(
     split = labelled_split(y, n_labelled, n_validation, seed, num_classes=train.num_classes)
     x_l, y_l = x[split.labelled], y[split.labelled]
     x_u = x[split.unlabelled]
+    if binarization == "grey":
+        if m1 is not None:
+            raise ValueError("M1 codes are drawn from binarised images: use binarization='dynamic'")
+        return SemiSupervisedData(
+            unlabelled=(x_u,), labelled=(x_l, y_l), x_val=x[split.validation],
+            y_val=y[split.validation], x_test=x_test, y_test=y_test,
+            num_train=len(split.labelled) + len(split.unlabelled),
+            image_shape=tuple(train.image_shape),
+        )
     x_val, x_test = binarize(x[split.validation], 10_000 + seed), binarize(x_test, 20_000)
     if m1 is not None:
         if binarization != "dynamic":
@@ -83,7 +94,8 @@ def prepare_data(
     elif binarization == "static":
         unlabelled, labelled = (binarize(x_u, seed),), (binarize(x_l, seed + 1), y_l)
     else:
-        raise ValueError(f"binarization must be 'dynamic' or 'static', got {binarization!r}")
+        raise ValueError(
+            f"binarization must be 'dynamic', 'static' or 'grey', got {binarization!r}")
     return SemiSupervisedData(
         unlabelled=unlabelled,
         labelled=labelled,
@@ -132,13 +144,17 @@ def train_m2(
     jit: bool,
     info: dict,
     device: torch.device | str | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    test_curve: bool = False,
 ) -> dict:
     """One ``pyrovae.fit`` (resumed from ``out/last.pt`` when there is one) for ``max_epochs``
     epochs or until ``TimeBudget(max_minutes)`` stops it, writing ``out/metrics.json`` after
     every epoch; report the validation-selected model (``best.pt``) on the test set.
 
     The epoch that crosses the budget is finished; a later invocation with the same ``out``
-    goes on from there.
+    goes on from there. The test set is read once, by the selected model at the end, unless
+    ``test_curve`` (a diagnostic) records the current model's test error every epoch too.
+    Adam's ``betas`` other than torch's default ``(0.9, 0.999)`` use :class:`AdamWithBetas`.
     """
     out.mkdir(parents=True, exist_ok=True)
     streams = {"unlabelled": data.unlabelled, "labelled": data.labelled}
@@ -166,12 +182,15 @@ def train_m2(
         logger.info("epoch %d: loss/example %.2f, val acc %.4f, %.1f s", row["epoch"],
                     row["loss_per_example"], row["val_accuracy"], row["seconds"])
 
+    callbacks = [validation_callback(data.x_val, data.y_val)]
+    if test_curve:
+        callbacks.append(test_callback)
+    optimizer = "adam" if tuple(betas) == (0.9, 0.999) else AdamWithBetas(tuple(betas))
     history = pyrovae.fit(
-        model, streams, objective="enum", jit=jit, lr=lr,
+        model, streams, objective="enum", jit=jit, lr=lr, optimizer=optimizer,
         lr_schedule=f"exponential:{lr_decay}" if lr_decay != 1 else None,
         epochs=max_epochs, batch_size=sizes, seed=seed, device=device,
-        callbacks=[validation_callback(data.x_val, data.y_val), test_callback, report,
-                   TimeBudget(max_minutes)],
+        callbacks=[*callbacks, report, TimeBudget(max_minutes)],
         checkpoint_dir=out, resume=True, select_metric="val_accuracy", config=info,
     )
     done = len(history.epochs)
@@ -188,6 +207,20 @@ def train_m2(
     )
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+class AdamWithBetas:
+    """``fit``'s ``optimizer=``: ``torch.optim.Adam`` with given betas (e.g. Pyro's SS-VAE's
+    (0.95, 0.999)). Its ``repr`` names the betas, so that a resumed run recognises it."""
+
+    def __init__(self, betas: tuple[float, float]) -> None:
+        self.betas = (float(betas[0]), float(betas[1]))
+
+    def __call__(self, params, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=lr, betas=self.betas)
+
+    def __repr__(self) -> str:
+        return f"AdamWithBetas({self.betas})"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

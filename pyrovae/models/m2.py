@@ -133,6 +133,19 @@ def warn_missing_classes(y: torch.Tensor, num_classes: int, what: str = "y") -> 
         )
 
 
+def normal_init_(module: nn.Module, std: float) -> nn.Module:
+    """Redraw every parameter of ``module`` from ``N(0, std^2)`` in place (torch's global RNG).
+
+    ``std`` is a standard deviation. Returns ``module``.
+    """
+    if not float(std) > 0:
+        raise ValueError(f"std must be > 0, got {std}")
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, float(std))
+    return module
+
+
 class M2(ConfigurableModule):
     """Semi-supervised M2 (see the module docstring for the story).
 
@@ -174,6 +187,13 @@ class M2(ConfigurableModule):
             Modules you give are converted to ``PyroModule`` in place; ``config`` keeps a
             copy of each as given, so a checkpoint can rebuild the model (the module's class
             must be importable to load it).
+        init_scale: if given, a standard deviation s: after construction every parameter
+            (weights and biases of the classifier, encoder and decoder) is redrawn from
+            ``N(0, s^2)`` (:func:`normal_init_`). Default None: PyTorch's layer initialisation.
+            Kingma et al.'s released code draws its weights with ``init_w(1e-3)``, i.e.
+            ``np.random.normal(0, 1e-3)``: a standard deviation of 1e-3 (variance 1e-6), which
+            the paper writes ``N(0, 0.001)``; ``init_scale=1e-3`` reproduces it
+            (:mod:`pyrovae.models.m2_presets`).
 
     Methods: :meth:`encode` ``(x, y) -> (loc, scale)`` of ``q(z|x,y)``; :meth:`decode`
     ``(z, y) -> E[x | y, z]``; :meth:`sample` ``y -> x`` with ``z`` from the prior;
@@ -205,6 +225,7 @@ class M2(ConfigurableModule):
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         classifier: nn.Module | None = None,
+        init_scale: float | None = None,
     ) -> None:
         check_positive_int(data_dim, "data_dim")
         check_positive_int(num_classes, "num_classes")
@@ -236,6 +257,8 @@ class M2(ConfigurableModule):
             raise ValueError(f"labelled_weight must be > 0, got {labelled_weight}")
         if likelihood not in M2_LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {M2_LIKELIHOODS}, got {likelihood!r}")
+        if init_scale is not None and not float(init_scale) > 0:
+            raise ValueError(f"init_scale must be > 0 (a standard deviation), got {init_scale}")
         super().__init__(
             data_dim=data_dim, num_classes=num_classes, latent_dim=latent_dim,
             hidden_sizes=hidden_sizes, decoder_hidden_sizes=decoder_hidden_sizes, arch=arch,
@@ -245,6 +268,7 @@ class M2(ConfigurableModule):
             # Copies as given, unconverted, so that a checkpoint can rebuild the model.
             encoder=copy.deepcopy(encoder), decoder=copy.deepcopy(decoder),
             classifier=copy.deepcopy(classifier),
+            init_scale=None if init_scale is None else float(init_scale),
         )
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.alpha, self.labelled_weight = float(alpha), float(labelled_weight)
@@ -269,6 +293,8 @@ class M2(ConfigurableModule):
                 num_heads=self.likelihood.num_heads,
             )
         self.decoder = as_pyro(decoder)
+        if init_scale is not None:
+            normal_init_(self, float(init_scale))
 
     @classmethod
     def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
