@@ -25,6 +25,7 @@ from pyrovae.data import (
     labelled_split,
     load_dataset,
 )
+from pyrovae.data.streams import active_dimensions
 from pyrovae.infer import TimeBudget, param_scope
 from pyrovae.infer.classification import accuracy, validation_callback
 from pyrovae.models.m2 import M2
@@ -42,6 +43,7 @@ class SemiSupervisedData:
     y_test: torch.Tensor
     num_train: int
     image_shape: tuple[int, int]
+    m1_dims_kept: list[int] | None = None  # M1+M2: the active M1 dimensions M2 models
 
 
 def prepare_data(
@@ -53,6 +55,7 @@ def prepare_data(
     limit: int | None = None,
     m1=None,
     device: torch.device | str | None = None,
+    m1_min_std: float = 0.0,
 ) -> SemiSupervisedData:
     """Balanced labelled set (``labelled_split``, seeded), the rest unlabelled, a validation split.
 
@@ -87,8 +90,16 @@ def prepare_data(
     if m1 is not None:
         if binarization != "dynamic":
             raise ValueError("M1 codes are drawn afresh every epoch: use binarization='dynamic'")
-        unlabelled, labelled = M1Codes(m1, x_u, seed), M1Codes(m1, x_l, seed + 1, y_l)
+        keep = None
+        if m1_min_std > 0:
+            keep, _ = active_dimensions(m1, binarize(x_u, 30_000 + seed), m1_min_std)
+            if len(keep) == 0:
+                raise ValueError(f"no M1 dimension has a posterior-mean std above {m1_min_std}")
+        unlabelled = M1Codes(m1, x_u, seed, keep=keep)
+        labelled = M1Codes(m1, x_l, seed + 1, y_l, keep=keep)
         x_val, x_test = encode_in_chunks(m1, x_val)[0], encode_in_chunks(m1, x_test)[0]
+        if keep is not None:
+            x_val, x_test = x_val[:, keep], x_test[:, keep]
     elif binarization == "dynamic":
         unlabelled, labelled = DynamicBinarized(x_u, seed), LabelledStream(x_l, y_l, seed + 1)
     elif binarization == "static":
@@ -105,6 +116,8 @@ def prepare_data(
         y_test=y_test,
         num_train=len(split.labelled) + len(split.unlabelled),
         image_shape=tuple(train.image_shape),
+        m1_dims_kept=None if m1 is None else (
+            list(range(x_val.shape[1])) if keep is None else keep.tolist()),
     )
 
 

@@ -81,6 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--code-likelihood", choices=["gaussian_learned", "gaussian"],
                    default="gaussian_learned", help="M2's likelihood of M1's codes (with --m1)")
     p.add_argument("--sigma", type=float, default=1.0, help="its fixed std for 'gaussian'")
+    p.add_argument("--m1-min-std", type=float, default=0.1,
+                   help="with --m1: keep only M1's active dimensions, those whose posterior mean "
+                   "varies across the unlabelled images with a std above this (Kingma et al.: "
+                   "0.1); 0 keeps all")
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, nargs="+", default=[500])
     p.add_argument("--classifier-arch", choices=["mlp", "conv"], default="conv")
@@ -127,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
     for n_labels in args.labels:
         for seed in args.seeds:
             data = prepare_data(args.dataset, n_labels, args.validation, seed, args.binarization,
-                                args.limit, m1=m1, device=device)
+                                args.limit, m1=m1, device=device, m1_min_std=args.m1_min_std)
             torch.manual_seed(seed)
             alpha = (args.alpha_per_labelled * n_labels if args.alpha_per_labelled is not None
                      else args.alpha_factor * data.num_train)
@@ -145,7 +149,10 @@ def run(args: argparse.Namespace) -> dict:
             batch_size, labelled_batch_size = batch_sizes(args, data.num_train, n_labels)
             info = dict(labels=n_labels, seed=seed, **provenance(device),
                         num_train=data.num_train, alpha=model.alpha, model_config=model.config,
-                        m1=str(args.m1) if args.m1 else None, preset=args.preset,
+                        m1=str(args.m1) if args.m1 else None, m1_min_std=args.m1_min_std,
+                        m1_dims_kept=data.m1_dims_kept,
+                        m1_num_dims_kept=None if m1 is None else len(data.m1_dims_kept),
+                        preset=args.preset,
                         binarization=args.binarization, lr=args.lr, adam_betas=args.adam_betas,
                         batch_size=batch_size, labelled_batch_size=labelled_batch_size)
             run_dir = args.out / f"labels{n_labels}_seed{seed}"
