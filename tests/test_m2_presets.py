@@ -30,7 +30,7 @@ def test_kingma_preset_is_the_papers_recipe():
     assert (cfg["arch"], cfg["classifier_arch"]) == ("mlp", "mlp")
     assert cfg["labelled_weight"] == 1.0 and cfg["likelihood"] == "bernoulli"
     assert cfg["allow_continuous"] is True and p.input == "grey"
-    assert cfg["init_scale"] == 1e-3
+    assert cfg["init_scale"] == 1e-3 and cfg["analytic_kl"] is True
     assert m2.alpha == pytest.approx(0.1 * 50000)
     assert (p.lr, p.betas) == (3e-4, (0.9, 0.999))
     # Both sets in 200 batches (100 at 100 labels): the released code's minibatches.
@@ -45,6 +45,7 @@ def test_pyro_preset_is_the_tutorials_recipe():
     m2 = p.build(num_train=50000, num_labelled=3000)
     assert m2.alpha == pytest.approx(46 * 3000)  # 46 per labelled image
     assert m2.config["init_scale"] is None and m2.config["latent_dim"] == 50
+    assert m2.config["analytic_kl"] is False
     assert (p.lr, p.betas, p.batch_sizes(47000, 3000)) == (4.2e-4, (0.95, 0.999), (200, 200))
     assert p.epochs == 50
 

@@ -55,6 +55,7 @@ def preset_defaults(name: str) -> dict:
         classifier_arch=model["classifier_arch"], activation=model["activation"],
         alpha_factor=preset.alpha_factor, alpha_per_labelled=preset.alpha_per_labelled,
         labelled_weight=str(model["labelled_weight"]), init_scale=model["init_scale"],
+        analytic_kl=model["analytic_kl"],
         lr=preset.lr, adam_betas=list(preset.betas), batch_size=preset.batch_size,
         labelled_batch_size=preset.labelled_batch_size,
         batches_per_epoch=preset.batches_per_epoch, epochs=preset.epochs,
@@ -93,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--alpha-factor", type=float, default=0.1, help="alpha = factor * N_train")
     p.add_argument("--alpha-per-labelled", type=float, default=None,
                    help="alpha = this * N_labelled instead (Pyro's aux-loss multiplier)")
+    p.add_argument("--analytic-kl", action=argparse.BooleanOptionalAction, default=False,
+                   help="KL(q(z|x,y) || p(z)) in closed form (M2's analytic_kl; Kingma's code)")
     p.add_argument("--init-scale", type=float, default=None,
                    help="redraw every parameter from N(0, s^2) after construction (std s; "
                    "Kingma et al.: 1e-3); default: PyTorch's initialisation")
@@ -144,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
                 labelled_weight=labelled_weight(args.labelled_weight, data.num_train, n_labels),
                 likelihood="bernoulli" if m1 is None else args.code_likelihood,
                 sigma=args.sigma, allow_continuous=m1 is None and args.binarization == "grey",
-                init_scale=args.init_scale,
+                init_scale=args.init_scale, analytic_kl=args.analytic_kl,
             )
             batch_size, labelled_batch_size = batch_sizes(args, data.num_train, n_labels)
             info = dict(labels=n_labels, seed=seed, **provenance(device),

@@ -19,6 +19,9 @@ name, :meth:`M2Preset.build` makes the model for a data set, :meth:`M2Preset.bat
   Adam preprint's old notation);
 * every parameter drawn from N(0, s^2) with s = 1e-3 (the code's ``init_w(1e-3)`` calls
   ``np.random.normal(0, 1e-3)``: 1e-3 is a standard deviation);
+* the KL of z in closed form (the code's ``type_qz = type_pz = 'gaussianmarg'`` computes
+  ``log p(z) - log q(z)`` from q's mean and variance, not from the sampled z):
+  ``analytic_kl=True``;
 * batches: both sets cut into the same number of minibatches per epoch (200; 100 at 100
   labels), one labelled and one unlabelled minibatch per step: at 3000 labels 235 unlabelled and
   15 labelled images per step; 3000 epochs (``n_passes=3000``).
@@ -32,6 +35,7 @@ name, :meth:`M2Preset.build` makes the model for a data set, :meth:`M2Preset.bat
 ``-zd 50 -hl 500 -lr 0.00042 -b1 0.95 -bs 200 -alm 46 -enum parallel``):
 
 * 50-D z, one hidden layer of 500 softplus units, MLP classifier, PyTorch's initialisation;
+  the KL of z sampled (``TraceEnum_ELBO``);
 * grey-level pixels (``x / 255``) with a Bernoulli likelihood;
 * the auxiliary loss ``46 * sum_batch log q(y|x)`` on labelled batches beside the ELBO, i.e.
   eq. (9) with ``alpha = 46 * N_l`` (46 per labelled image); supervised bound weight 1;
@@ -121,7 +125,7 @@ _PRESETS = {
         reference="Kingma et al. 2014 and github.com/dpkingma/nips14-ssl (learn_yz_x_ss.py)",
         model=dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
                    activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
-                   allow_continuous=True, init_scale=1e-3),
+                   allow_continuous=True, init_scale=1e-3, analytic_kl=True),
         input="grey",
         alpha_factor=0.1,
         alpha_per_labelled=None,
@@ -138,7 +142,7 @@ _PRESETS = {
         reference="Pyro examples/vae/ss_vae_M2.py (SS-VAE tutorial's example run)",
         model=dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
                    activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
-                   allow_continuous=True, init_scale=None),
+                   allow_continuous=True, init_scale=None, analytic_kl=False),
         input="grey",
         alpha_factor=None,
         alpha_per_labelled=46.0,
