@@ -112,12 +112,27 @@ def test_m1_then_m2_on_its_codes(tmp_path):
     assert 0.0 <= generative <= 1.0
 
 
+def test_grey_m1_then_m2_on_its_grey_codes(tmp_path):
+    """Kingma's M1+M2 input: an M1 of grey levels, M2 on codes of the grey images (no pruning)."""
+    run_script("m1", "--dataset", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim",
+               "4", "--binarization", "grey", "--nll-samples", "0", "--out", str(tmp_path / "m1"))
+    m1 = json.loads((tmp_path / "m1" / "metrics.json").read_text())
+    assert m1["model_config"]["allow_continuous"] is True and "test_nll" not in m1
+    run_script("mnist", *TINY, "--m1", str(tmp_path / "m1" / "m1.pt"), "--binarization", "grey",
+               "--m1-min-std", "0", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+               "--classifier-arch", "mlp", "--batch-size", "200", "--out", str(tmp_path / "m2"))
+    run = json.loads((tmp_path / "m2" / "labels20_seed0" / "metrics.json").read_text())
+    assert run["m1_dims_kept"] == [0, 1, 2, 3] and run["binarization"] == "grey"
+    assert 0.0 <= run["test_error"] <= 1.0
+
+
 def test_m1_kingma_preset_sets_the_recipe():
     from experiments.m2.m1 import parse_args
 
     args = parse_args(["--preset", "kingma2014"])
     assert (args.hidden, args.latent_dim, args.activation) == ([500, 500], 50, "softplus")
     assert (args.lr, args.batch_size, args.epochs) == (3e-4, 1000, 3000)
+    assert args.binarization == "grey"
     assert parse_args(["--preset", "kingma2014", "--lr", "1e-3"]).lr == 1e-3
 
 
@@ -131,10 +146,13 @@ def test_m2_paper_preset_resumes_identically(tmp_path):
     set is read once, at the end."""
     run_script("mnist", *PAPER, "--out", str(tmp_path / "whole"))
     # A tiny budget stops the first invocation after its first epoch.
-    run_script("mnist", *PAPER, "--max-minutes", "0.0001", "--out", str(tmp_path / "parts"))
+    # --defer-test: the stopped invocation does not read the test set.
+    run_script("mnist", *PAPER, "--max-minutes", "0.0001", "--defer-test",
+               "--out", str(tmp_path / "parts"))
     first = json.loads((tmp_path / "parts" / "labels20_seed0" / "metrics.json").read_text())
     assert first["epochs_done"] == 1 and first["status"].startswith("stopped by the time budget")
-    run_script("mnist", *PAPER, "--out", str(tmp_path / "parts"))
+    assert "test_error" not in first
+    run_script("mnist", *PAPER, "--defer-test", "--out", str(tmp_path / "parts"))
     whole, parts = (json.loads((tmp_path / name / "labels20_seed0" / "metrics.json").read_text())
                     for name in ("whole", "parts"))
     assert whole["epochs_done"] == parts["epochs_done"] == 3

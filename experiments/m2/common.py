@@ -66,8 +66,8 @@ def prepare_data(
     the CPU; ``m1`` must be there too). ``limit`` keeps the first ``limit``
     training and test images (smoke tests). With an M1 VAE ``m1`` (M1+M2), the data are
     M1's codes instead of pixels: fresh draws of ``q(z1 | x)`` every epoch for training
-    (:class:`M1Codes`, dynamic binarisation only), the posterior means of the binarised
-    validation and test images.
+    (:class:`M1Codes`, of dynamically binarised images, or of the grey levels with ``"grey"``),
+    the posterior means of the (binarised or grey) validation and test images.
     """
     train = load_dataset(dataset, "train", device=device)
     test = load_dataset(dataset, "test", device=device)
@@ -77,26 +77,30 @@ def prepare_data(
     split = labelled_split(y, n_labelled, n_validation, seed, num_classes=train.num_classes)
     x_l, y_l = x[split.labelled], y[split.labelled]
     x_u = x[split.unlabelled]
-    if binarization == "grey":
-        if m1 is not None:
-            raise ValueError("M1 codes are drawn from binarised images: use binarization='dynamic'")
+    if binarization == "grey" and m1 is None:
         return SemiSupervisedData(
             unlabelled=(x_u,), labelled=(x_l, y_l), x_val=x[split.validation],
             y_val=y[split.validation], x_test=x_test, y_test=y_test,
             num_train=len(split.labelled) + len(split.unlabelled),
             image_shape=tuple(train.image_shape),
         )
-    x_val, x_test = binarize(x[split.validation], 10_000 + seed), binarize(x_test, 20_000)
+    grey = binarization == "grey"
+    if not grey:
+        x_val, x_test = binarize(x[split.validation], 10_000 + seed), binarize(x_test, 20_000)
+    else:
+        x_val = x[split.validation]
     if m1 is not None:
-        if binarization != "dynamic":
-            raise ValueError("M1 codes are drawn afresh every epoch: use binarization='dynamic'")
+        if binarization not in ("dynamic", "grey"):
+            raise ValueError("M1 codes are drawn afresh every epoch: use binarization='dynamic' "
+                             "(or 'grey' for an M1 of grey levels)")
         keep = None
         if m1_min_std > 0:
-            keep, _ = active_dimensions(m1, binarize(x_u, 30_000 + seed), m1_min_std)
+            x_activity = x_u if grey else binarize(x_u, 30_000 + seed)
+            keep, _ = active_dimensions(m1, x_activity, m1_min_std)
             if len(keep) == 0:
                 raise ValueError(f"no M1 dimension has a posterior-mean std above {m1_min_std}")
-        unlabelled = M1Codes(m1, x_u, seed, keep=keep)
-        labelled = M1Codes(m1, x_l, seed + 1, y_l, keep=keep)
+        unlabelled = M1Codes(m1, x_u, seed, keep=keep, binarize=not grey)
+        labelled = M1Codes(m1, x_l, seed + 1, y_l, keep=keep, binarize=not grey)
         x_val, x_test = encode_in_chunks(m1, x_val)[0], encode_in_chunks(m1, x_test)[0]
         if keep is not None:
             x_val, x_test = x_val[:, keep], x_test[:, keep]
@@ -159,6 +163,7 @@ def train_m2(
     device: torch.device | str | None = None,
     betas: tuple[float, float] = (0.9, 0.999),
     test_curve: bool = False,
+    test_when_stopped: bool = True,
 ) -> dict:
     """One ``pyrovae.fit`` (resumed from ``out/last.pt`` when there is one) for ``max_epochs``
     epochs or until ``TimeBudget(max_minutes)`` stops it, writing ``out/metrics.json`` after
@@ -168,6 +173,8 @@ def train_m2(
     goes on from there. The test set is read once, by the selected model at the end, unless
     ``test_curve`` (a diagnostic) records the current model's test error every epoch too.
     Adam's ``betas`` other than torch's default ``(0.9, 0.999)`` use :class:`AdamWithBetas`.
+    With ``test_when_stopped=False`` an invocation stopped by the budget before ``max_epochs``
+    does not read the test set at all (a run resumed in many invocations then reads it once).
     """
     out.mkdir(parents=True, exist_ok=True)
     streams = {"unlabelled": data.unlabelled, "labelled": data.labelled}
@@ -213,6 +220,10 @@ def train_m2(
         status=(f"finished {max_epochs} epochs" if done >= max_epochs
                 else f"stopped by the time budget ({max_minutes} min) after {done}"),
     )
+    if done < max_epochs and not test_when_stopped:
+        metrics.pop("test_error", None)
+        write_json(out / "metrics.json", metrics)
+        return metrics
     best = pyrovae.load_checkpoint(out / "best.pt", map_location=data.x_test.device)
     metrics["test_error"] = test_error(best, data.x_test, data.y_test)
     metrics["time_to_best_seconds"] = sum(

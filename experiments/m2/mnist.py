@@ -112,6 +112,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(Kingma's scheme; overrides --batch-size/--labelled-batch-size)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--adam-betas", type=float, nargs=2, default=[0.9, 0.999])
+    p.add_argument("--defer-test", action="store_true",
+                   help="an invocation stopped by --max-minutes before --epochs reports no test "
+                   "error (the test set is read once, when the run finishes; for runs resumed "
+                   "in many invocations)")
     p.add_argument("--test-curve", action="store_true",
                    help="also record the test error of every epoch (diagnostic only: the "
                    "protocol looks at the test set once, for the selected model)")
@@ -165,10 +169,12 @@ def run(args: argparse.Namespace) -> dict:
                 labelled_batch_size=labelled_batch_size, lr=args.lr,
                 lr_decay=args.lr_decay, seed=seed, jit=args.jit, info=info, device=device,
                 betas=tuple(args.adam_betas), test_curve=args.test_curve,
+                test_when_stopped=not args.defer_test,
             )
+            result = (f"test error {100 * metrics['test_error']:.2f}% (validation-selected)"
+                      if "test_error" in metrics else f"{metrics['epochs_done']} epochs so far")
             save_learning_curve(run_dir / "curve.png", metrics["curve"],
-                                f"M2, {n_labels} labels, seed {seed}: test error "
-                                f"{100 * metrics['test_error']:.2f}% (validation-selected)")
+                                f"M2, {n_labels} labels, seed {seed}: {result}")
             summary = summarise(finished_runs(args.out), device)
             write_json(args.out / "metrics.json", summary)
             (args.out / "table.md").write_text(table(summary))

@@ -72,20 +72,22 @@ class M1Codes:
     ``(z1, y)``, else ``(z1,)``. The draw depends only on ``(seed, epoch)``, so a resumed run
     sees the same codes; the codes are on ``x``'s device with ``m1``'s dtype. With ``keep``
     (indices, e.g. from :func:`active_dimensions`) only those dimensions of ``z1`` are yielded
-    (drawn in full first, so the kept values do not depend on ``keep``).
+    (drawn in full first, so the kept values do not depend on ``keep``). With
+    ``binarize=False`` the grey-level images are encoded as they are (Kingma et al.'s M1+M2,
+    whose M1 models grey levels): only ``z1`` is drawn afresh every epoch.
     """
 
     def __init__(self, m1, x: torch.Tensor, seed: int, y: torch.Tensor | None = None,
-                 keep: torch.Tensor | None = None) -> None:
+                 keep: torch.Tensor | None = None, binarize: bool = True) -> None:
         self.m1, self.images, self.y, self.seed = m1, DynamicBinarized(x, seed), y, seed
-        self.keep = keep
+        self.keep, self.grey = keep, None if binarize else x
 
     def __len__(self) -> int:
         return len(self.images)
 
     def for_epoch(self, epoch: int) -> tuple[torch.Tensor, ...]:
-        (x_bin,) = self.images.for_epoch(epoch)
-        loc, scale = encode_in_chunks(self.m1, x_bin)
+        (x_in,) = self.images.for_epoch(epoch) if self.grey is None else (self.grey,)
+        loc, scale = encode_in_chunks(self.m1, x_in)
         generator = torch.Generator(device=loc.device)
         generator.manual_seed(epoch_seed(self.seed + 7919, epoch))
         z1 = loc + scale * torch.randn(loc.shape, generator=generator, dtype=loc.dtype,
