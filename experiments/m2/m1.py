@@ -13,10 +13,10 @@ the training images here, but only as unlabelled images, as they are in M2 itsel
 At the end it reports M1's active latent dimensions (``pyrovae.data.streams.active_dimensions``:
 the standard deviation over the training images of the posterior mean above ``--min-std``,
 Kingma et al.'s 0.1; M2 keeps only these when it reads the codes, ``experiments.m2.mnist
---m1-min-std``) and, unless ``--nll-samples 0``, the test NLL: the importance-sampled
-``-log p(x)`` (``pyrovae.infer.evaluation.importance_nll``, K = ``--nll-samples`` draws, an upper
-bound in expectation that tightens as K grows) averaged over ``--nll-images`` binarised test
-images.
+--m1-min-std``) and, once the run has trained all its ``--epochs`` (unless
+``--nll-samples 0``), the test NLL: the importance-sampled ``-log p(x)``
+(``pyrovae.infer.evaluation.importance_nll``, K = ``--nll-samples`` draws, an upper bound in
+expectation that tightens as K grows) averaged over ``--nll-images`` binarised test images.
 
 The test ELBO and NLL are always those of statically binarised test images (a Bernoulli model
 of binary data, comparable across runs), also for an M1 trained on grey levels.
@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> dict:
                    active_dims_rule=f"std over the training images of E_q[z_k|x] > {args.min_std}",
                    active_dims=keep.tolist(), num_active_dims=len(keep),
                    posterior_mean_std=std.tolist())
-    if args.nll_samples > 0:
+    # Once, when the run has all its epochs (not in every budgeted invocation).
+    if args.nll_samples > 0 and len(history.epochs) >= args.epochs:
         x_nll = x_test[: args.nll_images]
         nll = -importance_nll(vae, x_nll, num_samples=args.nll_samples)
         metrics.update(test_nll=float(nll.mean()), test_nll_images=len(x_nll),
