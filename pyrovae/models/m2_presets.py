@@ -26,10 +26,10 @@ name, :meth:`M2Preset.build` makes the model for a data set, :meth:`M2Preset.bat
   labels), one labelled and one unlabelled minibatch per step: at 3000 labels 235 unlabelled and
   15 labelled images per step; 3000 epochs (``n_passes=3000``).
 
-  Not reproduced: the code adds a N(0, 1) prior on the weights (MAP; its gradient is ~1e-5 of
-  the data term's scale), and at 100 labels its M1+M2 uses 300 hidden units (this preset keeps
-  500; pass ``--hidden 300``). The code released is for M1+M2; for M2 on pixels the same
-  settings are assumed.
+  Not reproduced: the code adds a N(0, 1) prior on the weights (a MAP term, added once per
+  step), starts the log-variance weights and output biases at exactly 0, and at 100 labels its
+  M1+M2 uses 300 hidden units (this preset keeps 500; pass ``--hidden 300``). The code
+  released is for M1+M2; for M2 on pixels the same settings are assumed.
 
 ``"pyro_ssvae"`` — Pyro's SS-VAE example (``examples/vae/ss_vae_M2.py``, the tutorial's run
 ``-zd 50 -hl 500 -lr 0.00042 -b1 0.95 -bs 200 -alm 46 -enum parallel``):
