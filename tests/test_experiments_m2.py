@@ -75,16 +75,29 @@ def test_m2_latent2d(tmp_path):
 def test_m1_then_m2_on_its_codes(tmp_path):
     """M1+M2: train the M1 VAE, then M2 on its codes with a Gaussian likelihood."""
     run_script("m1", "--dataset", "digits", "--epochs", "2", "--hidden", "32",
-               "--latent-dim", "6", "--out", str(tmp_path / "m1"))
+               "--latent-dim", "6", "--nll-samples", "20", "--nll-images", "50",
+               "--out", str(tmp_path / "m1"))
     m1 = json.loads((tmp_path / "m1" / "metrics.json").read_text())
     assert m1["epochs_done"] == 2 and m1["final_test_elbo"] < 0
+    assert m1["num_active_dims"] == len(m1["active_dims"]) and len(m1["posterior_mean_std"]) == 6
+    assert [k for k, s in enumerate(m1["posterior_mean_std"]) if s > 0.1] == m1["active_dims"]
+    # The importance-sampled NLL is at most the negative ELBO in expectation (here on 50 images
+    # against the ELBO on the first 2000, so only its sign and finiteness are checked).
+    assert 0 < m1["test_nll"] < float("inf") and m1["test_nll_images"] == 50
     out = tmp_path / "m2"
+    # Two epochs leave M1's posterior means nearly constant: a threshold at half the largest
+    # std keeps at least the most active dimension.
+    threshold = max(m1["posterior_mean_std"]) / 2
     run_script("mnist", *TINY, "--m1", str(tmp_path / "m1" / "m1.pt"), "--epochs", "2",
+               "--m1-min-std", str(threshold),
                "--hidden", "32", "--latent-dim", "3", "--classifier-arch", "mlp",
                "--batch-size", "200", "--out", str(out))
     run = json.loads((out / "labels20_seed0" / "metrics.json").read_text())
     assert run["model_config"]["likelihood"] == "gaussian_learned"
-    assert run["model_config"]["data_dim"] == 6
+    # M2 reads M1's active dimensions only (posterior-mean std above the threshold over the
+    # unlabelled set).
+    assert run["m1_min_std"] == threshold and 1 <= run["m1_num_dims_kept"] <= 6
+    assert run["model_config"]["data_dim"] == run["m1_num_dims_kept"] == len(run["m1_dims_kept"])
     assert 0.0 <= run["test_error"] <= 1.0
     figures = tmp_path / "figures"
     run_script("figures", "--checkpoint", str(out / "labels20_seed0" / "best.pt"),
@@ -97,6 +110,64 @@ def test_m1_then_m2_on_its_codes(tmp_path):
     assert figure_error == pytest.approx(run["test_error"])
     generative = json.loads((figures / "metrics.json").read_text())["generative_test_error"]
     assert 0.0 <= generative <= 1.0
+
+
+def test_grey_m1_then_m2_on_its_grey_codes(tmp_path):
+    """Kingma's M1+M2 input: an M1 of grey levels, M2 on codes of the grey images (no pruning)."""
+    run_script("m1", "--dataset", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim",
+               "4", "--binarization", "grey", "--nll-samples", "0", "--out", str(tmp_path / "m1"))
+    m1 = json.loads((tmp_path / "m1" / "metrics.json").read_text())
+    assert m1["model_config"]["allow_continuous"] is True and "test_nll" not in m1
+    run_script("mnist", *TINY, "--m1", str(tmp_path / "m1" / "m1.pt"), "--binarization", "grey",
+               "--m1-min-std", "0", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+               "--classifier-arch", "mlp", "--batch-size", "200", "--out", str(tmp_path / "m2"))
+    run = json.loads((tmp_path / "m2" / "labels20_seed0" / "metrics.json").read_text())
+    assert run["m1_dims_kept"] == [0, 1, 2, 3] and run["binarization"] == "grey"
+    assert 0.0 <= run["test_error"] <= 1.0
+
+
+def test_m1_kingma_preset_sets_the_recipe():
+    from experiments.m2.m1 import parse_args
+
+    args = parse_args(["--preset", "kingma2014"])
+    assert (args.hidden, args.latent_dim, args.activation) == ([500, 500], 50, "softplus")
+    assert (args.lr, args.batch_size, args.epochs) == (3e-4, 1000, 3000)
+    assert args.binarization == "grey"
+    assert parse_args(["--preset", "kingma2014", "--lr", "1e-3"]).lr == 1e-3
+
+
+PAPER = ["--preset", "kingma2014", *TINY, "--seeds", "0", "--hidden", "16", "--latent-dim", "3",
+         "--batches-per-epoch", "3", "--epochs", "3"]
+
+
+def test_m2_paper_preset_resumes_identically(tmp_path):
+    """A run stopped by its time budget and resumed by a second invocation ends exactly where an
+    uninterrupted one does (losses, validation accuracies, selected epoch, test error); the test
+    set is read once, at the end."""
+    run_script("mnist", *PAPER, "--out", str(tmp_path / "whole"))
+    # A tiny budget stops the first invocation after its first epoch.
+    # --defer-test: the stopped invocation does not read the test set.
+    run_script("mnist", *PAPER, "--max-minutes", "0.0001", "--defer-test",
+               "--out", str(tmp_path / "parts"))
+    first = json.loads((tmp_path / "parts" / "labels20_seed0" / "metrics.json").read_text())
+    assert first["epochs_done"] == 1 and first["status"].startswith("stopped by the time budget")
+    assert "test_error" not in first
+    run_script("mnist", *PAPER, "--defer-test", "--out", str(tmp_path / "parts"))
+    whole, parts = (json.loads((tmp_path / name / "labels20_seed0" / "metrics.json").read_text())
+                    for name in ("whole", "parts"))
+    assert whole["epochs_done"] == parts["epochs_done"] == 3
+    for key in ("loss", "val_accuracy", "steps"):
+        assert [row[key] for row in whole["curve"]] == [row[key] for row in parts["curve"]]
+    assert whole["best_epoch"] == parts["best_epoch"]
+    assert whole["test_error"] == parts["test_error"]
+    # The recipe as stated: grey levels, alpha = 0.1 N, Kingma's batches, init and KL.
+    config = whole["model_config"]
+    assert whole["binarization"] == "grey" and config["allow_continuous"] is True
+    assert config["init_scale"] == 1e-3 and config["analytic_kl"] is True
+    assert whole["alpha"] == 0.1 * whole["num_train"] and config["labelled_weight"] == 1.0
+    assert (whole["batch_size"], whole["labelled_batch_size"], whole["lr"]) == (
+        -(-(whole["num_train"] - 20) // 3), 7, 3e-4)
+    assert all("test_error_current" not in row for row in whole["curve"])
 
 
 def test_m1_codes_are_fresh_every_epoch_and_reproducible():

@@ -25,6 +25,7 @@ from pyrovae.data import (
     labelled_split,
     load_dataset,
 )
+from pyrovae.data.streams import active_dimensions
 from pyrovae.infer import TimeBudget, param_scope
 from pyrovae.infer.classification import accuracy, validation_callback
 from pyrovae.models.m2 import M2
@@ -42,6 +43,7 @@ class SemiSupervisedData:
     y_test: torch.Tensor
     num_train: int
     image_shape: tuple[int, int]
+    m1_dims_kept: list[int] | None = None  # M1+M2: the active M1 dimensions M2 models
 
 
 def prepare_data(
@@ -53,16 +55,19 @@ def prepare_data(
     limit: int | None = None,
     m1=None,
     device: torch.device | str | None = None,
+    m1_min_std: float = 0.0,
 ) -> SemiSupervisedData:
     """Balanced labelled set (``labelled_split``, seeded), the rest unlabelled, a validation split.
 
-    Training images are binarised afresh every epoch (``"dynamic"``) or once (``"static"``);
-    validation and test images once, with fixed seeds; every tensor on ``device`` (default
+    Training images are binarised afresh every epoch (``"dynamic"``) or once (``"static"``),
+    validation and test images once, with fixed seeds; or every image keeps its grey levels in
+    [0, 1] (``"grey"``, the papers' input, for a Bernoulli likelihood with
+    ``allow_continuous=True``); every tensor on ``device`` (default
     the CPU; ``m1`` must be there too). ``limit`` keeps the first ``limit``
     training and test images (smoke tests). With an M1 VAE ``m1`` (M1+M2), the data are
     M1's codes instead of pixels: fresh draws of ``q(z1 | x)`` every epoch for training
-    (:class:`M1Codes`, dynamic binarisation only), the posterior means of the binarised
-    validation and test images.
+    (:class:`M1Codes`, of dynamically binarised images, or of the grey levels with ``"grey"``),
+    the posterior means of the (binarised or grey) validation and test images.
     """
     train = load_dataset(dataset, "train", device=device)
     test = load_dataset(dataset, "test", device=device)
@@ -72,18 +77,40 @@ def prepare_data(
     split = labelled_split(y, n_labelled, n_validation, seed, num_classes=train.num_classes)
     x_l, y_l = x[split.labelled], y[split.labelled]
     x_u = x[split.unlabelled]
-    x_val, x_test = binarize(x[split.validation], 10_000 + seed), binarize(x_test, 20_000)
+    if binarization == "grey" and m1 is None:
+        return SemiSupervisedData(
+            unlabelled=(x_u,), labelled=(x_l, y_l), x_val=x[split.validation],
+            y_val=y[split.validation], x_test=x_test, y_test=y_test,
+            num_train=len(split.labelled) + len(split.unlabelled),
+            image_shape=tuple(train.image_shape),
+        )
+    grey = binarization == "grey"
+    if not grey:
+        x_val, x_test = binarize(x[split.validation], 10_000 + seed), binarize(x_test, 20_000)
+    else:
+        x_val = x[split.validation]
     if m1 is not None:
-        if binarization != "dynamic":
-            raise ValueError("M1 codes are drawn afresh every epoch: use binarization='dynamic'")
-        unlabelled, labelled = M1Codes(m1, x_u, seed), M1Codes(m1, x_l, seed + 1, y_l)
+        if binarization not in ("dynamic", "grey"):
+            raise ValueError("M1 codes are drawn afresh every epoch: use binarization='dynamic' "
+                             "(or 'grey' for an M1 of grey levels)")
+        keep = None
+        if m1_min_std > 0:
+            x_activity = x_u if grey else binarize(x_u, 30_000 + seed)
+            keep, _ = active_dimensions(m1, x_activity, m1_min_std)
+            if len(keep) == 0:
+                raise ValueError(f"no M1 dimension has a posterior-mean std above {m1_min_std}")
+        unlabelled = M1Codes(m1, x_u, seed, keep=keep, binarize=not grey)
+        labelled = M1Codes(m1, x_l, seed + 1, y_l, keep=keep, binarize=not grey)
         x_val, x_test = encode_in_chunks(m1, x_val)[0], encode_in_chunks(m1, x_test)[0]
+        if keep is not None:
+            x_val, x_test = x_val[:, keep], x_test[:, keep]
     elif binarization == "dynamic":
         unlabelled, labelled = DynamicBinarized(x_u, seed), LabelledStream(x_l, y_l, seed + 1)
     elif binarization == "static":
         unlabelled, labelled = (binarize(x_u, seed),), (binarize(x_l, seed + 1), y_l)
     else:
-        raise ValueError(f"binarization must be 'dynamic' or 'static', got {binarization!r}")
+        raise ValueError(
+            f"binarization must be 'dynamic', 'static' or 'grey', got {binarization!r}")
     return SemiSupervisedData(
         unlabelled=unlabelled,
         labelled=labelled,
@@ -93,6 +120,8 @@ def prepare_data(
         y_test=y_test,
         num_train=len(split.labelled) + len(split.unlabelled),
         image_shape=tuple(train.image_shape),
+        m1_dims_kept=None if m1 is None else (
+            list(range(x_val.shape[1])) if keep is None else keep.tolist()),
     )
 
 
@@ -132,13 +161,20 @@ def train_m2(
     jit: bool,
     info: dict,
     device: torch.device | str | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    test_curve: bool = False,
+    test_when_stopped: bool = True,
 ) -> dict:
     """One ``pyrovae.fit`` (resumed from ``out/last.pt`` when there is one) for ``max_epochs``
     epochs or until ``TimeBudget(max_minutes)`` stops it, writing ``out/metrics.json`` after
     every epoch; report the validation-selected model (``best.pt``) on the test set.
 
     The epoch that crosses the budget is finished; a later invocation with the same ``out``
-    goes on from there.
+    goes on from there. The test set is read once, by the selected model at the end, unless
+    ``test_curve`` (a diagnostic) records the current model's test error every epoch too.
+    Adam's ``betas`` other than torch's default ``(0.9, 0.999)`` use :class:`AdamWithBetas`.
+    With ``test_when_stopped=False`` an invocation stopped by the budget before ``max_epochs``
+    does not read the test set at all (a run resumed in many invocations then reads it once).
     """
     out.mkdir(parents=True, exist_ok=True)
     streams = {"unlabelled": data.unlabelled, "labelled": data.labelled}
@@ -166,12 +202,15 @@ def train_m2(
         logger.info("epoch %d: loss/example %.2f, val acc %.4f, %.1f s", row["epoch"],
                     row["loss_per_example"], row["val_accuracy"], row["seconds"])
 
+    callbacks = [validation_callback(data.x_val, data.y_val)]
+    if test_curve:
+        callbacks.append(test_callback)
+    optimizer = "adam" if tuple(betas) == (0.9, 0.999) else AdamWithBetas(tuple(betas))
     history = pyrovae.fit(
-        model, streams, objective="enum", jit=jit, lr=lr,
+        model, streams, objective="enum", jit=jit, lr=lr, optimizer=optimizer,
         lr_schedule=f"exponential:{lr_decay}" if lr_decay != 1 else None,
         epochs=max_epochs, batch_size=sizes, seed=seed, device=device,
-        callbacks=[validation_callback(data.x_val, data.y_val), test_callback, report,
-                   TimeBudget(max_minutes)],
+        callbacks=[*callbacks, report, TimeBudget(max_minutes)],
         checkpoint_dir=out, resume=True, select_metric="val_accuracy", config=info,
     )
     done = len(history.epochs)
@@ -181,6 +220,10 @@ def train_m2(
         status=(f"finished {max_epochs} epochs" if done >= max_epochs
                 else f"stopped by the time budget ({max_minutes} min) after {done}"),
     )
+    if done < max_epochs and not test_when_stopped:
+        metrics.pop("test_error", None)
+        write_json(out / "metrics.json", metrics)
+        return metrics
     best = pyrovae.load_checkpoint(out / "best.pt", map_location=data.x_test.device)
     metrics["test_error"] = test_error(best, data.x_test, data.y_test)
     metrics["time_to_best_seconds"] = sum(
@@ -188,6 +231,20 @@ def train_m2(
     )
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+class AdamWithBetas:
+    """``fit``'s ``optimizer=``: ``torch.optim.Adam`` with given betas (e.g. Pyro's SS-VAE's
+    (0.95, 0.999)). Its ``repr`` names the betas, so that a resumed run recognises it."""
+
+    def __init__(self, betas: tuple[float, float]) -> None:
+        self.betas = (float(betas[0]), float(betas[1]))
+
+    def __call__(self, params, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=lr, betas=self.betas)
+
+    def __repr__(self) -> str:
+        return f"AdamWithBetas({self.betas})"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

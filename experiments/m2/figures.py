@@ -23,6 +23,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -77,6 +78,19 @@ def analogies(model, x: torch.Tensor, y: torch.Tensor, to_inputs=identity,
     return torch.cat([x[:, None, :], decoded], 1)
 
 
+def m1_dims_kept(checkpoint: Path, data_dim: int, m1_dim: int, device) -> torch.Tensor:
+    """The M1 dimensions an M1+M2 model reads: all, or the active ones its run kept
+    (``m1_dims_kept`` in the ``metrics.json`` beside the checkpoint)."""
+    if data_dim == m1_dim:
+        return torch.arange(m1_dim, device=device)
+    metrics = checkpoint.parent / "metrics.json"
+    kept = json.loads(metrics.read_text()).get("m1_dims_kept") if metrics.exists() else None
+    if kept is None or len(kept) != data_dim:
+        raise ValueError(f"M2 reads {data_dim} of M1's {m1_dim} dimensions, but {metrics} does "
+                         "not say which (m1_dims_kept)")
+    return torch.tensor(kept, device=device)
+
+
 def run(args: argparse.Namespace) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     device = start_run(args)
@@ -84,10 +98,16 @@ def run(args: argparse.Namespace) -> dict:
     to_inputs = to_pixels = identity
     if args.m1 is not None:
         m1 = pyrovae.load_checkpoint(args.m1, map_location=device).eval()
-        to_pixels = m1.decode
+        keep = m1_dims_kept(args.checkpoint, model.data_dim, m1.latent_dim, device)
+
+        def to_pixels(codes):
+            # Inactive M1 dimensions (pruned before M2) at their prior mean, 0.
+            full = codes.new_zeros(codes.shape[0], m1.latent_dim)
+            full[:, keep] = codes
+            return m1.decode(full)
 
         def to_inputs(x):
-            return encode_in_chunks(m1, x)[0]
+            return encode_in_chunks(m1, x)[0][:, keep]
 
     test = load_dataset(args.dataset, "test", device=device)
     x_test, y_test = binarize(test.x, 20_000), test.y

@@ -47,6 +47,20 @@ Optionally ``labelled_weight = w`` multiplies the supervised bound (not the clas
 Kingma et al.'s J; ``w = N_u / N_l`` weighs a labelled batch like an unlabelled one, as
 implementations that average each batch do (it pushes the decoder to use y when labels are few).
 
+Closed-form KL of z (``analytic_kl=True``): Pyro's ``TraceMeanField_ELBO`` replaces
+``log p(z) - log q(z)`` by ``-KL(q || p)`` but refuses enumerated sites, and ``TraceEnum_ELBO``
+never does. Enumeration does not stand in the way: q(z|x,y) is a diagonal Gaussian for each
+enumerated y and p(z) = N(0, I) does not depend on y, so
+``U(x) = sum_y q(y|x) [E_q(z|x,y) log p(x|y,z) + log p(y) - KL(q(z|x,y) || p(z)) - log q(y|x)]``
+with the y-sum exact (its own KL, ``sum_y q(y|x) log(q(y|x)/p(y))``, is already exact), the KL
+of z exact for every y, and only the reconstruction term sampled; likewise ``L(x, y)``. M2 does
+it inside ``TraceEnum_ELBO``: the log-densities of both z sites are masked out
+(``poutine.mask(False)``; ``z`` is still drawn and reparameterised, and feeds the decoder), and
+the guide adds ``pyro.factor("kl_z", KL, has_rsample=True)``: a guide factor is subtracted, and
+the ELBO weighs it by q(y|x) like every guide term below the enumerated y. Same expectation
+as the sampled estimate (``tests/test_m2_presets.py`` checks both the exact value at shared
+noise and the expectation), lower variance.
+
 Notes:
     * With the Bernoulli likelihood ``x`` must be binary (0/1): binarise images first
       (``pyrovae.data.binarize`` or ``DynamicBinarized``), or pass ``allow_continuous=True``.
@@ -133,6 +147,19 @@ def warn_missing_classes(y: torch.Tensor, num_classes: int, what: str = "y") -> 
         )
 
 
+def normal_init_(module: nn.Module, std: float) -> nn.Module:
+    """Redraw every parameter of ``module`` from ``N(0, std^2)`` in place (torch's global RNG).
+
+    ``std`` is a standard deviation. Returns ``module``.
+    """
+    if not float(std) > 0:
+        raise ValueError(f"std must be > 0, got {std}")
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, float(std))
+    return module
+
+
 class M2(ConfigurableModule):
     """Semi-supervised M2 (see the module docstring for the story).
 
@@ -174,6 +201,15 @@ class M2(ConfigurableModule):
             Modules you give are converted to ``PyroModule`` in place; ``config`` keeps a
             copy of each as given, so a checkpoint can rebuild the model (the module's class
             must be importable to load it).
+        init_scale: if given, a standard deviation s: after construction every parameter
+            (weights and biases of the classifier, encoder and decoder) is redrawn from
+            ``N(0, s^2)`` (:func:`normal_init_`). Default None: PyTorch's layer initialisation.
+            Kingma et al.'s released code draws its weights with ``init_w(1e-3)``, i.e.
+            ``np.random.normal(0, 1e-3)``: a standard deviation of 1e-3 (variance 1e-6), which
+            the paper writes ``N(0, 0.001)``; ``init_scale=1e-3`` reproduces it
+            (:mod:`pyrovae.models.m2_presets`).
+        analytic_kl: compute ``KL(q(z|x,y) || p(z))`` in closed form instead of from the sampled
+            ``z`` (default False). See "Closed-form KL of z" in the module docstring.
 
     Methods: [`encode`][] ``(x, y) -> (loc, scale)`` of ``q(z|x,y)``; [`decode`][]
     ``(z, y) -> E[x | y, z]``; [`sample`][] ``y -> x`` with ``z`` from the prior;
@@ -205,6 +241,8 @@ class M2(ConfigurableModule):
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         classifier: nn.Module | None = None,
+        init_scale: float | None = None,
+        analytic_kl: bool = False,
     ) -> None:
         check_positive_int(data_dim, "data_dim")
         check_positive_int(num_classes, "num_classes")
@@ -236,6 +274,8 @@ class M2(ConfigurableModule):
             raise ValueError(f"labelled_weight must be > 0, got {labelled_weight}")
         if likelihood not in M2_LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {M2_LIKELIHOODS}, got {likelihood!r}")
+        if init_scale is not None and not float(init_scale) > 0:
+            raise ValueError(f"init_scale must be > 0 (a standard deviation), got {init_scale}")
         super().__init__(
             data_dim=data_dim, num_classes=num_classes, latent_dim=latent_dim,
             hidden_sizes=hidden_sizes, decoder_hidden_sizes=decoder_hidden_sizes, arch=arch,
@@ -245,9 +285,12 @@ class M2(ConfigurableModule):
             # Copies as given, unconverted, so that a checkpoint can rebuild the model.
             encoder=copy.deepcopy(encoder), decoder=copy.deepcopy(decoder),
             classifier=copy.deepcopy(classifier),
+            init_scale=None if init_scale is None else float(init_scale),
+            analytic_kl=bool(analytic_kl),
         )
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.alpha, self.labelled_weight = float(alpha), float(labelled_weight)
+        self.analytic_kl = bool(analytic_kl)
         # Built in this order (classifier, encoder, decoder): seeded weights depend on it.
         if classifier is None:
             classifier = Classifier(
@@ -269,6 +312,8 @@ class M2(ConfigurableModule):
                 num_heads=self.likelihood.num_heads,
             )
         self.decoder = as_pyro(decoder)
+        if init_scale is not None:
+            normal_init_(self, float(init_scale))
 
     @classmethod
     def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -342,7 +387,8 @@ class M2(ConfigurableModule):
             xb, yb = take(x, subsample), take(y, subsample)
             y_site = pyro.sample("y", dist.Categorical(logits=prior_logits), obs=yb)
             z_loc = xb.new_zeros(xb.shape[0], self.latent_dim)
-            z = pyro.sample("z", dist.Normal(z_loc, 1.0).to_event(1))
+            with self._kl_mask():
+                z = pyro.sample("z", dist.Normal(z_loc, 1.0).to_event(1))
             out = self.decoder_logits(z, y_site)
             pyro.sample("x", self.likelihood.distribution(out), obs=xb)
 
@@ -366,7 +412,20 @@ class M2(ConfigurableModule):
                 pyro.factor("classifier", -(self.alpha / x.shape[0]) * log_q, has_rsample=True)
             loc, scale = self.encoder(xb, y_site)
             with self._supervised_scale(y):
-                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                q_z = dist.Normal(loc, scale).to_event(1)
+                with self._kl_mask():
+                    pyro.sample("z", q_z)
+                if self.analytic_kl:
+                    # KL(q(z|x,y) || N(0, I)) per row (and per enumerated y); subtracted by the
+                    # ELBO because it is a guide factor.
+                    kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1.0 - 2.0 * scale.log()).sum(-1)
+                    pyro.factor("kl_z", kl, has_rsample=True)
+
+    def _kl_mask(self):
+        """Mask the z sites' log-densities out when the KL is added in closed form."""
+        if not self.analytic_kl:
+            return contextlib.nullcontext()
+        return poutine.mask(mask=False)
 
     def _supervised_scale(self, y: torch.Tensor | None):
         """Scale the supervised bound's sites by ``labelled_weight`` (labelled data only)."""
