@@ -2,9 +2,8 @@
 
 One module per model family (``ppca``, ``vae``, ``m2``) or use of a checkpoint (``impute``),
 each with ``add_parser(sub)`` that declares its options and sets ``run(args) -> exit status`` on
-every leaf parser. Progress (one
-log line per epoch) is shown by default; ``-q`` shows errors only, ``-v`` adds debug detail; both
-are accepted before or after the subcommand.
+every leaf parser. Progress (one log line per epoch) is shown by default; ``-q`` shows errors
+only, ``-v`` adds debug detail; both are accepted before or after the subcommand.
 
 Every bad input the user can fix ends with one line ``pyrovae: error: ...`` on stderr and exit
 status 2 (see ``docs/cli.md`` for the list); running out of memory names the option to lower.

@@ -25,6 +25,7 @@ from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.infer.imputation import METHODS, PATTERNS
 
 FAMILY = "vae"
+VAE_CLASS = "pyrovae.models.vae.VAE"
 REPORT = "report.json"
 GRID = "imputation.png"
 #: Images shown in the grid (the first ones).
@@ -33,14 +34,30 @@ GRID_ROWS = 16
 MISSING_GREY = 0.5
 
 
+def checkpoint_dataset(checkpoint: dict, args: argparse.Namespace) -> str:
+    """The data set to impute: ``--dataset``, else the one ``pyrovae vae train`` trained the
+    checkpoint on. A VAE saved otherwise (``pyrovae.save_checkpoint``, the experiments) needs
+    ``--dataset``; any other model is refused."""
+    if checkpoint.get("model_class") == VAE_CLASS and args.dataset:
+        return canonical_name(args.dataset)
+    if checkpoint.get("model_class") == VAE_CLASS and not (
+        (checkpoint.get("fit_config") or {}).get("user") or {}
+    ).get("family"):
+        raise common.UsageError(
+            f"--checkpoint {args.checkpoint} holds a VAE not trained by 'pyrovae vae train': "
+            "name its test images with --dataset"
+        )
+    options = common.training_options(checkpoint, args.checkpoint, FAMILY)
+    return canonical_name(args.dataset) if args.dataset else options["dataset"]
+
+
 def run(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
     out = common.check_writable_dir(args.out)
-    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
+    dataset = checkpoint_dataset(read_checkpoint(args.checkpoint), args)
     model = load_checkpoint(args.checkpoint, map_location=device)
-    dataset = canonical_name(args.dataset) if args.dataset else options["dataset"]
     data = image_set(
-        dataset, binarized=options["likelihood"] == "bernoulli", seed=options["seed"],
+        dataset, binarized=model.likelihood.name == "bernoulli", seed=args.seed,
         train_size=1, test_size=args.num_images, root=args.data_root,
         download=not args.no_download, device=device,
     )
@@ -96,9 +113,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "per image; --out gets report.json and imputation.png (observed, imputed, truth).",
     )
     parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint written by 'pyrovae vae train' (RUN/last.pt)")
+                        help="a VAE checkpoint: RUN/last.pt of 'pyrovae vae train', or any "
+                        "pyrovae.save_checkpoint of a VAE (then --dataset is needed)")
     parser.add_argument("--dataset", default=None, choices=common.GREY_DATASETS,
-                        help="test images (default: the checkpoint's training data set)")
+                        help="test images (default: the data set 'pyrovae vae train' used)")
     parser.add_argument("--mask", default="top", choices=PATTERNS,
                         help="missing pixels: top or bottom half, or a random 50%% or 80%% "
                         "(default top)")
