@@ -295,3 +295,28 @@ def test_nuts_matches_ppca_conditional():
     se = batches.std(0) / math.sqrt(10)
     exact_mean, _ = exact_conditional(model, x, observed, 0)
     assert ((batches.mean(0) - exact_mean).abs() / se).max() < TOLERANCE
+
+
+def test_make_mask_halves_and_random_fractions():
+    """The halves are exact (rows < side // 2 missing for "top", the rest for "bottom", the
+    same for every image); a random pattern misses each pixel with its probability, checked
+    over 200 x 36 = 7200 pixels within 5 binomial standard errors (at most 0.03, so a wrong
+    fraction such as 0.5 for "random80" cannot pass); seeded and reproducible."""
+    from pyrovae.infer import make_mask
+    from pyrovae.infer.imputation import PATTERNS
+
+    assert PATTERNS == ("top", "bottom", "random50", "random80")
+    top, bottom = make_mask("top", 3, side=6), make_mask("bottom", 3, side=6)
+    assert top.shape == (3, 36) and top.dtype == torch.bool
+    rows = torch.arange(36) // 6
+    assert torch.equal(top, (rows >= 3).expand(3, 36)) and torch.equal(bottom, ~top)
+    assert torch.equal(make_mask("top", 1, side=5)[0], torch.arange(25) // 5 >= 2)
+    for pattern, fraction in [("random50", 0.5), ("random80", 0.8)]:
+        mask = make_mask(pattern, 200, side=6, seed=3)
+        assert mask.shape == (200, 36)
+        missing = (~mask).double().mean().item()
+        assert abs(missing - fraction) < 5 * math.sqrt(fraction * (1 - fraction) / mask.numel())
+        assert torch.equal(mask, make_mask(pattern, 200, side=6, seed=3))
+        assert not torch.equal(mask, make_mask(pattern, 200, side=6, seed=4))
+    with pytest.raises(ValueError, match="unknown pattern 'left'"):
+        make_mask("left", 2, side=4)

@@ -40,24 +40,15 @@ import torch
 from experiments.common import add_device_argument, provenance, start_script, write_json
 from pyrovae import load_checkpoint
 from pyrovae.data import binarize, load_dataset
-from pyrovae.infer.imputation import METHODS, impute, missing_log_likelihood
+from pyrovae.infer.imputation import (
+    METHODS,
+    PATTERNS,
+    impute,
+    make_mask,
+    missing_log_likelihood,
+)
 
 TEST_BINARIZATION_SEED = 1234
-PATTERNS = ("top", "bottom", "random50", "random80")
-
-
-def make_mask(pattern: str, n: int, side: int = 28, seed: int = 0) -> torch.Tensor:
-    """bool [n, side * side], True where observed."""
-    d = side * side
-    if pattern in ("top", "bottom"):
-        rows = torch.arange(d) // side
-        missing = rows < side // 2 if pattern == "top" else rows >= side // 2
-        return (~missing).expand(n, d).clone()
-    if pattern.startswith("random"):
-        frac = int(pattern[len("random"):]) / 100.0
-        gen = torch.Generator().manual_seed(seed)
-        return torch.rand(n, d, generator=gen) >= frac
-    raise ValueError(f"unknown pattern {pattern!r}; choose from {PATTERNS}")
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, seed: int):

@@ -1,9 +1,9 @@
 """The ``pyrovae`` command: ``pyrovae [-v|-q] SUBCOMMAND ...`` (and ``--help`` everywhere).
 
-One module per model family (``ppca``, ``vae``, ``m2``), each with ``add_parser(sub)`` that
-declares its options and sets ``run(args) -> exit status`` on every leaf parser. Progress (one
-log line per epoch) is shown by default; ``-q`` shows errors only, ``-v`` adds debug detail; both
-are accepted before or after the subcommand.
+One module per model family (``ppca``, ``vae``, ``m2``) or use of a checkpoint (``impute``),
+each with ``add_parser(sub)`` that declares its options and sets ``run(args) -> exit status`` on
+every leaf parser. Progress (one log line per epoch) is shown by default; ``-q`` shows errors
+only, ``-v`` adds debug detail; both are accepted before or after the subcommand.
 
 Every bad input the user can fix ends with one line ``pyrovae: error: ...`` on stderr and exit
 status 2 (see ``docs/cli.md`` for the list); running out of memory names the option to lower.
@@ -15,10 +15,10 @@ import argparse
 import logging
 import sys
 
-from pyrovae.cli import m2, ppca, vae
+from pyrovae.cli import impute, m2, ppca, vae
 from pyrovae.cli._common import OneLineParser, is_out_of_memory, out_of_memory_message
 
-SUBCOMMANDS = (ppca, vae, m2)
+SUBCOMMANDS = (ppca, vae, m2, impute)
 
 
 def _verbosity(parser: argparse.ArgumentParser, default) -> None:

@@ -12,7 +12,7 @@ from .graph_safe import (
     forbid_host_sync,
 )
 from .importance import importance_log_likelihood, log_importance_weights
-from .imputation import impute, missing_log_likelihood
+from .imputation import impute, make_mask, missing_log_likelihood
 from .objectives import ImportanceWeightedELBO, make_objective
 from .resume import CheckpointWarning
 from .scope import param_scope
@@ -39,6 +39,7 @@ __all__ = [
     "impute",
     "load_checkpoint",
     "log_importance_weights",
+    "make_mask",
     "make_objective",
     "missing_log_likelihood",
     "param_scope",

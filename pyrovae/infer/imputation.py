@@ -61,6 +61,40 @@ from ._conditioning import SITES, pixel_mask, run_pass
 from .scope import param_scope
 
 METHODS = ("pseudo_gibbs", "metropolis_gibbs", "importance")
+#: The missing-pixel patterns of [`make_mask`][]: the top or bottom half of the rows, or a
+#: random 50 % or 80 % of the pixels (any ``"randomNN"``, NN percent, is accepted).
+PATTERNS = ("top", "bottom", "random50", "random80")
+
+
+def make_mask(pattern: str, n: int, side: int = 28, seed: int = 0) -> torch.Tensor:
+    """The observation mask of ``n`` square images ``side`` x ``side`` for a missing ``pattern``.
+
+    Args:
+        pattern: ``"top"`` (the top ``side // 2`` rows missing), ``"bottom"`` (the other rows
+            missing) or ``"randomNN"`` (each pixel missing independently with probability
+            NN / 100, e.g. ``"random50"``, ``"random80"``).
+        n: number of images.
+        side: image height = width (28 for MNIST, 8 for digits).
+        seed: seed of the random patterns (a private generator; the global one is untouched).
+
+    Returns:
+        bool [n, side * side] on the CPU, True where a pixel is observed (row-major pixels, as
+        the flattened images). The halves are the same for every image; the random patterns
+        differ per image.
+
+    Raises:
+        ValueError: an unknown ``pattern``.
+    """
+    d = side * side
+    if pattern in ("top", "bottom"):
+        rows = torch.arange(d) // side
+        missing = rows < side // 2 if pattern == "top" else rows >= side // 2
+        return (~missing).expand(n, d).clone()
+    if pattern.startswith("random"):
+        frac = int(pattern[len("random"):]) / 100.0
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand(n, d, generator=gen) >= frac
+    raise ValueError(f"unknown pattern {pattern!r}; choose from {PATTERNS}")
 
 
 @dataclass
