@@ -2,8 +2,8 @@
 
 The first ``--num-images`` test images (binarised once with the test seed, as ``vae evaluate``
 scores them, for a Bernoulli VAE; grey levels otherwise) lose the pixels of ``--mask``
-(:func:`pyrovae.infer.make_mask`); :func:`pyrovae.infer.impute` fills them in by ``--method``
-and :func:`pyrovae.infer.missing_log_likelihood` scores the true missing pixels under the
+([`pyrovae.infer.make_mask`][]); [`pyrovae.infer.impute`][] fills them in by ``--method``
+and [`pyrovae.infer.missing_log_likelihood`][] scores the true missing pixels under the
 method's predictive mixture (nats per image, higher is better). ``--out`` gets ``report.json``
 and ``imputation.png`` (one row per image: observed with the missing pixels grey, imputed,
 truth).

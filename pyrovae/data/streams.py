@@ -71,7 +71,7 @@ class M1Codes:
     them with the VAE ``m1`` and draws one ``z1`` per image; with labels ``y`` [N] it yields
     ``(z1, y)``, else ``(z1,)``. The draw depends only on ``(seed, epoch)``, so a resumed run
     sees the same codes; the codes are on ``x``'s device with ``m1``'s dtype. With ``keep``
-    (indices, e.g. from :func:`active_dimensions`) only those dimensions of ``z1`` are yielded
+    (indices, e.g. from [`active_dimensions`][]) only those dimensions of ``z1`` are yielded
     (drawn in full first, so the kept values do not depend on ``keep``). With
     ``binarize=False`` the grey-level images are encoded as they are (Kingma et al.'s M1+M2,
     whose M1 models grey levels): only ``z1`` is drawn afresh every epoch.

@@ -203,11 +203,11 @@ class M2(ConfigurableModule):
             must be importable to load it).
         init_scale: if given, a standard deviation s: after construction every parameter
             (weights and biases of the classifier, encoder and decoder) is redrawn from
-            ``N(0, s^2)`` (:func:`normal_init_`). Default None: PyTorch's layer initialisation.
+            ``N(0, s^2)`` ([`normal_init_`][]). Default None: PyTorch's layer initialisation.
             Kingma et al.'s released code draws its weights with ``init_w(1e-3)``, i.e.
             ``np.random.normal(0, 1e-3)``: a standard deviation of 1e-3 (variance 1e-6), which
             the paper writes ``N(0, 0.001)``; ``init_scale=1e-3`` reproduces it
-            (:mod:`pyrovae.models.m2_presets`).
+            ([`pyrovae.models.m2_presets`][]).
         analytic_kl: compute ``KL(q(z|x,y) || p(z))`` in closed form instead of from the sampled
             ``z`` (default False). See "Closed-form KL of z" in the module docstring.
 

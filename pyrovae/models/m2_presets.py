@@ -1,9 +1,9 @@
-"""Named training recipes for :class:`~pyrovae.models.m2.M2`: the papers' settings, each stated.
+"""Named training recipes for [`M2`][m2.M2]: the papers' settings, each stated.
 
-A preset is a :class:`M2Preset`: the model's keyword arguments, the input (grey levels or
+A preset is a [`M2Preset`][]: the model's keyword arguments, the input (grey levels or
 binarised pixels), how the classifier weight ``alpha`` follows from the data sizes, the optimiser
-(Adam's learning rate and betas), the batches and the epochs. :func:`m2_preset` returns one by
-name, :meth:`M2Preset.build` makes the model for a data set, :meth:`M2Preset.batch_sizes` the
+(Adam's learning rate and betas), the batches and the epochs. [`m2_preset`][] returns one by
+name, [`M2Preset.build`][] makes the model for a data set, [`M2Preset.batch_sizes`][] the
 (unlabelled, labelled) batch sizes; ``python -m experiments.m2.mnist --preset NAME`` runs one
 (every setting can still be overridden on the command line).
 
@@ -65,7 +65,7 @@ class M2Preset:
     Attributes:
         name: the preset's name.
         reference: where its settings come from.
-        model: keyword arguments of :class:`M2` (besides the data-dependent ``data_dim``,
+        model: keyword arguments of [`M2`][] (besides the data-dependent ``data_dim``,
             ``num_classes``, ``alpha``, ``num_train``).
         input: ``"grey"`` (grey levels in [0, 1] scored by the Bernoulli likelihood) or
             ``"dynamic"``/``"static"`` binarisation.
@@ -110,7 +110,7 @@ class M2Preset:
 
     def build(self, num_train: int, num_labelled: int, data_dim: int = 784,
               num_classes: int = 10, **overrides: Any) -> M2:
-        """The :class:`M2` of this recipe for a data set (``overrides`` replace model options)."""
+        """The [`M2`][] of this recipe for a data set (``overrides`` replace model options)."""
         kwargs = dict(self.model, **overrides)
         return M2(data_dim=data_dim, num_classes=num_classes,
                   alpha=self.alpha(num_train, num_labelled), num_train=num_train, **kwargs)
@@ -158,7 +158,7 @@ PRESETS = tuple(_PRESETS)
 
 
 def m2_preset(name: str) -> M2Preset:
-    """The preset called ``name`` (one of :data:`PRESETS`)."""
+    """The preset called ``name`` (one of `PRESETS`)."""
     if name not in _PRESETS:
         raise ValueError(f"unknown M2 preset {name!r}; choose one of {PRESETS}")
     return _PRESETS[name]
