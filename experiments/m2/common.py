@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +24,12 @@ from pyrovae.data import (
     labelled_split,
     load_dataset,
 )
-from pyrovae.data.streams import active_dimensions
+from pyrovae.data.streams import SemiSupervisedData, active_dimensions
 from pyrovae.infer import TimeBudget, param_scope
 from pyrovae.infer.classification import accuracy, validation_callback
 from pyrovae.models.m2 import M2
 
 logger = logging.getLogger("m2")
-
-
-@dataclass
-class SemiSupervisedData:
-    unlabelled: Any
-    labelled: Any
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_train: int
-    image_shape: tuple[int, int]
-    m1_dims_kept: list[int] | None = None  # M1+M2: the active M1 dimensions M2 models
 
 
 def prepare_data(

@@ -19,6 +19,7 @@ import pyro
 import torch
 
 from pyrovae.data import DynamicBinarized, LabelledStream, binarize, labelled_split, load_dataset
+from pyrovae.data.streams import SemiSupervisedData
 from pyrovae.infer import param_scope
 from pyrovae.infer.classification import accuracy
 from pyrovae.infer.evaluation import evaluate
@@ -66,27 +67,11 @@ def image_set(
     return ImageSet(train.name, stream, x_test, tuple(train.image_shape), x.shape[0])
 
 
-@dataclass
-class SemiSupervisedSet:
-    """M2's data: labelled and unlabelled training streams, validation and test sets."""
-
-    name: str
-    unlabelled: Any
-    labelled: Any
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    image_shape: tuple[int, int]
-    num_train: int
-    num_classes: int
-
-
 def semi_supervised_set(
     dataset: str, *, n_labelled: int, n_validation: int, seed: int, limit: int | None = None,
     root: str | os.PathLike | None = None, download: bool = True,
     device: torch.device | str | None = None,
-) -> SemiSupervisedSet:
+) -> SemiSupervisedData:
     """A class-balanced labelled set of ``n_labelled`` images (``labelled_split``, seeded), a
     validation set of ``n_validation``, the rest unlabelled; training images binarised afresh
     every epoch, validation and test images once. ``limit`` keeps the first ``limit`` training
@@ -95,7 +80,7 @@ def semi_supervised_set(
     test = load_dataset(dataset, "test", root=root, download=download, device=device)
     x, y, x_test, y_test = train.x[:limit], train.y[:limit], test.x[:limit], test.y[:limit]
     split = labelled_split(y, n_labelled, n_validation, seed, num_classes=train.num_classes)
-    return SemiSupervisedSet(
+    return SemiSupervisedData(
         name=train.name,
         unlabelled=DynamicBinarized(x[split.unlabelled], seed),
         labelled=LabelledStream(x[split.labelled], y[split.labelled], seed + 1),

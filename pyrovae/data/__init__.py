@@ -39,7 +39,7 @@ from pyrovae.data.mnist import (
 )
 from pyrovae.data.sketches import SketchData, load_sketches
 from pyrovae.data.smiles import SmilesVocabulary, load_smiles
-from pyrovae.data.streams import LabelledStream, M1Codes, encode_in_chunks
+from pyrovae.data.streams import LabelledStream, M1Codes, SemiSupervisedData, encode_in_chunks
 from pyrovae.data.svhn import load_svhn_arrays
 from pyrovae.data.transforms import (
     DynamicBinarized,
@@ -58,6 +58,7 @@ __all__ = [
     "ImageData",
     "LabelledStream",
     "M1Codes",
+    "SemiSupervisedData",
     "SketchData",
     "SmilesVocabulary",
     "SplitIndices",

@@ -6,9 +6,31 @@ only on ``(seed, epoch)``, so a resumed run sees the same data as an uninterrupt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from pyrovae.data.transforms import DynamicBinarized, epoch_seed
+
+
+@dataclass
+class SemiSupervisedData:
+    """M2's data: the unlabelled and labelled training streams (given to ``fit`` as
+    ``{"unlabelled": ..., "labelled": ...}``), the validation and test sets, and what a model
+    needs to know of them. ``m1_dims_kept``: for M1+M2, the M1 dimensions M2 models."""
+
+    unlabelled: Any
+    labelled: Any
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_train: int
+    image_shape: tuple[int, ...]
+    num_classes: int | None = None
+    name: str = ""
+    m1_dims_kept: list[int] | None = None
 
 
 class LabelledStream:
