@@ -24,7 +24,7 @@ Usage (from the repository root)::
 On the accelerator machine (Python 3.12, torch+CUDA, JAX, NumPyro, no Pyro): first, here, put
 Pyro's wheels where the device tool carries them::
 
-    mkdir -p .whl && cp /work/shared/wheels/*.whl .whl/ && echo /.whl/ >> .git/info/exclude
+    mkdir -p .whl && cp ../shared/wheels/*.whl .whl/ && echo /.whl/ >> .git/info/exclude
 
 then run with ``carry=[".whl"]``::
 
