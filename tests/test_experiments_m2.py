@@ -192,10 +192,16 @@ def test_m1_baseline_smoke(tmp_path):
                "--latent-dim", "4", "--out", str(tmp_path / "m1"))
     run_script("m1_baseline", "--m1", str(tmp_path / "m1" / "m1.pt"), "--dataset", "digits",
                "--labels", "20", "--validation", "100", "--seeds", "0", "1", "--epochs", "3",
-               "--hidden", "16", "--out", str(tmp_path / "base"))
+               "--hidden", "16", "--m1-min-std", "0.001", "--out", str(tmp_path / "base"))
     summary = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert summary["by_labels"]["20"]["seeds"] == [0, 1]
     run = json.loads((tmp_path / "base" / "labels20_seed1.json").read_text())
     assert len(run["curve"]) == 3 and 0.0 <= run["test_error"] <= 1.0
+    assert run["m1_min_std"] == 0.001 and 0 < len(run["m1_dims_kept"]) <= 4
+    run_script("m1_baseline", "--m1", str(tmp_path / "m1" / "m1.pt"), "--dataset", "digits",
+               "--labels", "20", "--validation", "100", "--epochs", "1", "--hidden", "16",
+               "--m1-min-std", "0", "--out", str(tmp_path / "all"))
+    kept = json.loads((tmp_path / "all" / "labels20_seed0.json").read_text())["m1_dims_kept"]
+    assert kept == [0, 1, 2, 3]  # 0 keeps every dimension
     best = max(run["curve"], key=lambda row: row["val_accuracy"])
     assert run["best_val_accuracy"] == best["val_accuracy"]

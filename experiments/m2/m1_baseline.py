@@ -44,6 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=300, help="passes over the labelled set")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--binarization", choices=["dynamic", "grey"], default="dynamic",
+                   help="images M1 encodes: binarised afresh every epoch, or grey levels (the "
+                   "papers' input; use what the M1 was trained on)")
+    p.add_argument("--m1-min-std", type=float, default=0.1,
+                   help="keep only M1's active dimensions, as experiments.m2.mnist --m1 does "
+                   "(posterior-mean std above this; Kingma et al.: 0.1); 0 keeps all")
     add_run_arguments(p, out="runs/m1_baseline")
     return p.parse_args(argv)
 
@@ -83,9 +89,12 @@ def run(args: argparse.Namespace) -> dict:
     for n_labels in args.labels:
         errors = []
         for seed in args.seeds:
-            data = prepare_data(args.dataset, n_labels, args.validation, seed, m1=m1,
-                                device=device)
-            result = dict(labels=n_labels, seed=seed, **train_classifier(data, args, seed))
+            data = prepare_data(args.dataset, n_labels, args.validation, seed,
+                                args.binarization, m1=m1, device=device,
+                                m1_min_std=args.m1_min_std)
+            result = dict(labels=n_labels, seed=seed, binarization=args.binarization,
+                          m1_min_std=args.m1_min_std, m1_dims_kept=data.m1_dims_kept,
+                          **train_classifier(data, args, seed))
             write_json(args.out / f"labels{n_labels}_seed{seed}.json", result)
             errors.append(100 * result["test_error"])
         mean, std = mean_std(errors)
