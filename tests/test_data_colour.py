@@ -130,3 +130,64 @@ def test_celeba_bad_size_and_split(tmp_path):
     with pytest.raises(ValueError, match="valid splits: train, test"):
         load_dataset("svhn", "validation", root=tmp_path)
     assert torch.is_tensor(load_dataset("celeba", root=tmp_path, image_size=32, limit=2).x)
+
+
+def test_celeba_cache_is_written_once_reused_and_rebuilt_when_stale(tmp_path, monkeypatch):
+    import pyrovae.data.celeba as celeba
+
+    names = write_celeba(tmp_path, partitions=(0, 0, 0))
+    first = load_dataset("celeba", "train", root=tmp_path, image_size=32)
+    path = celeba.cache_path(tmp_path / "celeba", "train", 32, 3)
+    assert path.is_file()
+
+    decoded = []
+    real_load_image = celeba.load_image
+    monkeypatch.setattr(celeba, "load_image",
+                        lambda *args: decoded.append(args) or real_load_image(*args))
+    again = load_dataset("celeba", "train", root=tmp_path, image_size=32)
+    assert decoded == [] and torch.equal(again.x, first.x)  # no JPEG opened
+    assert torch.equal(again.y, first.y)
+
+    # Another size or number of images is another cache; the first one stays.
+    assert len(load_dataset("celeba", "train", root=tmp_path, image_size=32, limit=2)) == 2
+    assert len(decoded) == 2 and path.is_file()
+
+    # A changed image (another file size) makes the cache stale: decoded again, rewritten.
+    from PIL import Image
+
+    image = tmp_path / "celeba" / IMAGES / names[1]
+    Image.new("RGB", (178, 218), (0, 255, 0)).save(image, quality=50)
+    decoded.clear()
+    changed = load_dataset("celeba", "train", root=tmp_path, image_size=32)
+    assert len(decoded) == 3
+    green = changed.x.reshape(3, 3, 32, 32)[1].mean((1, 2))
+    assert float(green[1]) > 0.9 and float(green[0]) < 0.1  # the new picture, not the cached
+    decoded.clear()
+    assert torch.equal(load_dataset("celeba", "train", root=tmp_path, image_size=32).x,
+                       changed.x) and decoded == []
+
+    # A damaged cache (one flipped byte in the images) fails its sha256 and is rebuilt.
+    raw = bytearray(path.read_bytes())
+    with np.load(path) as stored:
+        offset = raw.find(stored["images"].tobytes()[:64])
+    raw[offset + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert torch.equal(load_dataset("celeba", "train", root=tmp_path, image_size=32).x,
+                       changed.x) and len(decoded) == 3
+    decoded.clear()
+    load_dataset("celeba", "train", root=tmp_path, image_size=32)
+    assert decoded == []  # the rebuilt cache is good again
+
+
+def test_celeba_cache_in_a_read_only_folder_only_warns(tmp_path, monkeypatch, caplog):
+    import pyrovae.data.celeba as celeba
+
+    write_celeba(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(celeba.np, "savez", refuse)
+    data = load_dataset("celeba", "train", root=tmp_path, image_size=32)
+    assert len(data) == 3 and "not written" in caplog.text
+    assert not list((tmp_path / "celeba").glob("cache/*"))  # no temporary file left behind

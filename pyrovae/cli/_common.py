@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from pyrovae.cli._train import save_grid
+from pyrovae.cli._train import COLOUR_DATASETS, save_grid
 from pyrovae.infer import History, fit, load_checkpoint
 from pyrovae.infer.checkpoint import read_checkpoint
 
@@ -237,8 +237,10 @@ def read_options(out: str | os.PathLike, command: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-#: The data sets the model families' ``train --dataset`` accepts (grey-level images).
+#: The grey-level data sets (``impute`` takes these only).
 GREY_DATASETS = ("mnist", "fashion-mnist", "digits")
+#: The data sets the model families' ``train --dataset`` accepts: grey, then colour.
+DATASETS = (*GREY_DATASETS, *COLOUR_DATASETS)
 
 
 def add_family_parser(
@@ -249,8 +251,9 @@ def add_family_parser(
     parser = sub.add_parser(family, help=help, description=description)
     actions = parser.add_subparsers(dest="action", required=True)
     train = actions.add_parser("train", help=train_help, description=train_description)
-    train.add_argument("--dataset", default="mnist", choices=GREY_DATASETS,
-                       help="data set (default mnist; digits is bundled and offline)")
+    train.add_argument("--dataset", default="mnist", choices=DATASETS,
+                       help="data set (default mnist; digits is bundled and offline; svhn "
+                       "and celeba are colour, never binarised)")
     return parser, actions, train
 
 
@@ -395,8 +398,9 @@ def write_report(path: Path | None, args: argparse.Namespace, metrics: dict[str,
 
 def write_samples(images: torch.Tensor, options: dict[str, Any], columns: int, out: Path,
                   what: str) -> int:
-    """``sample``'s end: ``images`` [N, H*W] as a PNG grid ``columns`` wide at ``out`` (the
-    run's ``image_shape``), a line saying ``what`` was written, exit status 0."""
+    """``sample``'s end: ``images`` [N, D] as a PNG grid ``columns`` wide at ``out`` (the
+    run's ``image_shape``: grey, or RGB for colour data), a line saying ``what`` was written,
+    exit status 0."""
     save_grid(images, tuple(options["image_shape"]), columns, out)
     print(f"wrote {what} to {out}")
     return 0

@@ -29,6 +29,15 @@ logger = logging.getLogger(__name__)
 #: The one fixed stochastic binarisation of every test set (as the VAE experiments).
 TEST_BINARIZATION_SEED = 1234
 VALIDATION_BINARIZATION_SEED = 10_000
+#: The colour data sets: never binarised (a coin flip per channel would destroy the colours);
+#: a Bernoulli likelihood scores their grey levels (``allow_continuous=True``).
+COLOUR_DATASETS = ("svhn", "celeba")
+
+
+def channels_first(image_shape) -> tuple[int, int, int]:
+    """A data set's ``image_shape`` as ``(C, H, W)``: grey ``(H, W)`` gets ``C = 1``."""
+    shape = tuple(int(s) for s in image_shape)
+    return (1, *shape) if len(shape) == 2 else shape
 
 
 @dataclass
@@ -43,7 +52,7 @@ class ImageSet:
     name: str
     train: Any
     test_x: torch.Tensor
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, ...]
     num_train: int
 
     @property
@@ -54,12 +63,16 @@ class ImageSet:
 def image_set(
     dataset: str, *, binarized: bool, seed: int, train_size: int | None = None,
     test_size: int | None = None, root: str | os.PathLike | None = None, download: bool = True,
-    device: torch.device | str | None = None,
+    device: torch.device | str | None = None, image_size: int = 64,
 ) -> ImageSet:
-    """The first ``train_size`` training and ``test_size`` test images of ``dataset``."""
-    train = load_dataset(dataset, "train", root=root, download=download, device=device)
-    test = load_dataset(dataset, "test", root=root, download=download, device=device)
-    x, x_test = train.x[:train_size], test.x[:test_size]
+    """The first ``train_size`` training and ``test_size`` test images of ``dataset``
+    (CelebA's ``image_size`` pixels a side, 64 or 32)."""
+    train, test = (
+        load_dataset(dataset, split, root=root, download=download, device=device,
+                     image_size=image_size, limit=size)
+        for split, size in [("train", train_size), ("test", test_size)]
+    )
+    x, x_test = train.x, test.x
     if binarized:
         stream, x_test = DynamicBinarized(x, seed), binarize(x_test, TEST_BINARIZATION_SEED)
     else:
@@ -70,23 +83,31 @@ def image_set(
 def semi_supervised_set(
     dataset: str, *, n_labelled: int, n_validation: int, seed: int, limit: int | None = None,
     root: str | os.PathLike | None = None, download: bool = True,
-    device: torch.device | str | None = None,
+    device: torch.device | str | None = None, binarized: bool = True,
 ) -> SemiSupervisedData:
     """A class-balanced labelled set of ``n_labelled`` images (``labelled_split``, seeded), a
-    validation set of ``n_validation``, the rest unlabelled; training images binarised afresh
-    every epoch, validation and test images once. ``limit`` keeps the first ``limit`` training
-    and test images."""
-    train = load_dataset(dataset, "train", root=root, download=download, device=device)
-    test = load_dataset(dataset, "test", root=root, download=download, device=device)
-    x, y, x_test, y_test = train.x[:limit], train.y[:limit], test.x[:limit], test.y[:limit]
+    validation set of ``n_validation``, the rest unlabelled; with ``binarized`` (default)
+    training images binarised afresh every epoch, validation and test images once, else the
+    grey levels as they are. ``limit`` keeps the first ``limit`` training and test images."""
+    train, test = (load_dataset(dataset, split, root=root, download=download, device=device,
+                                limit=limit) for split in ("train", "test"))
+    x, y, x_test, y_test = train.x, train.y, test.x, test.y
     split = labelled_split(y, n_labelled, n_validation, seed, num_classes=train.num_classes)
+    x_val = x[split.validation]
+    if binarized:
+        unlabelled = DynamicBinarized(x[split.unlabelled], seed)
+        labelled = LabelledStream(x[split.labelled], y[split.labelled], seed + 1)
+        x_val = binarize(x_val, VALIDATION_BINARIZATION_SEED + seed)
+        x_test = binarize(x_test, TEST_BINARIZATION_SEED)
+    else:
+        unlabelled, labelled = x[split.unlabelled], (x[split.labelled], y[split.labelled])
     return SemiSupervisedData(
         name=train.name,
-        unlabelled=DynamicBinarized(x[split.unlabelled], seed),
-        labelled=LabelledStream(x[split.labelled], y[split.labelled], seed + 1),
-        x_val=binarize(x[split.validation], VALIDATION_BINARIZATION_SEED + seed),
+        unlabelled=unlabelled,
+        labelled=labelled,
+        x_val=x_val,
         y_val=y[split.validation],
-        x_test=binarize(x_test, TEST_BINARIZATION_SEED),
+        x_test=x_test,
         y_test=y_test,
         image_shape=tuple(train.image_shape),
         num_train=len(split.labelled) + len(split.unlabelled),
@@ -167,23 +188,36 @@ def m2_metrics(model, x: torch.Tensor, y: torch.Tensor, *, num_samples: int,
     return metrics
 
 
-def save_grid(images: torch.Tensor, image_shape: tuple[int, int], columns: int,
+def save_grid(images: torch.Tensor, image_shape: tuple[int, ...], columns: int,
               path: str | os.PathLike) -> Path:
-    """Tile ``images`` [N, H*W] (values in [0, 1]) into a grid ``columns`` wide; save a PNG."""
+    """Tile ``images`` [N, D] (values in [0, 1]) into a grid ``columns`` wide; save a PNG.
+
+    ``image_shape`` is ``(H, W)`` or ``(1, H, W)`` for grey images (a grey-map PNG) and
+    ``(3, H, W)`` for colour ones, flattened channel-major (an RGB PNG); white lines part
+    the tiles.
+    """
+    channels, h, w = channels_first(image_shape)
+    if channels not in (1, 3):
+        raise ValueError(f"a grid shows grey or RGB images, got {channels} channels")
+    n = images.shape[0]
+    rows = math.ceil(n / columns)
+    canvas = torch.ones(rows * (h + 1) + 1, columns * (w + 1) + 1, channels)
+    for i, image in enumerate(images.detach().float().cpu().clamp(0, 1)):
+        r, c = divmod(i, columns)
+        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (
+            image.reshape(channels, h, w).permute(1, 2, 0)
+        )
+    path = Path(path)
+    if channels == 3:
+        from PIL import Image  # Pillow comes with matplotlib
+
+        pixels = canvas.mul(255).round().to(torch.uint8).numpy()
+        Image.fromarray(pixels, "RGB").save(path, format="PNG")
+        return path
     import matplotlib
 
     matplotlib.use("Agg")  # a file, never a window
     import matplotlib.image
 
-    h, w = image_shape
-    n = images.shape[0]
-    rows = math.ceil(n / columns)
-    canvas = torch.ones(rows * (h + 1) + 1, columns * (w + 1) + 1)
-    for i, image in enumerate(images.detach().float().cpu().clamp(0, 1)):
-        r, c = divmod(i, columns)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (
-            image.reshape(h, w)
-        )
-    path = Path(path)
-    matplotlib.image.imsave(path, canvas.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    matplotlib.image.imsave(path, canvas[..., 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
     return path

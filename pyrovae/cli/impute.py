@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
     out = common.check_writable_dir(args.out)
     dataset = checkpoint_dataset(read_checkpoint(args.checkpoint), args)
+    if dataset not in common.GREY_DATASETS:
+        raise common.UsageError(f"impute works on grey images, and {dataset} is in colour; "
+                                f"choose a VAE trained on {', '.join(common.GREY_DATASETS)}")
     model = load_checkpoint(args.checkpoint, map_location=device)
     data = image_set(
         dataset, binarized=model.likelihood.name == "bernoulli", seed=args.seed,

@@ -4,7 +4,9 @@
 training images unlabelled, with ``pyrovae.fit``'s ``"enum"`` objective, keeping the model with
 the best validation accuracy in ``best.pt``; ``resume`` continues a run; ``evaluate`` reports a
 checkpoint's test error, unlabelled test bound and importance-sampled NLL; ``sample`` draws one
-row of images per class with a shared style ``z`` per column.
+row of images per class with a shared style ``z`` per column. Colour images (SVHN) keep their
+grey levels, scored by the Bernoulli likelihood as continuous targets; CelebA has attributes,
+not classes, and is refused.
 """
 
 from __future__ import annotations
@@ -16,25 +18,42 @@ from typing import Any
 import torch
 
 from pyrovae.cli import _common as common
-from pyrovae.cli._train import m2_metrics, semi_supervised_set
+from pyrovae.cli._train import (
+    COLOUR_DATASETS,
+    channels_first,
+    m2_metrics,
+    semi_supervised_set,
+)
 from pyrovae.data.mnist import canonical_name
 from pyrovae.infer.classification import validation_callback
 from pyrovae.models.m2 import M2
 
 logger = logging.getLogger(__name__)
 FAMILY = "m2"
-#: data set -> (labelled examples, validation examples) by default.
-DEFAULT_SPLIT = {"mnist": (100, 10_000), "fashion-mnist": (100, 10_000), "digits": (50, 200)}
+#: data set -> (labelled examples, validation examples) by default; SVHN: the 1000 labels of
+#: Kingma et al. (2014)'s SVHN experiment.
+DEFAULT_SPLIT = {"mnist": (100, 10_000), "fashion-mnist": (100, 10_000), "digits": (50, 200),
+                 "svhn": (1000, 10_000)}
 
 
 # ----------------------------------------------------------------- the model: one place to adapt
-def build_m2(options: dict[str, Any], data_dim: int, num_classes: int, num_train: int) -> M2:
+def binarized(options: dict[str, Any]) -> bool:
+    """Whether the run's images are binarised: grey data only (M2's likelihood is Bernoulli)."""
+    return options["dataset"] not in COLOUR_DATASETS
+
+
+def build_m2(
+    options: dict[str, Any], data_dim: int, num_classes: int, num_train: int, image_shape
+) -> M2:
     """The M2 the CLI trains, from its options (the one call of the constructor)."""
     return M2(
         data_dim=data_dim,
+        image_shape=channels_first(image_shape),
+        allow_continuous=not binarized(options),
         num_classes=num_classes,
         latent_dim=options["latent_dim"],
         hidden_sizes=options["hidden_sizes"],
+        arch=options.get("arch", "mlp"),  # runs started before --arch: mlp
         classifier_arch=options["classifier_arch"],
         activation=options["activation"],
         alpha=options["alpha_factor"] * num_train,
@@ -50,10 +69,15 @@ def m2_images(model: M2, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------- subcommands
 def train(args: argparse.Namespace) -> int:
     dataset = canonical_name(args.dataset)
+    if dataset not in DEFAULT_SPLIT:
+        raise common.UsageError(
+            f"M2 needs class labels, and {dataset} has none (it has 40 binary attributes); "
+            f"train a VAE on it: pyrovae vae train --dataset {dataset}"
+        )
     n_labelled, n_validation = DEFAULT_SPLIT[dataset]
     out, options = common.start_training(
         args, FAMILY, (
-            "limit", "latent_dim", "hidden_sizes", "classifier_arch", "activation",
+            "limit", "latent_dim", "hidden_sizes", "arch", "classifier_arch", "activation",
             "alpha_factor", "epochs", "batch_size", "labelled_batch_size", "lr", "seed",
         ), dataset=dataset,
         n_labelled=args.n_labelled if args.n_labelled is not None else n_labelled,
@@ -67,6 +91,7 @@ def _data(options: dict[str, Any], args: argparse.Namespace, device: torch.devic
         options["dataset"], n_labelled=options["n_labelled"],
         n_validation=options["n_validation"], seed=options["seed"], limit=options["limit"],
         root=args.data_root, download=not args.no_download, device=device,
+        binarized=binarized(options),
     )
 
 
@@ -75,7 +100,8 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
     data = _data(options, args, device)
     options["image_shape"] = list(data.image_shape)
     torch.manual_seed(options["seed"])
-    model = build_m2(options, data.x_test.shape[1], data.num_classes, data.num_train)
+    model = build_m2(options, data.x_test.shape[1], data.num_classes, data.num_train,
+                     data.image_shape)
     history, seconds = common.fit_run(
         args, out, options, model, {"unlabelled": data.unlabelled, "labelled": data.labelled},
         device=device, resume=resume, objective="enum",
@@ -130,7 +156,7 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
         "last.pt (resumable), best.pt (best validation accuracy), options.json and train.json.",
     )
     tr.add_argument("--n-labelled", type=common.positive_int, default=None,
-                    help="labelled images, a multiple of 10 (default 100; digits 50)")
+                    help="labelled images, a multiple of 10 (default 100; digits 50; svhn 1000)")
     tr.add_argument("--n-validation", type=common.positive_int, default=None,
                     help="validation images (default 10000; digits 200)")
     tr.add_argument("--limit", type=common.positive_int, default=None,
@@ -138,8 +164,11 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     tr.add_argument("--latent-dim", type=common.positive_int, default=50, help="K (default 50)")
     tr.add_argument("--hidden-sizes", type=common.positive_int, nargs="+", default=[500],
                     help="hidden widths of every network (default 500)")
+    tr.add_argument("--arch", default="mlp", choices=["mlp", "conv"],
+                    help="networks of q(z|x,y) and p(x|y,z): mlp (default) or conv (e.g. 28x28 "
+                    "grey or 32x32 colour)")
     tr.add_argument("--classifier-arch", default="mlp", choices=["mlp", "conv"],
-                    help="network of q(y|x): mlp (default) or conv (28x28 images)")
+                    help="network of q(y|x): mlp (default) or conv")
     tr.add_argument("--activation", default="softplus", help="nonlinearity (default softplus)")
     tr.add_argument("--alpha-factor", type=common.positive_float, default=0.1,
                     help="classifier weight alpha = factor x N_train (default 0.1)")

@@ -1,4 +1,5 @@
-"""``pyrovae vae {train,resume,evaluate,sample}``: a VAE on binarised (or grey-level) images.
+"""``pyrovae vae {train,resume,evaluate,sample}``: a VAE on binarised (or grey-level) images,
+or on colour images (SVHN, CelebA), which are never binarised.
 
 ``train`` fits a VAE with ``pyrovae.fit`` into a run folder (``last.pt``, ``options.json``,
 ``train.json``), logging the test ELBO every ``--eval-every`` epochs; ``resume`` continues it;
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from pyrovae.cli import _common as common
-from pyrovae.cli._train import image_set, vae_metrics
+from pyrovae.cli._train import COLOUR_DATASETS, channels_first, image_set, vae_metrics
 from pyrovae.data.mnist import canonical_name
 from pyrovae.infer.evaluation import elbo_terms
 from pyrovae.models.vae import VAE
@@ -25,10 +26,19 @@ FAMILY = "vae"
 
 
 # ----------------------------------------------------------------- the model: one place to adapt
-def build_vae(options: dict[str, Any], data_dim: int) -> VAE:
+def binarized(options: dict[str, Any]) -> bool:
+    """Whether the run's images are binarised: for a Bernoulli likelihood on grey data only.
+    Colour images keep their grey levels, which the Bernoulli likelihood then scores as
+    continuous targets (``allow_continuous``)."""
+    return options["likelihood"] == "bernoulli" and options["dataset"] not in COLOUR_DATASETS
+
+
+def build_vae(options: dict[str, Any], data_dim: int, image_shape) -> VAE:
     """The VAE the CLI trains, from its options (the one call of the constructor)."""
     return VAE(
         data_dim=data_dim,
+        image_shape=channels_first(image_shape),
+        allow_continuous=options["likelihood"] == "bernoulli" and not binarized(options),
         latent_dim=options["latent_dim"],
         hidden_sizes=options["hidden_sizes"],
         arch=options["arch"],
@@ -49,20 +59,24 @@ def train(args: argparse.Namespace) -> int:
         "latent_dim", "hidden_sizes", "arch", "activation", "likelihood", "sigma", "objective",
         "num_particles", "epochs", "batch_size", "lr", "train_size", "test_size", "eval_every",
         "seed",
-    ), dataset=canonical_name(args.dataset))
+    ), dataset=canonical_name(args.dataset), image_size=args.image_size)
     return _fit(args, out, options, resume=False)
 
 
 def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -> int:
     device = common.resolve_device(args.device)
     data = image_set(
-        options["dataset"], binarized=options["likelihood"] == "bernoulli", seed=options["seed"],
+        options["dataset"], binarized=binarized(options), seed=options["seed"],
         train_size=options["train_size"], test_size=options["test_size"], root=args.data_root,
-        download=not args.no_download, device=device,
+        download=not args.no_download, device=device, image_size=_image_size(options),
     )
     options["image_shape"] = list(data.image_shape)
+    if options["likelihood"] == "bernoulli" and not binarized(options):
+        logger.info("%s is in colour: its grey levels are not binarised; the Bernoulli "
+                    "likelihood scores them as continuous targets (not a normalised density)",
+                    data.name)
     torch.manual_seed(options["seed"])
-    model = build_vae(options, data.data_dim)
+    model = build_vae(options, data.data_dim, data.image_shape)
     model.check_data(data.test_x)
     every, epochs = options["eval_every"], options["epochs"]
 
@@ -89,9 +103,9 @@ def evaluate(args: argparse.Namespace) -> int:
     device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
     test_size = args.test_size if args.test_size is not None else options["test_size"]
     data = image_set(
-        options["dataset"], binarized=options["likelihood"] == "bernoulli", seed=options["seed"],
+        options["dataset"], binarized=binarized(options), seed=options["seed"],
         train_size=1, test_size=test_size, root=args.data_root, download=not args.no_download,
-        device=device,
+        device=device, image_size=_image_size(options),
     )
     torch.manual_seed(args.seed)
     metrics = vae_metrics(model, data.test_x, num_samples=args.num_samples,
@@ -105,6 +119,11 @@ def evaluate(args: argparse.Namespace) -> int:
         print(common.nll_line(s["nll"], s["nll_stderr"], args.num_samples, s["num_examples"]))
     common.write_report(report_path, args, metrics)
     return 0
+
+
+def _image_size(options: dict[str, Any]) -> int:
+    """CelebA's side in pixels (runs started before the option existed: 64)."""
+    return options.get("image_size", 64)
 
 
 def sample(args: argparse.Namespace) -> int:
@@ -128,12 +147,14 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     tr.add_argument("--hidden-sizes", type=common.positive_int, nargs="+", default=[400],
                     help="hidden widths of the encoder; the decoder mirrors them (default 400)")
     tr.add_argument("--arch", default="mlp", choices=["mlp", "conv"],
-                    help="mlp (default) or conv (28x28 images)")
+                    help="mlp (default) or conv (e.g. 28x28 grey, 32x32 or 64x64 colour)")
+    tr.add_argument("--image-size", type=int, default=64, choices=[32, 64],
+                    help="celeba only: pixels a side (default 64)")
     tr.add_argument("--activation", default="relu", help="nonlinearity (default relu)")
     tr.add_argument("--likelihood", default="bernoulli",
                     choices=["bernoulli", "gaussian", "gaussian_learned"],
-                    help="bernoulli (default): dynamically binarised images; Gaussians: grey "
-                    "levels")
+                    help="bernoulli (default): dynamically binarised grey images, colour "
+                    "images as they are; Gaussians: grey levels")
     tr.add_argument("--sigma", type=common.positive_float, default=0.1,
                     help="noise of --likelihood gaussian (0.1)")
     tr.add_argument("--objective", default="elbo", choices=["elbo", "iwae"],

@@ -11,6 +11,11 @@ or, with ``likelihood="gaussian_learned"`` (continuous data such as M1's latent 
 
     x_n | y_n, z_n ~ N(m_theta(z_n, y_n), diag exp(v_theta(z_n, y_n)))
 
+Colour images (``image_shape=(C, H, W)``, flattened channel-major, ``D = C*H*W``) are the same
+story with every channel's grey level in [0, 1] as one of the D values: Bernoulli with
+``allow_continuous=True`` (binarising colour would destroy it) or Gaussian, independent given
+``(y_n, z_n)``.
+
 Guide (amortised)::
 
     q(y_n | x_n) = Cat(softmax(g_phi(x_n)))                             (the classifier)
@@ -106,7 +111,14 @@ from .base import (
     take,
 )
 from .likelihoods import make_likelihood
-from .networks import ARCHITECTURES, Classifier, LabelledGaussianEncoder, as_pyro, build_decoder
+from .networks import (
+    ARCHITECTURES,
+    Classifier,
+    LabelledGaussianEncoder,
+    as_pyro,
+    build_decoder,
+    check_image_shape,
+)
 
 M2_LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 
@@ -164,7 +176,8 @@ class M2(ConfigurableModule):
     """Semi-supervised M2 (see the module docstring for the story).
 
     Args:
-        data_dim: D, pixels per image (default 784; ``"conv"`` networks need 784 = 28x28).
+        data_dim: D, values per image (default 784): pixels times colour channels, the
+            product of ``image_shape`` when that is given.
         num_classes: C (default 10).
         latent_dim: K, the style latent's dimension (default 50, as Kingma et al.). With 100
             labels and a short budget a 2-D z learned to classify far better than 50-D (a
@@ -173,8 +186,8 @@ class M2(ConfigurableModule):
             from the data side (default ``(500,)``); a conv body uses ``hidden_sizes[-1]``.
         decoder_hidden_sizes: the decoder's hidden widths from the latent side (default:
             reversed ``hidden_sizes``).
-        arch: ``"mlp"`` (default) or ``"conv"`` (28x28 images): the networks of ``q(z|x,y)``
-            and ``p(x|y,z)``, as the VAE's ``arch``.
+        arch: ``"mlp"`` (default) or ``"conv"`` (images of ``image_shape``): the networks of
+            ``q(z|x,y)`` and ``p(x|y,z)``, as the VAE's ``arch``.
         classifier_arch: ``"mlp"`` or ``"conv"``, the network of ``q(y|x)`` (default: ``arch``).
             E.g. ``arch="mlp", classifier_arch="conv"``: a conv classifier beside an MLP VAE.
         activation: nonlinearity name from [`pyrovae.models.networks`][] (default ``"softplus"``,
@@ -210,6 +223,9 @@ class M2(ConfigurableModule):
             ([`pyrovae.models.m2_presets`][]).
         analytic_kl: compute ``KL(q(z|x,y) || p(z))`` in closed form instead of from the sampled
             ``z`` (default False). See "Closed-form KL of z" in the module docstring.
+        image_shape: ``(C, H, W)`` of the flattened images, e.g. ``(3, 32, 32)`` for SVHN
+            (default None: ``(1, 28, 28)`` for conv networks); ``data_dim`` must be its
+            product. See [`conv_layout`][pyrovae.models.networks.conv_layout].
 
     Methods: [`encode`][] ``(x, y) -> (loc, scale)`` of ``q(z|x,y)``; [`decode`][]
     ``(z, y) -> E[x | y, z]``; [`sample`][] ``y -> x`` with ``z`` from the prior;
@@ -243,6 +259,7 @@ class M2(ConfigurableModule):
         classifier: nn.Module | None = None,
         init_scale: float | None = None,
         analytic_kl: bool = False,
+        image_shape: Sequence[int] | None = None,
     ) -> None:
         check_positive_int(data_dim, "data_dim")
         check_positive_int(num_classes, "num_classes")
@@ -258,8 +275,13 @@ class M2(ConfigurableModule):
         for name, value in [("arch", arch), ("classifier_arch", classifier_arch)]:
             if value not in ARCHITECTURES:
                 raise ValueError(f"{name} must be one of {ARCHITECTURES}, got {value!r}")
-            if value == "conv" and data_dim != 784:
-                raise ValueError(f"{name}='conv' needs 28x28 images (data_dim=784), got {data_dim}")
+            if value == "conv" and image_shape is None and data_dim != 784:
+                raise ValueError(
+                    f"{name}='conv' needs 28x28 images (data_dim=784) unless image_shape="
+                    f"(C, H, W) is given, got data_dim={data_dim}"
+                )
+            if image_shape is not None:
+                image_shape = check_image_shape(value, data_dim, image_shape)
         if alpha is None:
             if num_train is None:
                 raise ValueError(
@@ -287,19 +309,22 @@ class M2(ConfigurableModule):
             classifier=copy.deepcopy(classifier),
             init_scale=None if init_scale is None else float(init_scale),
             analytic_kl=bool(analytic_kl),
+            image_shape=None if image_shape is None else list(image_shape),
         )
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.alpha, self.labelled_weight = float(alpha), float(labelled_weight)
         self.analytic_kl = bool(analytic_kl)
+        self.image_shape = image_shape
         # Built in this order (classifier, encoder, decoder): seeded weights depend on it.
         if classifier is None:
             classifier = Classifier(
-                classifier_arch, data_dim, num_classes, hidden_sizes, activation
+                classifier_arch, data_dim, num_classes, hidden_sizes, activation, image_shape
             )
         self.classifier = as_pyro(classifier)
         if encoder is None:
             encoder = LabelledGaussianEncoder(
-                arch, data_dim, num_classes, latent_dim, hidden_sizes, activation
+                arch, data_dim, num_classes, latent_dim, hidden_sizes, activation,
+                image_shape=image_shape,
             )
         self.encoder = as_pyro(encoder)
         self.likelihood = make_likelihood(
@@ -309,7 +334,7 @@ class M2(ConfigurableModule):
         if decoder is None:
             decoder = build_decoder(
                 arch, latent_dim + num_classes, data_dim, decoder_hidden_sizes, activation,
-                num_heads=self.likelihood.num_heads,
+                num_heads=self.likelihood.num_heads, image_shape=image_shape,
             )
         self.decoder = as_pyro(decoder)
         if init_scale is not None:

@@ -26,7 +26,7 @@ from .base import (
     take,
 )
 from .likelihoods import make_likelihood
-from .networks import as_pyro, build_decoder, build_encoder
+from .networks import as_pyro, build_decoder, build_encoder, check_image_shape
 
 
 class ScoreFunctionNormal(dist.Normal):
@@ -55,15 +55,20 @@ class VAE(ConfigurableModule):
     Sites: ``"z"`` (latent, ``.to_event(1)``) and ``"x"`` (observed, ``.to_event(1)``), both in
     the data plate at ``dim=-1``; vectorised particles add dimensions on the left.
 
+    Colour images are flattened channel-major (``D = C*H*W``, ``image_shape=(C, H, W)``) and
+    ``x_n`` holds every channel's grey level: each value in [0, 1] gets its own Bernoulli
+    (``allow_continuous=True``) or Gaussian, independent given ``z_n``.
+
     Args:
-        data_dim: D, pixels per image (default 784).
+        data_dim: D, values per image (default 784): pixels times colour channels.
         latent_dim: K (default 20).
         hidden_sizes: hidden widths of the encoder, from the data side (default ``(400,)``);
             the decoder mirrors them unless ``decoder_hidden_sizes`` is given. For
             ``arch="conv"`` the last entry is the width of the convolutional body's linear layer.
         decoder_hidden_sizes: decoder hidden widths from the latent side (default: reversed
             ``hidden_sizes``).
-        arch: ``"mlp"`` (default) or ``"conv"`` (28x28 images).
+        arch: ``"mlp"`` (default) or ``"conv"`` (images of ``image_shape``, see
+            [`conv_layout`][pyrovae.models.networks.conv_layout]).
         activation: nonlinearity name (default ``"relu"``; ``"tanh"`` for Burda et al.).
         likelihood: ``"bernoulli"`` (default), ``"gaussian"`` (fixed ``sigma``) or
             ``"gaussian_learned"`` (per-pixel mean and log-variance heads).
@@ -86,6 +91,9 @@ class VAE(ConfigurableModule):
             ``PyroModule`` in place, so that their weights go through Pyro's param store.
             ``config`` keeps a copy of each module as given, so a checkpoint can rebuild the
             model: the module's class must be importable to load it.
+        image_shape: ``(C, H, W)`` of the flattened images, e.g. ``(3, 32, 32)`` for SVHN
+            (default None: ``(1, 28, 28)`` for ``arch="conv"``); ``data_dim`` must be its
+            product.
 
     Methods: [`encode`][] ``x -> (loc, scale)`` of ``q(z | x)``; [`decode`][]
     ``z -> E[x | z]``, the mean of ``p(x | z)``; [`sample`][] draws ``z`` from the prior and
@@ -112,9 +120,12 @@ class VAE(ConfigurableModule):
         reparameterized: bool = True,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        image_shape: Sequence[int] | None = None,
     ) -> None:
         check_positive_int(data_dim, "data_dim")
         check_positive_int(latent_dim, "latent_dim")
+        if image_shape is not None:
+            image_shape = check_image_shape(arch, data_dim, image_shape)
         hidden_sizes = [int(h) for h in hidden_sizes]
         if decoder_hidden_sizes is None:
             decoder_hidden_sizes = hidden_sizes[::-1]
@@ -134,8 +145,10 @@ class VAE(ConfigurableModule):
             reparameterized=reparameterized,
             encoder=copy.deepcopy(encoder),  # as given, unconverted: a checkpoint rebuilds it
             decoder=copy.deepcopy(decoder),
+            image_shape=None if image_shape is None else list(image_shape),
         )
         self.data_dim, self.latent_dim = data_dim, latent_dim
+        self.image_shape = image_shape
         self.reparameterized = bool(reparameterized)
         self.likelihood = make_likelihood(
             likelihood,
@@ -145,12 +158,13 @@ class VAE(ConfigurableModule):
             allow_continuous=allow_continuous,
         )
         if encoder is None:
-            encoder = build_encoder(arch, data_dim, latent_dim, hidden_sizes, activation)
+            encoder = build_encoder(arch, data_dim, latent_dim, hidden_sizes, activation,
+                                    image_shape)
         self.encoder = as_pyro(encoder)
         if decoder is None:
             decoder = build_decoder(
                 arch, latent_dim, data_dim, decoder_hidden_sizes, activation,
-                num_heads=self.likelihood.num_heads,
+                num_heads=self.likelihood.num_heads, image_shape=image_shape,
             )
         self.decoder = as_pyro(decoder)
 
