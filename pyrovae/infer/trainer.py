@@ -405,6 +405,8 @@ class _Run:
         return saved
 
     def finish(self) -> History:
+        if self.parallel is not None:  # rank 0's checkpoints are on disk when fit returns
+            self.parallel.barrier()
         if self.pair.module is not None:
             self.pair.module.eval()
         return self.state.history
