@@ -420,3 +420,18 @@ def test_experiment_script_with_two_devices_writes_one_set_of_outputs(tmp_path, 
     assert {p.name for p in (out / "fit").iterdir()} == {"last.pt"}
     assert read_checkpoint(out / "fit" / "last.pt")["fit_config"]["world_size"] == 2
     load_checkpoint(out / "vae.pt")
+
+
+def test_cli_refusal_on_rank_0_ends_every_process_with_one_message(tmp_path):
+    """``--out`` holding a run: rank 0 refuses it after the launch; ``main_first`` hands the
+    error to rank 1, so both exit (no rank waits in a collective) and one line is printed."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    done = _run_module(
+        "pyrovae.cli", "vae", "train", "--dataset", "digits", "--device", "cpu",
+        "--devices", "2", "--out", str(out),
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.count("pyrovae: error: --out") == 1, done.stderr
+    assert {p.name for p in out.iterdir()} == {"last.pt"}

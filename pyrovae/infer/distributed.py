@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -86,16 +87,23 @@ def main_first(fn: Any, *args: Any, **kwargs: Any) -> Any:
     if not (dist.is_available() and dist.is_initialized()):
         return fn(*args, **kwargs)
     outcome: list[Any] = [None, None]
+    raised = None
     if dist.get_rank() == 0:
         try:
             outcome[0] = fn(*args, **kwargs)
         except BaseException as err:  # noqa: BLE001 - re-raised on every rank below
-            outcome[1] = err
+            raised = outcome[1] = err
+            try:  # what cannot be sent would leave the other ranks waiting
+                pickle.dumps(err)
+            except Exception:  # noqa: BLE001
+                outcome[1] = RuntimeError(f"{type(err).__name__}: {err}")
     device = None
     if dist.get_backend() == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
     dist.broadcast_object_list(outcome, src=0, device=device)
     result, err = outcome
+    if raised is not None:
+        raise raised
     if err is None:
         return result
     if dist.get_rank() != 0 and isinstance(err, SystemExit) and not isinstance(err.code, int):
