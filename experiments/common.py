@@ -1,12 +1,21 @@
 """What every experiment shares: provenance, atomic JSON, the run options (--out, --threads,
---device). Figures are in :mod:`experiments.figures`.
+--device, --devices, --num-nodes). Figures are in :mod:`experiments.figures`.
 
 Library code returns values; these helpers are for the scripts that turn them into files.
+
+Data-parallel runs (``--devices N``, ``--num-nodes M``): `start_run` launches the processes
+before the script does anything else (the script runs again once per extra device, see
+docs/scaling.md), guards ``--out`` on rank 0, and silences the other ranks (no prints, logging
+of warnings and errors only). From then on `write_json`, `save_checkpoint` and
+``experiments.figures.save_figure`` write on rank 0 only, so a script passes
+``**parallel_options(args)`` to ``fit`` and is otherwise unchanged. ``--batch-size`` stays per
+process: a step sees ``devices x num_nodes x batch_size`` examples.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -19,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from pyrovae.infer import distributed
 
 
 def cpu_name() -> str:
@@ -93,9 +104,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def is_main() -> bool:
+    """True on rank 0 of a data-parallel run (and always in one process): it writes files."""
+    return distributed.global_rank() == 0
+
+
 def write_json(path: str | os.PathLike, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON atomically; NaN and inf become ``null``."""
+    """Write ``payload`` as indented JSON atomically; NaN and inf become ``null``. On rank 0
+    only (`is_main`); the other ranks return the path."""
     path = Path(path)
+    if not is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # runs may share a summary file
     tmp.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
@@ -105,6 +124,13 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def save_checkpoint(path: str | os.PathLike, module, **extra: Any) -> Path:
+    """``pyrovae.save_checkpoint`` on rank 0 only (the parameters are the same on every rank)."""
+    from pyrovae import save_checkpoint as save
+
+    return save(path, module, **extra) if is_main() else Path(path)
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -131,9 +157,57 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--devices`` and ``--num-nodes`` (default 1): data-parallel ``fit`` (docs/scaling.md)."""
+    parser.add_argument(
+        "--devices", type=_positive_int, default=1,
+        help="processes per machine for data-parallel training, one per GPU with --device cuda "
+        "(default 1); --batch-size is per process: a step sees devices x num-nodes x "
+        "batch-size examples",
+    )
+    parser.add_argument("--num-nodes", type=_positive_int, default=1,
+                        help="machines, each running --devices processes (default 1)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def parallel_options(args: argparse.Namespace) -> dict[str, int]:
+    """``fit``'s ``devices`` and ``num_nodes`` from ``--devices``/``--num-nodes``."""
+    return {"devices": getattr(args, "devices", 1), "num_nodes": getattr(args, "num_nodes", 1)}
+
+
+def start_processes(args: argparse.Namespace, device: torch.device) -> int:
+    """Launch (or join) the processes of ``--devices``/``--num-nodes`` (the script runs again
+    in each); on ranks other than 0, nothing is printed and logging shows warnings and errors
+    only. Returns this process's rank (0 without ``--devices``)."""
+    options = parallel_options(args)
+    if options["devices"] * options["num_nodes"] == 1:
+        return 0
+    if device.index is not None:
+        raise SystemExit(f"error: --devices runs one process per GPU: give --device "
+                         f"{device.type}, not {device}")
+    with contextlib.suppress(ImportError):  # it sets its loggers' levels when imported
+        import lightning_fabric  # noqa: F401
+    logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
+    try:
+        rank = distributed.start_processes(options["devices"], options["num_nodes"], device)
+    except ImportError as err:
+        raise SystemExit(f"error: {err}") from None
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        logging.getLogger().setLevel(logging.WARNING)
+    return rank
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, out: str, threads: int | None = None):
     """The options every script shares: ``--out`` (default ``out``, under ``runs/``),
-    ``--threads`` (default ``threads``; None leaves torch's choice) and ``--device``."""
+    ``--threads`` (default ``threads``; None leaves torch's choice), ``--device``,
+    ``--devices`` and ``--num-nodes``."""
     parser.add_argument("--out", type=Path, default=Path(out),
                         help="output folder (default %(default)s)")
     parser.add_argument("--threads", type=int, default=threads,
@@ -142,6 +216,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, out: str, threads: int | 
                         help="start afresh even if --out holds a run with other options (the "
                         "old folder is moved aside to OUT.old-TIME)")
     add_device_argument(parser)
+    add_parallel_arguments(parser)
 
 
 def start_script(args: argparse.Namespace, log: bool = True) -> tuple[torch.device, Path]:
@@ -152,18 +227,24 @@ def start_script(args: argparse.Namespace, log: bool = True) -> tuple[torch.devi
     if log:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     pyro.enable_validation(False)
+    device = start_run(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    return start_run(args), out
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    return device, out
 
 
 def start_run(args: argparse.Namespace) -> torch.device:
-    """Apply ``--threads``; guard ``--out`` (see ``guard_run_folder``); return ``--device`` as a
-    ``torch.device`` (see ``resolve_device``)."""
+    """Apply ``--threads``; start the ``--devices`` processes (see ``start_processes``); guard
+    ``--out`` on rank 0 (see ``guard_run_folder``); return ``--device`` as a ``torch.device``
+    (see ``resolve_device``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    guard_run_folder(args.out, vars(args), force_new=getattr(args, "force_new", False))
+    start_processes(args, device)
+    distributed.main_first(
+        guard_run_folder, args.out, vars(args), force_new=getattr(args, "force_new", False)
+    )
     return device
 
 
@@ -173,7 +254,8 @@ RUN_OPTIONS_FILE = "run_options.json"
 #: ``labels`` and ``seeds`` choose which sub-runs an invocation does (each in its own folder
 #: ``labels{N}_seed{S}``; experiments.m2's summaries gather them across invocations).
 NOT_COMPARED = frozenset(
-    {"out", "threads", "device", "force_new", "max_minutes", "minutes", "labels", "seeds"}
+    {"out", "threads", "device", "force_new", "max_minutes", "minutes", "labels", "seeds",
+     "devices", "num_nodes"}
 )
 
 

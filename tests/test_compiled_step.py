@@ -141,6 +141,31 @@ def test_several_steps_per_call_are_the_single_steps():
     _assert_same_parameters(reference, ours)
 
 
+def test_reduce_gradients_runs_between_backward_and_the_update():
+    """The hook sees every step's fresh gradients before clipping and the optimiser step:
+    halving them in place halves SGD's update (data parallelism's all-reduce plugs in here)."""
+    torch.set_default_dtype(torch.float64)
+    x = _binary()
+    halved, plain = VAE(D, 2, (5,)), VAE(D, 2, (5,))
+    plain.load_state_dict(halved.state_dict())
+    seen = []
+
+    def halve(params):
+        seen.append(all(p.grad is not None for p in params))
+        for p in params:
+            p.grad.mul_(0.5)
+
+    for module, hook, lr in ((halved, halve, 0.2), (plain, None, 0.1)):
+        optim = torch.optim.SGD(module.parameters(), lr=lr)
+        step = CompiledStep(_loss_fn(GraphSafeELBO(), module), optim, reduce_gradients=hook)
+        pyro.set_rng_seed(3)
+        with param_scope(module):
+            for batch in _batches(2):
+                step([(x,)], [batch])
+    assert seen == [True, True]
+    _assert_same_parameters(halved, plain)
+
+
 def test_resume_from_state_dict_continues_the_run():
     """3 steps, save model + step.state_dict(), rebuild, load, 3 more == 6 steps straight."""
     torch.set_default_dtype(torch.float64)

@@ -121,6 +121,10 @@ SCRIPT = textwrap.dedent(
         mode, out = sys.argv[1], sys.argv[2]
         if mode == "equivalence":
             results = dict(vae=train_vae(2, 8), m2=train_m2(2, 1))
+            # The compiled step (eager on the CPU) against the eager one, both data-parallel;
+            # compiled implies drop_last, so the eager run drops the last batch too.
+            results["compiled"] = train_vae(2, 8, compiled=True)
+            results["eager_drop_last"] = train_vae(2, 8, drop_last=True)
             for n in (45, 48):
                 ppca_losses(2, n, os.path.join(os.path.dirname(out), f"ppca{n}"))
         else:  # plain, killed, resume: 2 processes with checkpoints every 2 steps
@@ -200,16 +204,24 @@ def test_bad_rank_is_refused():
         BatchPlan([_stream(4)], [2], 0, 0, False, rank=2, world_size=2)
 
 
-def test_two_processes_with_batch_b_train_as_one_with_batch_2b(tmp_path):
+@pytest.fixture(scope="module")
+def equivalence(tmp_path_factory):
+    """One two-process launch of the script's ``equivalence`` mode: its folder, the script
+    (imported here, for the single-process references) and the ranks' results."""
+    tmp_path = tmp_path_factory.mktemp("equivalence")
+    path, script = _script(tmp_path)
+    done = _launch(path, "equivalence", tmp_path / "parallel.pt")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path, script, torch.load(tmp_path / "parallel.pt", weights_only=False)
+
+
+def test_two_processes_with_batch_b_train_as_one_with_batch_2b(equivalence):
     """VAE and M2 (enumerated labels, two streams): same parameters; PPCA: the exact loss.
 
     The last global batch of the VAE's epoch has 13 rows, split 7/6: the shards' weights
     (14/13 and 12/13) keep the average equal to the single-process estimate.
     """
-    path, script = _script(tmp_path)
-    done = _launch(path, "equivalence", tmp_path / "parallel.pt")
-    assert done.returncode == 0, done.stderr[-3000:]
-    parallel = torch.load(tmp_path / "parallel.pt", weights_only=False)
+    tmp_path, script, parallel = equivalence
 
     vae_state, vae_losses = script.train_vae(None, 16)
     _assert_close(parallel["vae"][0], vae_state, atol=1e-9)
@@ -286,36 +298,67 @@ def test_benchmark_script_runs_at_tiny_size(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "dp.json").read_text())
     assert result["examples_per_second"] > 0 and result["allreduce_seconds"] is None
-    # The all-reduced buffer: the VAE's parameters and one flag per parameter tensor.
+    # The all-reduced buffer: the VAE's parameters (the first step also sends one flag per
+    # parameter tensor, once).
     from pyrovae.models.vae import VAE
 
     params = list(VAE(784, 20, hidden_sizes=(400,)).parameters())
-    assert result["allreduce_floats"] == sum(p.numel() for p in params) + len(params)
+    assert result["allreduce_floats"] == sum(p.numel() for p in params)
     sizes = subprocess.run([sys.executable, script, "--sizes"], capture_output=True, text=True)
     assert json.loads(sizes.stdout)["VAE 784-400-20"] == 784 * 400 + 400 + 2 * (400 * 20 + 20) + (
         20 * 400 + 400 + 400 * 784 + 784
     )
 
 
-def test_gradient_average_keeps_missing_gradients_missing(tmp_path):
-    """In a one-process gloo group: gradients come back unchanged, ``None`` stays ``None``."""
-    import torch.distributed as dist
+def test_compiled_step_trains_data_parallel_as_the_eager_step(equivalence):
+    """``fit(compiled=True, devices=2)`` (the compiled step runs eagerly on the CPU, with its
+    graph-safe objective and the all-reduce between backward and the update) reaches the
+    parameters of the eager data-parallel step. They came out identical here; the graph-safe
+    objective may sum the same float64 terms in another order than Pyro's, so we allow 1e-9
+    (as for the other float64 comparisons)."""
+    _, _, parallel = equivalence
+    _assert_close(parallel["compiled"][0], parallel["eager_drop_last"][0], atol=1e-9)
+    assert parallel["compiled"][1] == pytest.approx(parallel["eager_drop_last"][1], rel=1e-6)
+    assert parallel["compiled"][1] != parallel["vae"][1]  # drop_last did drop a batch
 
-    from pyrovae.infer.distributed import GradientAverage
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    import torch.distributed as dist
 
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        a, b, c = (torch.nn.Parameter(torch.randn(3, 2)) for _ in range(3))
-        a.grad, c.grad = torch.randn(3, 2), torch.randn(3, 2)
-        expected_a, expected_c = a.grad.clone(), c.grad.clone()
-        average = GradientAverage(world_size=1, timed=True)
+    yield
+    dist.destroy_process_group()
+
+
+def test_gradient_average_settles_its_parameters_once_then_never_syncs(one_process_group):
+    """In a one-process gloo group: gradients come back unchanged, ``None`` stays ``None``;
+    after the first call no host read (the flags are exchanged once), a missing gradient of a
+    member is a zero, and a late gradient of a non-member is dropped with a warning."""
+    from pyrovae.infer import forbid_host_sync
+    from pyrovae.infer.distributed import GradientAverage
+
+    a, b, c = (torch.nn.Parameter(torch.randn(3, 2)) for _ in range(3))
+    a.grad, c.grad = torch.randn(3, 2), torch.randn(3, 2)
+    expected_a, expected_c = a.grad.clone(), c.grad.clone()
+    average = GradientAverage(world_size=1, timed=True)
+    average([a, b, c])
+    assert torch.equal(a.grad, expected_a) and torch.equal(c.grad, expected_c)
+    assert b.grad is None and average.members == [True, False, True]
+    assert (average.numel, average.calls) == (2 * 6, 1) and average.seconds > 0
+
+    a.grad, c.grad = torch.randn(3, 2), None  # c has no gradient on this rank now: a zero
+    expected_a = a.grad.clone()
+    with forbid_host_sync():
         average([a, b, c])
-        assert torch.equal(a.grad, expected_a) and torch.equal(c.grad, expected_c)
-        assert b.grad is None
-        assert (average.numel, average.calls) == (3 * 6 + 3, 1) and average.seconds > 0
-    finally:
-        dist.destroy_process_group()
+    assert torch.equal(a.grad, expected_a) and torch.equal(c.grad, torch.zeros(3, 2))
+    assert b.grad is None and average.calls == 2
+
+    a.grad, b.grad = torch.randn(3, 2), torch.randn(3, 2)
+    with forbid_host_sync(), pytest.warns(RuntimeWarning, match="after the first step"):
+        average([a, b, c])
+    assert b.grad is None and average.members == [True, False, True]
 
 
 @pytest.mark.parametrize("kwargs", [dict(devices=0), dict(num_nodes=0), dict(devices=True)])
@@ -325,3 +368,70 @@ def test_launch_refuses_bad_counts(kwargs):
 
     with pytest.raises(ValueError, match="positive integer"):
         fit(VAE(4, 2, hidden_sizes=(3,)), torch.zeros(8, 4), **kwargs)
+
+
+# ----------------------------------------------------------------- commands and scripts
+def _run_module(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=cwd or repo)
+
+
+def test_cli_train_with_two_devices_writes_one_run(tmp_path):
+    """``pyrovae vae train --devices 2`` (the command is started again by Fabric as
+    ``python -m pyrovae.cli.__main__``): one run folder, one printed line, a loadable
+    checkpoint of the two-process run."""
+    from pyrovae import load_checkpoint
+
+    out = tmp_path / "run"
+    done = _run_module(
+        "pyrovae.cli", "vae", "train", "--dataset", "digits", "--train-size", "128",
+        "--test-size", "32", "--latent-dim", "2", "--hidden-sizes", "8", "--epochs", "1",
+        "--batch-size", "16", "--device", "cpu", "--devices", "2", "--out", str(out),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("VAE (K=2) on digits") == 1, done.stdout
+    assert "error" not in done.stderr.lower()
+    assert done.stderr.count("epoch 0:") == 1  # rank 0 alone logs
+    assert {p.name for p in out.iterdir()} == {"last.pt", "options.json", "train.json"}
+    options = json.loads((out / "options.json").read_text())
+    assert (options["devices"], options["num_nodes"]) == (2, 1)
+    stored = read_checkpoint(out / "last.pt")["fit_config"]
+    assert (stored["world_size"], stored["batch_size"]) == (2, [32])
+    load_checkpoint(out / "last.pt")
+
+
+def test_experiment_script_with_two_devices_writes_one_set_of_outputs(tmp_path, mnist_root):
+    """``python -m experiments.uses.train_vae --devices 2``: Fabric starts the module again;
+    rank 0 alone writes run_options.json, the checkpoints, vae.pt and train.json, and prints."""
+    from pyrovae import load_checkpoint
+
+    out = tmp_path / "vae"
+    done = _run_module(
+        "experiments.uses.train_vae", "--train-size", "200", "--hidden", "16", "--latent", "2",
+        "--epochs", "1", "--batch-size", "50", "--data-root", str(mnist_root),
+        "--devices", "2", "--out", str(out),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 1 epochs") == 1, done.stdout
+    assert {p.name for p in out.iterdir()} == {"fit", "run_options.json", "train.json", "vae.pt"}
+    assert {p.name for p in (out / "fit").iterdir()} == {"last.pt"}
+    assert read_checkpoint(out / "fit" / "last.pt")["fit_config"]["world_size"] == 2
+    load_checkpoint(out / "vae.pt")
+
+
+def test_cli_refusal_on_rank_0_ends_every_process_with_one_message(tmp_path):
+    """``--out`` holding a run: rank 0 refuses it after the launch; ``main_first`` hands the
+    error to rank 1, so both exit (no rank waits in a collective) and one line is printed."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    done = _run_module(
+        "pyrovae.cli", "vae", "train", "--dataset", "digits", "--device", "cpu",
+        "--devices", "2", "--out", str(out),
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.count("pyrovae: error: --out") == 1, done.stderr
+    assert {p.name for p in out.iterdir()} == {"last.pt"}

@@ -25,7 +25,14 @@ from pathlib import Path
 import torch
 from pyro.infer import Trace_ELBO
 
-from experiments.common import add_run_arguments, provenance, start_run, write_json
+from experiments.common import (
+    add_run_arguments,
+    is_main,
+    parallel_options,
+    provenance,
+    start_run,
+    write_json,
+)
 from experiments.figures import pyplot, save_figure
 from pyrovae import fit
 from pyrovae.data import load_dataset
@@ -136,8 +143,9 @@ def plot_components(rows: dict, image_shape, path: Path, title: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     device = start_run(args)
+    if is_main():
+        args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     train = load_dataset(args.dataset, "train", device=device)
     test = load_dataset(args.dataset, "test", device=device)
@@ -182,7 +190,8 @@ def main(argv=None) -> dict:
         started = time.perf_counter()
         fit(module, data, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
             lr_schedule="cosine", seed=args.seed, callbacks=[log_epoch], device=device,
-            checkpoint_dir=args.out / name, config=dict(experiment="linear_components"))
+            checkpoint_dir=args.out / name, config=dict(experiment="linear_components"),
+            **parallel_options(args))
         entry["train_seconds"] = time.perf_counter() - started
         entry["test_elbo"] = elbo_per_example(module, test_data, args.elbo_particles)
         entry["test_mse_per_pixel"] = float(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import pyrovae
-from experiments.common import write_json
+from experiments.common import is_main, write_json
 from pyrovae.data import (
     DynamicBinarized,
     LabelledStream,
@@ -150,6 +150,7 @@ def train_m2(
     betas: tuple[float, float] = (0.9, 0.999),
     test_curve: bool = False,
     test_when_stopped: bool = True,
+    parallel: dict | None = None,
 ) -> dict:
     """One ``pyrovae.fit`` (resumed from ``out/last.pt`` when there is one) for ``max_epochs``
     epochs or until ``TimeBudget(max_minutes)`` stops it, writing ``out/metrics.json`` after
@@ -161,8 +162,10 @@ def train_m2(
     Adam's ``betas`` other than torch's default ``(0.9, 0.999)`` use :class:`AdamWithBetas`.
     With ``test_when_stopped=False`` an invocation stopped by the budget before ``max_epochs``
     does not read the test set at all (a run resumed in many invocations then reads it once).
+    ``parallel``: ``fit``'s ``devices`` and ``num_nodes`` (``experiments.common.parallel_options``).
     """
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
     streams = {"unlabelled": data.unlabelled, "labelled": data.labelled}
     sizes = {"unlabelled": batch_size, "labelled": labelled_batch_size}
     started = time.perf_counter()
@@ -198,6 +201,7 @@ def train_m2(
         epochs=max_epochs, batch_size=sizes, seed=seed, device=device,
         callbacks=[*callbacks, report, TimeBudget(max_minutes)],
         checkpoint_dir=out, resume=True, select_metric="val_accuracy", config=info,
+        **(parallel or {}),
     )
     done = len(history.epochs)
     metrics.update(

@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 import pyrovae
-from experiments.common import add_run_arguments, command_line, provenance, start_run, write_json
+from experiments.common import (
+    add_run_arguments,
+    command_line,
+    parallel_options,
+    provenance,
+    start_run,
+    write_json,
+)
 from experiments.figures import save_latent_panels
 from experiments.m2.common import labelled_weight, prepare_data, test_error, train_m2
 from pyrovae.data import DynamicBinarized, load_dataset
@@ -54,12 +61,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train_vae(x_train: torch.Tensor, hidden: int, epochs: int, seed: int, out: Path):
+def train_vae(x_train: torch.Tensor, hidden: int, epochs: int, seed: int, out: Path,
+              **parallel):
     torch.manual_seed(seed)
     vae = VAE(data_dim=x_train.shape[1], latent_dim=2, hidden_sizes=[hidden])
     started = time.perf_counter()
     history = pyrovae.fit(vae, DynamicBinarized(x_train, seed), epochs=epochs, batch_size=100,
-                          seed=seed, checkpoint_dir=out, device=x_train.device)
+                          seed=seed, checkpoint_dir=out, device=x_train.device, **parallel)
     return vae, history, time.perf_counter() - started
 
 
@@ -71,7 +79,7 @@ def train_m2_2d(args: argparse.Namespace, data) -> dict:
     return train_m2(
         m2, data, args.out / "m2", max_epochs=args.epochs, max_minutes=args.max_minutes,
         batch_size=100, labelled_batch_size=100, lr=args.lr, lr_decay=1.0, seed=args.seed,
-        jit=False, device=args.device,
+        jit=False, device=args.device, parallel=parallel_options(args),
         info=dict(labels=args.labels, command=command_line(), model_config=m2.config),
     )
 
@@ -102,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
         x_train = train.x if args.limit is None else train.x[: args.limit]
         vae_epochs = args.epochs if args.vae_epochs is None else args.vae_epochs
         vae, history, seconds = train_vae(x_train, args.hidden, vae_epochs, args.seed,
-                                          args.out / "vae")
+                                          args.out / "vae", **parallel_options(args))
         with param_scope(vae):
             vae_codes = vae.encode(x)[0]
         panels.append(("unsupervised VAE, z = mean of q(z | x)", vae_codes))

@@ -40,7 +40,14 @@ import time
 import torch
 
 import pyrovae
-from experiments.common import add_run_arguments, provenance, start_run, write_json
+from experiments.common import (
+    add_run_arguments,
+    parallel_options,
+    provenance,
+    save_checkpoint,
+    start_run,
+    write_json,
+)
 from pyrovae.data import DynamicBinarized, binarize, load_dataset
 from pyrovae.data.streams import active_dimensions
 from pyrovae.infer import TimeBudget
@@ -108,8 +115,8 @@ def run(args: argparse.Namespace) -> dict:
     history = pyrovae.fit(vae, stream, lr=args.lr, epochs=args.epochs,
                           batch_size=args.batch_size, seed=args.seed, device=device,
                           callbacks=[monitor, TimeBudget(args.max_minutes)],
-                          checkpoint_dir=args.out, resume=True)
-    pyrovae.save_checkpoint(args.out / "m1.pt", vae)
+                          checkpoint_dir=args.out, resume=True, **parallel_options(args))
+    save_checkpoint(args.out / "m1.pt", vae)
     vae.eval()
     keep, std = active_dimensions(vae, x if grey else binarize(x, 30_000 + args.seed),
                                   args.min_std)

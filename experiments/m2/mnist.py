@@ -31,7 +31,14 @@ from pathlib import Path
 import torch
 
 import pyrovae
-from experiments.common import add_run_arguments, provenance, start_run, write_json
+from experiments.common import (
+    add_run_arguments,
+    is_main,
+    parallel_options,
+    provenance,
+    start_run,
+    write_json,
+)
 from experiments.figures import save_learning_curve
 from experiments.m2.common import labelled_weight, mean_std, prepare_data, train_m2
 from pyrovae.models.m2 import M2
@@ -169,15 +176,16 @@ def run(args: argparse.Namespace) -> dict:
                 labelled_batch_size=labelled_batch_size, lr=args.lr,
                 lr_decay=args.lr_decay, seed=seed, jit=args.jit, info=info, device=device,
                 betas=tuple(args.adam_betas), test_curve=args.test_curve,
-                test_when_stopped=not args.defer_test,
+                test_when_stopped=not args.defer_test, parallel=parallel_options(args),
             )
             result = (f"test error {100 * metrics['test_error']:.2f}% (validation-selected)"
                       if "test_error" in metrics else f"{metrics['epochs_done']} epochs so far")
             save_learning_curve(run_dir / "curve.png", metrics["curve"],
                                 f"M2, {n_labels} labels, seed {seed}: {result}")
-            summary = summarise(finished_runs(args.out), device)
-            write_json(args.out / "metrics.json", summary)
-            (args.out / "table.md").write_text(table(summary))
+            if is_main():  # rank 0 writes every run's files: it alone reads them back
+                summary = summarise(finished_runs(args.out), device)
+                write_json(args.out / "metrics.json", summary)
+                (args.out / "table.md").write_text(table(summary))
     return summary
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments.figures import save_figure
 from pyrovae.data.sketches import stroke5_to_stroke3
 
 
@@ -40,10 +41,7 @@ def save_sketch_grid(path: Path, rows, titles, title: str) -> Path:
                 draw(axes[i, j], sketches[j])
         axes[i, 0].set_title(label, fontsize=8, loc="left")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)  # rank 0 alone writes in a data-parallel run
 
 
 def save_interpolation(path: Path, ends, decoded, title: str) -> Path:

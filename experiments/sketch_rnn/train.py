@@ -24,7 +24,16 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import add_device_argument, provenance, resolve_device, write_json
+from experiments.common import (
+    add_device_argument,
+    add_parallel_arguments,
+    is_main,
+    parallel_options,
+    provenance,
+    resolve_device,
+    start_processes,
+    write_json,
+)
 from experiments.sketch_rnn.plots import save_interpolation, save_sketch_grid
 from pyrovae.data.sketches import SKETCH_DATASETS, load_sketches
 from pyrovae.infer import TimeBudget, fit
@@ -38,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="aaron_sheep", choices=sorted(SKETCH_DATASETS))
     p.add_argument("--out", default=None, help="output folder (default runs/sketch_rnn/DATASET)")
     add_device_argument(p)
+    add_parallel_arguments(p)
     p.add_argument("--epochs", type=int, default=100, help="total epochs (default 100)")
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget of this run")
     p.add_argument("--batch-size", type=int, default=100)
@@ -92,8 +102,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     device = resolve_device(args.device)
+    start_processes(args, device)
     out = Path(args.out or f"runs/sketch_rnn/{args.dataset}")
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
 
     load = dict(max_length=args.max_length, num_steps=args.max_length + 1, device=device)
@@ -135,6 +147,7 @@ def main(argv=None) -> None:
         checkpoint_dir=out / "checkpoints",
         resume=True,
         config={"args": vars(args)},
+        **parallel_options(args),
     )
     wall = time.perf_counter() - started
     final = history.epochs[-1] if history.epochs else {}

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import add_device_argument, provenance, resolve_device, write_json
+from experiments.common import (
+    add_device_argument,
+    add_parallel_arguments,
+    parallel_options,
+    provenance,
+    resolve_device,
+    start_processes,
+    write_json,
+)
 from pyrovae.data.smiles import SmilesVocabulary, load_smiles
 from pyrovae.infer import TimeBudget, fit, read_checkpoint
 from pyrovae.models.smiles_vae import SMILESVAE, KLAnnealing
@@ -72,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
     parser.add_argument("--out", type=Path, default=Path("runs/smiles/train"))
     add_device_argument(parser)
+    add_parallel_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -79,6 +88,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = resolve_device(args.device)
+    start_processes(args, device)
     budget = TimeBudget(args.minutes)
     smiles = load_smiles("train", size=args.train_size, seed=args.seed, root=args.data_root)
     vocab = SmilesVocabulary.build(smiles)
@@ -108,6 +118,7 @@ def main(argv=None) -> None:
         checkpoint_every=args.checkpoint_every,
         resume=True,
         config=vars(args) | {"out": str(args.out)},
+        **parallel_options(args),
     )
     seconds = time.perf_counter() - started
     summary_path = args.out / "train.json"

@@ -15,9 +15,17 @@ from __future__ import annotations
 import argparse
 import time
 
-from experiments.common import add_device_argument, provenance, start_script, write_json
+from experiments.common import (
+    add_device_argument,
+    add_parallel_arguments,
+    parallel_options,
+    provenance,
+    save_checkpoint,
+    start_script,
+    write_json,
+)
 from pyrovae.data import DynamicBinarized, load_dataset
-from pyrovae.infer import TimeBudget, fit, save_checkpoint
+from pyrovae.infer import TimeBudget, fit
 from pyrovae.models.vae import VAE
 
 
@@ -37,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/uses/vae_mnist")
     add_device_argument(parser)
+    add_parallel_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -50,7 +59,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     history = fit(model, DynamicBinarized(x, args.seed), epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  callbacks=[TimeBudget(args.minutes)], checkpoint_dir=out / "fit")
+                  callbacks=[TimeBudget(args.minutes)], checkpoint_dir=out / "fit",
+                  **parallel_options(args))
     wall = time.perf_counter() - started
     info = {**provenance(device), "dataset": args.dataset, "arch": args.arch,
             "hidden": args.hidden, "latent": args.latent, "epochs": len(history.epochs),

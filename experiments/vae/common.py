@@ -15,7 +15,15 @@ from pathlib import Path
 import pyro
 import torch
 
-from experiments.common import add_run_arguments, command_line, provenance, start_run
+from experiments.common import (
+    add_run_arguments,
+    command_line,
+    is_main,
+    parallel_options,
+    provenance,
+    save_checkpoint,
+    start_run,
+)
 from pyrovae.data import DynamicBinarized, binarize, load_dataset
 from pyrovae.infer import TimeBudget, fit
 from pyrovae.infer.evaluation import elbo_terms
@@ -33,7 +41,8 @@ def setup(args: argparse.Namespace) -> Path:
     pyro.enable_validation(bool(getattr(args, "validate", False)))
     pyro.set_rng_seed(args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -212,10 +221,9 @@ def train_vae(
     history = fit(
         model, data.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, objective=objective, num_particles=num_particles, device=args.device,
+        **parallel_options(args),
     )
     wall = time.perf_counter() - started
-    from pyrovae import save_checkpoint
-
     save_checkpoint(path, model, history=history.epochs, command=command_line(), wall_seconds=wall)
     logger.info("trained K=%d in %.0f s -> %s", latent_dim, wall, path)
     return model, history.epochs, wall

@@ -39,7 +39,14 @@ import time
 
 import torch
 
-from experiments.common import command_line, provenance, read_json, write_json
+from experiments.common import (
+    command_line,
+    is_main,
+    parallel_options,
+    provenance,
+    read_json,
+    write_json,
+)
 from experiments.figures import pyplot, save_figure
 from experiments.vae.common import (
     add_common_args,
@@ -110,6 +117,7 @@ def run_objective(args, data, objective: str, minutes, out, metrics: dict, eval_
         lr_schedule=burda_schedule if args.lr_schedule == "burda" else None,
         batch_size=args.batch_size,
         seed=args.seed,
+        **parallel_options(args),
         device=args.device,
         callbacks=[test_elbo_callback(model, monitor, every=args.eval_every)],
         config={"command": command_line()},
@@ -199,7 +207,8 @@ def main(argv=None) -> None:
     for objective, budget in zip(args.objectives, minutes, strict=True):
         run_objective(args, data, objective, budget, out, metrics, eval_idx)
         plot_curves(metrics, out / "curves.png")
-        (out / "table.md").write_text(markdown_table(metrics))
+        if is_main():
+            (out / "table.md").write_text(markdown_table(metrics))
 
 
 def earlier_runs(path) -> dict:

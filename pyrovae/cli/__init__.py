@@ -17,6 +17,7 @@ import sys
 
 from pyrovae.cli import impute, m2, ppca, vae
 from pyrovae.cli._common import OneLineParser, is_out_of_memory, out_of_memory_message
+from pyrovae.infer.distributed import global_rank
 
 SUBCOMMANDS = (ppca, vae, m2, impute)
 
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fail(message: str, status: int = 2) -> int:
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    print(f"pyrovae: error: {first}", file=sys.stderr)
+    if global_rank() == 0:  # under --devices every process fails alike: one line in all
+        print(f"pyrovae: error: {first}", file=sys.stderr)
     return status
 
 

@@ -11,6 +11,7 @@ Every message a user sees for a bad input is a `UsageError` (or an argparse erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 
 from pyrovae.cli._train import COLOUR_DATASETS, save_grid
-from pyrovae.infer import History, fit, load_checkpoint
+from pyrovae.infer import History, distributed, fit, load_checkpoint
 from pyrovae.infer.checkpoint import read_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,43 @@ def positive_float(text: str) -> float:
 
 
 # ---------------------------------------------------------------------------------- run options
+def add_parallel_options(parser: argparse.ArgumentParser, default: int | None = 1) -> None:
+    """``--devices`` and ``--num-nodes``: data-parallel training (default ``default``)."""
+    shown = "the run's" if default is None else default
+    parser.add_argument(
+        "--devices", type=positive_int, default=default,
+        help=f"processes per machine for data-parallel training, one per GPU with --device cuda "
+        f"(default {shown}); --batch-size is per process, so a step sees devices x num-nodes x "
+        "batch-size images; needs pip install 'pyrovae[lightning]'",
+    )
+    parser.add_argument(
+        "--num-nodes", type=positive_int, default=default,
+        help=f"machines, each running --devices processes (default {shown})",
+    )
+
+
+def start_processes(devices: int, num_nodes: int, device: torch.device) -> int:
+    """Launch (or join) the ``--devices``/``--num-nodes`` processes (this command runs again in
+    each); on ranks other than 0 nothing is printed and pyrovae logs warnings and errors only.
+    Returns this process's rank."""
+    if devices * num_nodes > 1 and device.index is not None:
+        raise UsageError(
+            f"--devices runs one process per GPU: give --device {device.type}, not {device}"
+        )
+    if devices * num_nodes > 1 and not logging.getLogger("pyrovae").isEnabledFor(logging.DEBUG):
+        with contextlib.suppress(ImportError):  # it sets its loggers' levels when imported
+            import lightning_fabric  # noqa: F401
+        logging.getLogger("lightning_fabric").setLevel(logging.WARNING)  # its banner: with -v
+    try:
+        rank = distributed.start_processes(devices, num_nodes, device)
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        logging.getLogger("pyrovae").setLevel(logging.WARNING)
+    return rank
+
+
 def add_device_seed(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=None,
@@ -157,8 +195,11 @@ def command_line() -> str:
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON atomically (a temporary file, then a rename)."""
+    """Write ``payload`` as indented JSON atomically (a temporary file, then a rename); on
+    rank 0 only, under ``--devices``/``--num-nodes`` (the other ranks write nothing)."""
     path = Path(path)
+    if distributed.global_rank() != 0:
+        return path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)
@@ -262,11 +303,12 @@ def add_train_basics(parser: argparse.ArgumentParser, out: str, epochs: int) -> 
     parser.add_argument("--epochs", type=positive_int, default=epochs,
                         help=f"training epochs (default {epochs})")
     parser.add_argument("--batch-size", type=positive_int, default=100,
-                        help="images per step (default 100)")
+                        help="images per step and process (default 100)")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam step (1e-3)")
     parser.add_argument("--out", default=out,
                         help=f"run folder: checkpoints, options.json, train.json (default {out})")
     add_device_seed(parser)
+    add_parallel_options(parser)
     add_data_options(parser)
 
 
@@ -285,6 +327,7 @@ def add_resume_parser(
                         help="new total number of epochs (default: the run's)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    add_parallel_options(parser, default=None)
     add_data_options(parser)
     parser.set_defaults(run=functools.partial(resume_run, command=command, fit_run=fit_run),
                         memory_options=memory_options)
@@ -315,19 +358,27 @@ def start_training(
     args: argparse.Namespace, family: str, keys: tuple[str, ...], **options: Any
 ) -> tuple[Path, dict[str, Any]]:
     """``train``'s checks (``--device``, then a fresh ``--out``) and the run's options:
-    ``family``, the given ``options``, then ``args``' values of ``keys``."""
-    resolve_device(args.device)
-    out = start_run_folder(args.out, family)
+    ``family``, the given ``options``, then ``args``' values of ``keys``, ``--devices`` and
+    ``--num-nodes``. The processes of ``--devices`` start here; rank 0 checks ``--out``."""
+    device = resolve_device(args.device)
+    start_processes(args.devices, args.num_nodes, device)
+    out = distributed.main_first(start_run_folder, args.out, family)
+    keys = (*keys, "devices", "num_nodes")
     return out, {"family": family, **options, **{key: getattr(args, key) for key in keys}}
 
 
 def resume_run(args: argparse.Namespace, command: str, fit_run: Callable[..., int]) -> int:
     """``resume``: ``fit_run(args, out, options, resume=True)`` with the options the run in
     ``--out`` was started with (``--epochs`` raises their total); the values the out-of-memory
-    message names (``args.memory_options``) are set on ``args`` from them."""
+    message names (``args.memory_options``) are set on ``args`` from them. ``--devices`` and
+    ``--num-nodes`` default to the run's (the global batch must stay the same)."""
     options = read_options(args.out, command)
     if args.epochs is not None:
         options["epochs"] = args.epochs
+    for key in ("devices", "num_nodes"):
+        given = getattr(args, key)
+        options[key] = given if given is not None else options.get(key, 1)
+    start_processes(options["devices"], options["num_nodes"], resolve_device(args.device))
     for option in args.memory_options:
         setattr(args, dest(option), options[dest(option)])
     return fit_run(args, check_writable_dir(args.out), options, resume=True)
@@ -345,7 +396,8 @@ def fit_run(
     history = fit(
         model, data, lr=options["lr"], epochs=options["epochs"], seed=options["seed"],
         device=device, checkpoint_dir=out, resume=resume, config=options,
-        progress=progress_enabled(args), **fit_options,
+        progress=progress_enabled(args), devices=options.get("devices", 1),
+        num_nodes=options.get("num_nodes", 1), **fit_options,
     )
     return history, time.perf_counter() - started
 

@@ -23,14 +23,17 @@ import torch
 from pyrovae.cli._common import (
     add_data_options,
     add_device_seed,
+    add_parallel_options,
     check_writable_dir,
     positive_float,
     positive_int,
     progress_enabled,
     resolve_device,
+    start_processes,
 )
 from pyrovae.data import load_dataset
 from pyrovae.infer import fit
+from pyrovae.infer.distributed import global_rank, main_first
 from pyrovae.models.pca import subspace_angle_degrees
 from pyrovae.models.ppca import PPCA, PPCAParams, fit_closed_form, log_marginal
 
@@ -76,6 +79,8 @@ def compare_ppca(
     device: str | None = None,
     eval_every: int = 10,
     progress: bool | None = None,
+    devices: int = 1,
+    num_nodes: int = 1,
 ) -> tuple[dict[str, Any], PPCAParams, PPCA]:
     """Fit PPCA by the closed form and by SVI on the training split of ``dataset``.
 
@@ -84,7 +89,7 @@ def compare_ppca(
         latent_dim: K (default 10).
         epochs: SVI epochs (default 3000), with a cosine-decayed Adam step from ``lr``.
         lr: initial learning rate (default 0.02).
-        batch_size: minibatch size (default: the whole data set).
+        batch_size: minibatch size per process (default: the whole data set).
         seed: SVI seed (default 0).
         num_particles: vectorised ELBO samples per data point (default 4).
         root: data root for MNIST-format data (default: ``PYROVAE_DATA`` or ``~/.cache/pyrovae``).
@@ -92,6 +97,8 @@ def compare_ppca(
         device: ``"cpu"``/``"cuda"`` (default cpu).
         eval_every: epochs between evaluations of the exact log-likelihood of the SVI
             parameters (default 10).
+        devices: data-parallel processes per machine (default 1; see ``fit``).
+        num_nodes: machines (default 1).
         progress: ``fit``'s progress bar (default: when stderr is a terminal).
 
     Returns:
@@ -138,6 +145,8 @@ def compare_ppca(
         device=device,
         num_particles=num_particles,
         progress=progress,
+        devices=devices,
+        num_nodes=num_nodes,
     )
     svi_seconds = time.perf_counter() - started
     learned = _as_double(model.params())
@@ -311,6 +320,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="epochs between exact log-likelihood evaluations (default: 10 for digits, else 5)",
     )
     add_device_seed(ppca)
+    add_parallel_options(ppca)
     add_data_options(ppca)
     ppca.add_argument("--out", default="runs/ppca", help="output folder (default runs/ppca)")
     ppca.set_defaults(run=run, memory_options=("--num-particles", "--batch-size"))
@@ -320,7 +330,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Fit, print the table, write ``report.json`` and the figures under ``args.out``."""
     device = resolve_device(args.device)
-    out = check_writable_dir(args.out)
+    start_processes(args.devices, args.num_nodes, device)
+    out = main_first(check_writable_dir, args.out)
     epochs, lr, batch_size, eval_every = DEFAULTS[args.dataset]
     for name, value in [("epochs", epochs), ("lr", lr), ("batch_size", batch_size),
                         ("eval_every", eval_every)]:
@@ -339,7 +350,11 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         eval_every=args.eval_every,
         progress=progress_enabled(args),
+        devices=args.devices,
+        num_nodes=args.num_nodes,
     )
+    if global_rank() != 0:  # rank 0 writes the report and figures
+        return 0
     image_shape = load_dataset(
         args.dataset, "test", root=args.data_root, download=False
     ).image_shape

@@ -30,6 +30,7 @@ tensor shapes (one graph per distinct set of batch shapes, e.g. a last short bat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import warnings
@@ -116,6 +117,7 @@ class _Slot:
     loss: torch.Tensor
     calls: int = 0
     graph: torch.cuda.CUDAGraph | None = None
+    update: torch.cuda.CUDAGraph | None = None  # with reduce_gradients: the second graph
 
 
 class CompiledStep:
@@ -160,6 +162,12 @@ class CompiledStep:
         per_stream: call ``loss_of(tensors[i], batches[i])`` per stream and add (default True);
             with False, one call ``loss_of(tensors, batches)`` with all streams (for a loss that
             couples them, such as the benchmarks' plain M2).
+        reduce_gradients: called with the parameters after backward and before clipping, to
+            change their ``.grad`` in place (data-parallel training's all-reduce, which sets
+            it; default none). In graph mode it runs on the host between two replayed graphs
+            (loss and backward; clip and optimiser step), so a collective is never captured;
+            it must then read nothing back to the host, and one call is one step (1-D
+            batches).
 
     Attributes:
         loss: the static loss buffer of the last call (overwritten by the next call of the same
@@ -176,6 +184,7 @@ class CompiledStep:
         warmup_steps: int = 3,
         binarize: Sequence[int] = (),
         per_stream: bool = True,
+        reduce_gradients: Callable[[list], None] | None = None,
     ) -> None:
         self.loss_of, self.optimizer, self.clip_norm = loss_of, optimizer, clip_norm
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -196,6 +205,7 @@ class CompiledStep:
         self.warmup_steps = warmup_steps
         self.binarize = frozenset(int(i) for i in binarize)
         self.per_stream = bool(per_stream)
+        self.reduce_gradients = reduce_gradients
         self.loss: torch.Tensor | None = None
         self._slots: dict[tuple, _Slot] = {}
         self._bound: list[list[torch.Tensor | None]] | None = None
@@ -222,12 +232,12 @@ class CompiledStep:
         if not self.graph:
             self._steps(slot, data)
         elif slot.graph is not None:
-            slot.graph.replay()
+            self._replay(slot)
         elif slot.calls < self.warmup_steps:
             self._warmup(slot, data)
         else:
             self._capture(slot, data)
-            slot.graph.replay()
+            self._replay(slot)
         slot.calls += 1
         return slot.loss
 
@@ -241,6 +251,8 @@ class CompiledStep:
             raise ValueError(
                 "batches must all be 1-D index tensors [B_i] (one step) or all [K, B_i] (K steps)"
             )
+        if shapes and self.graph and self.reduce_gradients is not None:
+            raise ValueError("with reduce_gradients, a graph holds one step: give 1-D batches")
         indices = [torch.empty(b.shape, dtype=torch.long, device=self.device) for b in batches]
         dtype = self.params[0].dtype
         loss = torch.zeros(tuple(shapes), dtype=dtype, device=self.device)
@@ -249,21 +261,29 @@ class CompiledStep:
     def _steps(self, slot: _Slot, data) -> None:
         num_steps = slot.loss.shape[0] if slot.loss.dim() else 1
         for j in range(num_steps):
-            idx = [buffer if buffer.dim() == 1 else buffer[j] for buffer in slot.indices]
-            streams = [
-                self._binarized(i, stream, batch) if i in self.binarize else stream
-                for i, (stream, batch) in enumerate(zip(data, idx, strict=True))
-            ]
-            if self.per_stream:
-                loss = sum(self.loss_of(s, b) for s, b in zip(streams, idx, strict=True))
-            else:
-                loss = self.loss_of(streams, idx)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-            self.optimizer.step()
-            (slot.loss[j] if slot.loss.dim() else slot.loss).copy_(loss.detach())
+            self._loss_and_backward(slot, data, j)
+            if self.reduce_gradients is not None:
+                self.reduce_gradients(self.params)
+            self._update()
+
+    def _loss_and_backward(self, slot: _Slot, data, j: int) -> None:
+        idx = [buffer if buffer.dim() == 1 else buffer[j] for buffer in slot.indices]
+        streams = [
+            self._binarized(i, stream, batch) if i in self.binarize else stream
+            for i, (stream, batch) in enumerate(zip(data, idx, strict=True))
+        ]
+        if self.per_stream:
+            loss = sum(self.loss_of(s, b) for s, b in zip(streams, idx, strict=True))
+        else:
+            loss = self.loss_of(streams, idx)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        (slot.loss[j] if slot.loss.dim() else slot.loss).copy_(loss.detach())
+
+    def _update(self) -> None:
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.optimizer.step()
 
     def _binarized(self, i: int, stream: tuple, idx: torch.Tensor) -> tuple:
         grey = stream[0]
@@ -285,13 +305,26 @@ class CompiledStep:
         logger.debug("capturing a CUDA graph for batch shapes %s", [b.shape for b in slot.indices])
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with (
-            pyro.validation_enabled(False),
-            ScalarConstantsOnDevice(self.device.type),
-            torch.cuda.graph(graph),
-        ):
-            self._steps(slot, data)
+        with _capturing(graph, self.device.type):
+            if self.reduce_gradients is None:
+                self._steps(slot, data)
+            else:  # the collective runs between two graphs: loss and backward, then the update
+                self._loss_and_backward(slot, data, 0)
+        if self.reduce_gradients is not None:
+            # Give every parameter the .grad tensor the update graph will read (the values are
+            # not yet computed; every rank captures at the same call, so the collective matches).
+            self.reduce_gradients(self.params)
+            update = torch.cuda.CUDAGraph()
+            with _capturing(update, self.device.type):
+                self._update()
+            slot.update = update
         slot.graph = graph
+
+    def _replay(self, slot: _Slot) -> None:
+        slot.graph.replay()
+        if slot.update is not None:
+            self.reduce_gradients(self.params)
+            slot.update.replay()
 
     # ------------------------------------------------------------------ static inputs
     def _bind(self, tensors: Sequence[tuple]) -> list[tuple]:
@@ -373,7 +406,18 @@ class CompiledStep:
 
     def _drop_graphs(self) -> None:
         for slot in self._slots.values():
-            slot.graph, slot.calls = None, 0
+            slot.graph, slot.update, slot.calls = None, None, 0
+
+
+@contextlib.contextmanager
+def _capturing(graph: torch.cuda.CUDAGraph, device_type: str):
+    """Capture into ``graph``: Pyro's validation off, constants made on the device."""
+    with (
+        pyro.validation_enabled(False),
+        ScalarConstantsOnDevice(device_type),
+        torch.cuda.graph(graph),
+    ):
+        yield
 
 
 def _write_lr(tensor: torch.Tensor, value) -> None:

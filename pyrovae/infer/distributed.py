@@ -31,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +42,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DataParallel", "GradientAverage", "global_rank", "launch", "rank_seed"]
+__all__ = [
+    "DataParallel", "GradientAverage", "global_rank", "launch", "main_first", "rank_seed",
+    "start_processes",
+]
 
 
 def global_rank() -> int:
@@ -49,6 +54,61 @@ def global_rank() -> int:
     Scripts that write results after ``fit`` write them on rank 0 only.
     """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def start_processes(devices: int = 1, num_nodes: int = 1, device: Any = None) -> int:
+    """Launch (or join) a script's data-parallel processes before it does anything; its rank.
+
+    ``fit(..., devices=, num_nodes=)`` launches the processes itself, when it is called. A
+    script that makes folders or writes files before ``fit`` calls this first instead: the
+    script is started again once per extra device at this call (as at ``fit``'s), and from
+    then on [`global_rank`][pyrovae.infer.distributed.global_rank] tells every process whether
+    it is rank 0; a later ``fit`` trains in this group. With ``devices * num_nodes == 1`` it
+    does nothing and returns 0.
+
+    Args:
+        devices: processes per node (default 1).
+        num_nodes: machines (default 1).
+        device: ``"cuda"`` (one GPU per process, NCCL) or the default CPU (gloo).
+    """
+    launch(devices, num_nodes, None, device)
+    return global_rank()
+
+
+def main_first(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on rank 0 only; its result (picklable) on every rank.
+
+    For a script's writes around ``fit`` (making a run folder, moving an old one aside): the
+    other ranks wait for rank 0 and get its result. When ``fn`` raises, every rank raises: the
+    exception itself (from rank 0, pickled), except that a ``SystemExit`` carrying a message
+    becomes a bare ``SystemExit(1)`` on the other ranks, so the message is printed once.
+    Without a process group it is ``fn(*args, **kwargs)``.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return fn(*args, **kwargs)
+    outcome: list[Any] = [None, None]
+    raised = None
+    if dist.get_rank() == 0:
+        try:
+            outcome[0] = fn(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - re-raised on every rank below
+            raised = outcome[1] = err
+            try:  # what cannot be sent would leave the other ranks waiting
+                pickle.dumps(err)
+            except Exception:  # noqa: BLE001
+                outcome[1] = RuntimeError(f"{type(err).__name__}: {err}")
+    device = None
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    dist.broadcast_object_list(outcome, src=0, device=device)
+    result, err = outcome
+    if raised is not None:
+        raise raised
+    if err is None:
+        return result
+    if dist.get_rank() != 0 and isinstance(err, SystemExit) and not isinstance(err.code, int):
+        raise SystemExit(1)
+    raise err
 
 
 def rank_seed(seed: int, rank: int, step: int | None = None) -> int:
@@ -66,10 +126,26 @@ def rank_seed(seed: int, rank: int, step: int | None = None) -> int:
 class GradientAverage:
     """Averages the gradients of ``params`` over the process group with one flat ``all_reduce``.
 
-    A parameter without a gradient on some rank counts as a zero gradient there; one without a
-    gradient on every rank keeps ``grad=None`` (so Adam skips it, as it would in one process).
-    ``seconds`` adds up the wall time of the collective (with a device sync on CUDA) when
-    ``timed``, for measuring the communication share of a step.
+    Which parameters take part is settled once, on the first call: those with a gradient on
+    some rank (one exchange of per-parameter flags, read on the host). Every later call reads
+    nothing back to the host, so it can run between CUDA graph replays or inside a step whose
+    loss never syncs:
+
+    - a parameter of that set without a gradient on some rank counts as a zero gradient there
+      (and gets one, filled in place into a buffer kept for it, so its address never changes);
+    - a parameter outside it (no rank had a gradient on the first call) keeps ``grad=None``, as
+      Adam expects of an unused parameter; should it get a gradient later, that gradient is
+      dropped on every rank (so the ranks stay equal) and a warning names it: a model whose
+      set of trained parameters grows after the first step cannot train data-parallel.
+
+    In one process ``fit`` would skip a parameter in a step where it has no gradient; here, a
+    parameter of the set that no rank touches in a later step is stepped with a zero gradient
+    (Adam's moments decay). pyrovae's models use every parameter in every step.
+
+    The averaged gradients are written into the existing ``.grad`` tensors (whose addresses a
+    captured optimiser step has recorded). ``seconds`` adds up the
+    wall time of the collective (with a device sync on CUDA) when ``timed``, for measuring the
+    communication share of a step; ``numel`` is the size of the last buffer sent.
     """
 
     world_size: int
@@ -77,16 +153,57 @@ class GradientAverage:
     seconds: float = 0.0
     calls: int = 0
     numel: int = field(default=0, init=False)
+    members: list[bool] | None = field(default=None, init=False)
+    _fill: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    _warned: set[int] = field(default_factory=set, init=False, repr=False)
 
     def __call__(self, params: Sequence[torch.Tensor]) -> None:
         if not params:
             return
-        reference = params[0]
-        parts, present = [], []
-        for p in params:
-            parts.append(p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()))
-            present.append(1.0 if p.grad is not None else 0.0)
-        flat = torch.cat([*parts, reference.new_tensor(present)])
+        if self.members is None or len(self.members) != len(params):
+            self.members = self._discover(params)
+        chosen = [p for p, keep in zip(params, self.members, strict=True) if keep]
+        for i, (p, keep) in enumerate(zip(params, self.members, strict=True)):
+            if not keep and p.grad is not None:
+                if i not in self._warned:
+                    self._warned.add(i)
+                    warnings.warn(
+                        f"parameter {i} {tuple(p.shape)} got a gradient after the first step; "
+                        "data-parallel training averages only the parameters with a gradient "
+                        "on the first step, so this one is dropped (not trained)",
+                        RuntimeWarning, stacklevel=3,
+                    )
+                p.grad = None
+        if not chosen:
+            return
+        parts = [
+            p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in chosen
+        ]
+        flat = torch.cat(parts)
+        self._all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p in chosen:
+            n = p.numel()
+            averaged = flat[offset : offset + n].view_as(p)
+            offset += n
+            if p.grad is None:  # no gradient on this rank: a buffer of its own, reused
+                fill = self._fill.get(id(p))
+                if fill is None or fill.shape != p.shape:
+                    fill = self._fill[id(p)] = torch.empty_like(p)
+                p.grad = fill.copy_(averaged)
+            else:
+                p.grad.copy_(averaged)
+
+    def _discover(self, params: Sequence[torch.Tensor]) -> list[bool]:
+        """Which parameters have a gradient on some rank (the one host read of the flags)."""
+        flags = params[0].new_tensor(
+            [0.0 if p.grad is None else 1.0 for p in params], dtype=torch.float32
+        )
+        dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+        return [count > 0 for count in flags.tolist()]
+
+    def _all_reduce(self, flat: torch.Tensor) -> None:
         self.numel = flat.numel()
         if self.timed:
             _sync(flat.device)
@@ -96,13 +213,6 @@ class GradientAverage:
             _sync(flat.device)
             self.seconds += time.perf_counter() - started
         self.calls += 1
-        flat /= self.world_size
-        counts = flat[-len(params):]
-        offset = 0
-        for p, count in zip(params, counts.tolist(), strict=True):
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p) if count > 0 else None
-            offset += n
 
 
 def _sync(device: torch.device) -> None:
@@ -135,6 +245,10 @@ class DataParallel:
         with torch.no_grad():
             for p in params:
                 dist.broadcast(p.data, src=0)
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        dist.barrier()
 
     def mean_(self, values: torch.Tensor) -> torch.Tensor:
         """Average ``values`` across processes in place (every rank calls it)."""

@@ -221,6 +221,10 @@ class CompiledFitStep:
     Checkpoints save `CompiledStep.state_dict` (float learning rates, ``capturable`` off),
     so a compiled run resumes an eager one and the other way round. The subsampling check is
     skipped (``data_plates`` stays None): the captured step records no trace.
+
+    Data-parallel: ``reduce_gradients`` is the compiled step's (run between its two graphs on
+    CUDA); ``weights`` must be 1 (equal shards, which ``drop_last`` gives when every stream
+    has at least one global batch of rows): a graph cannot take a new weight every step.
     """
 
     def __init__(
@@ -239,6 +243,27 @@ class CompiledFitStep:
         self.checkpoint_state = self.compiled  # state_dict/load_state_dict for checkpoints
         self.data_plates: list | None = None
         self.calls = 0
+
+    @property
+    def reduce_gradients(self) -> Callable[[list], None] | None:
+        return self.compiled.reduce_gradients
+
+    @reduce_gradients.setter
+    def reduce_gradients(self, reduce: Callable[[list], None] | None) -> None:
+        self.compiled.reduce_gradients = reduce
+
+    @property
+    def weights(self) -> Sequence[float] | None:
+        return None
+
+    @weights.setter
+    def weights(self, weights: Sequence[float] | None) -> None:
+        if weights is not None and any(w != 1 for w in weights):
+            raise ValueError(
+                f"compiled=True trains data-parallel on equal shards only, but a step's shards "
+                f"have weights {list(weights)}: every stream needs at least devices x "
+                "batch_size rows"
+            )
 
     def __call__(self, tensors: Sequence[Tensors], batches: Sequence[torch.Tensor]) -> torch.Tensor:
         first = self.calls == 0

@@ -115,7 +115,8 @@ def fit(
             ``callable(epoch) -> factor``; the factor multiplies ``lr`` for the whole epoch.
         clip_norm: clip the gradient's global norm to this value (default: no clipping).
         epochs: total number of epochs (default 10); a resumed run continues up to it.
-        batch_size: minibatch size, or one per stream (a sequence, or a mapping by name).
+        batch_size: minibatch size, or one per stream (a sequence, or a mapping by name); per
+            process with ``devices``/``num_nodes``.
         drop_last: drop the last short batch of the largest stream (default: only when
             ``jit``, since a compiled graph has a fixed batch size).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: where the data is.
@@ -405,6 +406,8 @@ class _Run:
         return saved
 
     def finish(self) -> History:
+        if self.parallel is not None:  # rank 0's checkpoints are on disk when fit returns
+            self.parallel.barrier()
         if self.pair.module is not None:
             self.pair.module.eval()
         return self.state.history
