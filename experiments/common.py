@@ -8,8 +8,9 @@ before the script does anything else (the script runs again once per extra devic
 docs/scaling.md), guards ``--out`` on rank 0, and silences the other ranks (no prints, logging
 of warnings and errors only). From then on `write_json`, `save_checkpoint` and
 ``experiments.figures.save_figure`` write on rank 0 only, so a script passes
-``**parallel_options(args)`` to ``fit`` and is otherwise unchanged. ``--batch-size`` stays per
-process: a step sees ``devices x num_nodes x batch_size`` examples.
+``**parallel_options(args)`` to ``fit`` and, after it, does its evaluation only where
+`evaluates` (rank 0). ``--batch-size`` stays per process: a step sees
+``devices x num_nodes x batch_size`` examples.
 """
 
 from __future__ import annotations
@@ -107,6 +108,27 @@ def _jsonable(value: Any) -> Any:
 def is_main() -> bool:
     """True on rank 0 of a data-parallel run (and always in one process): it writes files."""
     return distributed.global_rank() == 0
+
+
+#: A folder for tests: `evaluates` appends ``evaluates`` or ``skips`` to ``rank{R}`` there.
+RANK_MARKERS_ENV = "EXPERIMENTS_RANK_MARKERS"
+
+
+def evaluates() -> bool:
+    """Whether this process does a script's work after ``fit`` (evaluation, figures, tables):
+    rank 0 of a data-parallel run, the one process of any other run.
+
+    The other ranks only help train. They take part in every ``fit`` (a collective: one they
+    skipped would leave rank 0 waiting in it) and skip what comes between and after; ``fit``
+    ends with a barrier, so rank 0's checkpoints exist when it returns. With
+    ``$EXPERIMENTS_RANK_MARKERS`` set (tests), each call appends its answer to a file per rank.
+    """
+    main = is_main()
+    markers = os.environ.get(RANK_MARKERS_ENV)
+    if markers:
+        with open(Path(markers) / f"rank{distributed.global_rank()}", "a") as file:
+            file.write("evaluates\n" if main else "skips\n")
+    return main
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> Path:

@@ -371,8 +371,8 @@ def test_launch_refuses_bad_counts(kwargs):
 
 
 # ----------------------------------------------------------------- commands and scripts
-def _run_module(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+def _run_module(module: str, *args: str, cwd=None, **env_vars) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg", **env_vars)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
@@ -405,16 +405,22 @@ def test_cli_train_with_two_devices_writes_one_run(tmp_path):
 
 def test_experiment_script_with_two_devices_writes_one_set_of_outputs(tmp_path, mnist_root):
     """``python -m experiments.uses.train_vae --devices 2``: Fabric starts the module again;
-    rank 0 alone writes run_options.json, the checkpoints, vae.pt and train.json, and prints."""
+    rank 0 alone writes run_options.json, the checkpoints, vae.pt and train.json, and prints;
+    after ``fit`` rank 0 alone goes on (``experiments.common.evaluates``, whose answers the
+    marker files record)."""
+    from experiments.common import RANK_MARKERS_ENV
     from pyrovae import load_checkpoint
 
-    out = tmp_path / "vae"
+    out, markers = tmp_path / "vae", tmp_path / "markers"
+    markers.mkdir()
     done = _run_module(
         "experiments.uses.train_vae", "--train-size", "200", "--hidden", "16", "--latent", "2",
         "--epochs", "1", "--batch-size", "50", "--data-root", str(mnist_root),
-        "--devices", "2", "--out", str(out),
+        "--devices", "2", "--out", str(out), **{RANK_MARKERS_ENV: str(markers)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.name: p.read_text() for p in markers.iterdir()} == {
+        "rank0": "evaluates\n", "rank1": "skips\n"}
     assert done.stdout.count("trained 1 epochs") == 1, done.stdout
     assert {p.name for p in out.iterdir()} == {"fit", "run_options.json", "train.json", "vae.pt"}
     assert {p.name for p in (out / "fit").iterdir()} == {"last.pt"}

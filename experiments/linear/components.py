@@ -27,6 +27,7 @@ from pyro.infer import Trace_ELBO
 
 from experiments.common import (
     add_run_arguments,
+    evaluates,
     is_main,
     parallel_options,
     provenance,
@@ -163,16 +164,20 @@ def main(argv=None) -> dict:
     def save():
         write_json(args.out / "metrics.json", metrics)
 
-    pca = pca_svd(x, k)
-    ppca = fit_closed_form(x.double(), k)
-    metrics["models"]["pca"] = dict(
-        test_mse_per_pixel=float(((pca_reconstruct(x_test, pca) - x_test) ** 2).mean()),
-        explained_variance=pca.explained_variance.tolist(),
-        ppca_train_loglik=float(ppca_log_marginal(x.double(), ppca).mean()),
-        ppca_test_loglik=float(ppca_log_marginal(x_test.double(), ppca).mean()),
-    )
-    rows = {"pca": pca.components}
-    save()
+    # The other ranks take part in every model's fit and evaluate nothing.
+    evaluating = evaluates()
+    rows = {}
+    if evaluating:
+        pca = pca_svd(x, k)
+        ppca = fit_closed_form(x.double(), k)
+        metrics["models"]["pca"] = dict(
+            test_mse_per_pixel=float(((pca_reconstruct(x_test, pca) - x_test) ** 2).mean()),
+            explained_variance=pca.explained_variance.tolist(),
+            ppca_train_loglik=float(ppca_log_marginal(x.double(), ppca).mean()),
+            ppca_test_loglik=float(ppca_log_marginal(x_test.double(), ppca).mean()),
+        )
+        rows["pca"] = pca.components
+        save()
 
     for name in args.models:
         torch.manual_seed(args.seed)
@@ -193,6 +198,8 @@ def main(argv=None) -> dict:
             checkpoint_dir=args.out / name, config=dict(experiment="linear_components"),
             **parallel_options(args))
         entry["train_seconds"] = time.perf_counter() - started
+        if not evaluating:
+            continue
         entry["test_elbo"] = elbo_per_example(module, test_data, args.elbo_particles)
         entry["test_mse_per_pixel"] = float(
             ((reconstruction(name, module, x_test, args.count_scale) - x_test) ** 2).mean()
@@ -205,8 +212,9 @@ def main(argv=None) -> dict:
         rows[name] = components_of(name, module)
         save()
 
-    plot_components(rows, train.image_shape, args.out / "components.png",
-                    f"{args.dataset}: {k} components per model ({n_train} training images)")
+    if evaluating:
+        plot_components(rows, train.image_shape, args.out / "components.png",
+                        f"{args.dataset}: {k} components per model ({n_train} training images)")
     return metrics
 
 

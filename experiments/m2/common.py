@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import pyrovae
-from experiments.common import is_main, write_json
+from experiments.common import evaluates, is_main, write_json
 from pyrovae.data import (
     DynamicBinarized,
     LabelledStream,
@@ -162,6 +162,7 @@ def train_m2(
     Adam's ``betas`` other than torch's default ``(0.9, 0.999)`` use :class:`AdamWithBetas`.
     With ``test_when_stopped=False`` an invocation stopped by the budget before ``max_epochs``
     does not read the test set at all (a run resumed in many invocations then reads it once).
+    Only where ``experiments.common.evaluates`` (rank 0) is the test set read.
     ``parallel``: ``fit``'s ``devices`` and ``num_nodes`` (``experiments.common.parallel_options``).
     """
     if is_main():
@@ -210,6 +211,8 @@ def train_m2(
         status=(f"finished {max_epochs} epochs" if done >= max_epochs
                 else f"stopped by the time budget ({max_minutes} min) after {done}"),
     )
+    if not evaluates():
+        return metrics  # without a test error: rank 0 tests
     if done < max_epochs and not test_when_stopped:
         metrics.pop("test_error", None)
         write_json(out / "metrics.json", metrics)

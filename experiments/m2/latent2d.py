@@ -25,6 +25,7 @@ import pyrovae
 from experiments.common import (
     add_run_arguments,
     command_line,
+    evaluates,
     parallel_options,
     provenance,
     start_run,
@@ -90,13 +91,24 @@ def run(args: argparse.Namespace) -> dict:
                         args.limit, device=args.device)
     if args.m2_checkpoint is None:
         m2_metrics = train_m2_2d(args, data)
-        best = pyrovae.load_checkpoint(args.out / "m2" / "best.pt", map_location=args.device)
     else:  # a 2-D M2 trained elsewhere (e.g. by experiments.m2.mnist --latent-dim 2)
         best = pyrovae.load_checkpoint(args.m2_checkpoint, map_location=args.device)
         if best.latent_dim != 2:
             raise ValueError(f"{args.m2_checkpoint} has latent_dim={best.latent_dim}, not 2")
-        m2_metrics = dict(checkpoint=str(args.m2_checkpoint),
-                          test_error=test_error(best, data.x_test, data.y_test))
+        m2_metrics = dict(checkpoint=str(args.m2_checkpoint))
+    vae = None
+    if not args.skip_vae:  # trained before any evaluation: every rank takes part in both fits
+        train = load_dataset(args.dataset, "train", device=args.device)
+        x_train = train.x if args.limit is None else train.x[: args.limit]
+        vae_epochs = args.epochs if args.vae_epochs is None else args.vae_epochs
+        vae, history, seconds = train_vae(x_train, args.hidden, vae_epochs, args.seed,
+                                          args.out / "vae", **parallel_options(args))
+    if not evaluates():
+        return {}
+    if args.m2_checkpoint is None:
+        best = pyrovae.load_checkpoint(args.out / "m2" / "best.pt", map_location=args.device)
+    else:
+        m2_metrics["test_error"] = test_error(best, data.x_test, data.y_test)
     x, y = data.x_test[: args.points], data.y_test[: args.points]
     with param_scope(best):
         m2_codes = best.encode(x, y)[0]
@@ -105,12 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     keys = ("checkpoint", "test_error", "epochs_done", "best_epoch", "wall_seconds")
     metrics = dict(**provenance(args.device),
                    m2={k: m2_metrics[k] for k in keys if k in m2_metrics})
-    if not args.skip_vae:
-        train = load_dataset(args.dataset, "train", device=args.device)
-        x_train = train.x if args.limit is None else train.x[: args.limit]
-        vae_epochs = args.epochs if args.vae_epochs is None else args.vae_epochs
-        vae, history, seconds = train_vae(x_train, args.hidden, vae_epochs, args.seed,
-                                          args.out / "vae", **parallel_options(args))
+    if vae is not None:
         with param_scope(vae):
             vae_codes = vae.encode(x)[0]
         panels.append(("unsupervised VAE, z = mean of q(z | x)", vae_codes))

@@ -42,6 +42,7 @@ import torch
 import pyrovae
 from experiments.common import (
     add_run_arguments,
+    evaluates,
     parallel_options,
     provenance,
     save_checkpoint,
@@ -116,6 +117,8 @@ def run(args: argparse.Namespace) -> dict:
                           batch_size=args.batch_size, seed=args.seed, device=device,
                           callbacks=[monitor, TimeBudget(args.max_minutes)],
                           checkpoint_dir=args.out, resume=True, **parallel_options(args))
+    if not evaluates():
+        return {}
     save_checkpoint(args.out / "m1.pt", vae)
     vae.eval()
     keep, std = active_dimensions(vae, x if grey else binarize(x, 30_000 + args.seed),

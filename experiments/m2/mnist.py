@@ -33,7 +33,7 @@ import torch
 import pyrovae
 from experiments.common import (
     add_run_arguments,
-    is_main,
+    evaluates,
     parallel_options,
     provenance,
     start_run,
@@ -178,14 +178,15 @@ def run(args: argparse.Namespace) -> dict:
                 betas=tuple(args.adam_betas), test_curve=args.test_curve,
                 test_when_stopped=not args.defer_test, parallel=parallel_options(args),
             )
+            if not evaluates():
+                continue  # the next fit needs every rank; only rank 0 reports
             result = (f"test error {100 * metrics['test_error']:.2f}% (validation-selected)"
                       if "test_error" in metrics else f"{metrics['epochs_done']} epochs so far")
             save_learning_curve(run_dir / "curve.png", metrics["curve"],
                                 f"M2, {n_labels} labels, seed {seed}: {result}")
-            if is_main():  # rank 0 writes every run's files: it alone reads them back
-                summary = summarise(finished_runs(args.out), device)
-                write_json(args.out / "metrics.json", summary)
-                (args.out / "table.md").write_text(table(summary))
+            summary = summarise(finished_runs(args.out), device)
+            write_json(args.out / "metrics.json", summary)
+            (args.out / "table.md").write_text(table(summary))
     return summary
 
 

@@ -27,6 +27,7 @@ import torch
 from experiments.common import (
     add_device_argument,
     add_parallel_arguments,
+    evaluates,
     is_main,
     parallel_options,
     provenance,
@@ -150,6 +151,8 @@ def main(argv=None) -> None:
         **parallel_options(args),
     )
     wall = time.perf_counter() - started
+    if not evaluates():
+        return
     final = history.epochs[-1] if history.epochs else {}
     write_json(
         out / "metrics.json",

@@ -25,6 +25,7 @@ import torch
 from experiments.common import (
     add_device_argument,
     add_parallel_arguments,
+    evaluates,
     parallel_options,
     provenance,
     resolve_device,
@@ -121,6 +122,8 @@ def main(argv=None) -> None:
         **parallel_options(args),
     )
     seconds = time.perf_counter() - started
+    if not evaluates():
+        return
     summary_path = args.out / "train.json"
     runs = []
     if summary_path.exists():

@@ -18,6 +18,7 @@ import time
 from experiments.common import (
     add_device_argument,
     add_parallel_arguments,
+    evaluates,
     parallel_options,
     provenance,
     save_checkpoint,
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
                   callbacks=[TimeBudget(args.minutes)], checkpoint_dir=out / "fit",
                   **parallel_options(args))
     wall = time.perf_counter() - started
+    if not evaluates():
+        return 0
     info = {**provenance(device), "dataset": args.dataset, "arch": args.arch,
             "hidden": args.hidden, "latent": args.latent, "epochs": len(history.epochs),
             "final_loss_per_example": history.epochs[-1]["loss_per_example"],

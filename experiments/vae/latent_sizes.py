@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.common import write_json
+from experiments.common import evaluates, write_json
 from experiments.figures import save_grids_side_by_side
 from experiments.vae import common as vae
 
@@ -48,11 +48,16 @@ def main(argv=None) -> None:
     out = vae.setup(args)
     data = vae.data_from_args(args)
     rows, panels = [], []
+    evaluating = evaluates()  # the other ranks take part in every fit and evaluate nothing
     for k in args.sizes:
         model, history, wall = vae.train_vae(args, data, k, out / f"model_z{k}.pt")
+        if not evaluating:
+            continue
         panels.append(model.sample(args.samples, generator=torch.Generator().manual_seed(0)))
         rows.append(vae.trained_record(args, data, model, history, wall))
         write_json(out / "metrics.json", dict(**vae.run_header(args, data), runs=rows))
+    if not evaluating:
+        return
     nrow = int(round(args.samples**0.5))
     save_grids_side_by_side(out / "samples_by_latent_size.png", panels,
                             [f"{data.name}, {k}-D latent" for k in args.sizes],
