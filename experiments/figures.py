@@ -2,7 +2,8 @@
 
 Only numpy is imported at module level; matplotlib is imported inside the functions that draw,
 with the non-interactive ``Agg`` backend. Images are flattened ``[N, H*W]`` arrays or tensors
-with values in [0, 1] (``image_shape`` gives ``(H, W)``).
+with values in [0, 1]; ``image_shape`` gives ``(H, W)`` or ``(1, H, W)`` for grey images (drawn
+black on white) and ``(3, H, W)`` for colour ones (flattened channel-major, drawn in RGB).
 
 Example::
 
@@ -34,6 +35,28 @@ def to_numpy(images) -> np.ndarray:
     return np.asarray(images, dtype=np.float32)
 
 
+def as_images(images, image_shape: Sequence[int] = (28, 28)) -> np.ndarray:
+    """Flattened images as ``[N, H, W]`` (grey: ``image_shape`` ``(H, W)`` or ``(1, H, W)``)
+    or ``[N, H, W, 3]`` (colour: ``(3, H, W)``, flattened channel-major), as ``imshow`` takes
+    them."""
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) == 2:
+        return to_numpy(images).reshape(-1, *shape)
+    if len(shape) != 3 or shape[0] != 3:
+        raise ValueError(f"image_shape must be (H, W), (1, H, W) or (3, H, W), got {shape}")
+    return to_numpy(images).reshape(-1, *shape).transpose(0, 2, 3, 1)
+
+
+def show(ax, pixels: np.ndarray) -> None:
+    """``imshow`` of a grid from `image_grid`: grey black on white (``gray_r``), colour as RGB."""
+    if pixels.ndim == 2:
+        ax.imshow(pixels, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(np.clip(pixels, 0.0, 1.0), interpolation="nearest")
+
+
 def image_grid(
     images,
     image_shape: Sequence[int] = (28, 28),
@@ -41,29 +64,29 @@ def image_grid(
     padding: int = 2,
     pad_value: float = 1.0,
 ) -> np.ndarray:
-    """Tile images into one 2-D array (row-major, ``nrow`` images per row).
+    """Tile images into one array (row-major, ``nrow`` images per row).
 
     Args:
-        images: ``[N, H*W]`` or ``[N, H, W]`` values in [0, 1] (tensor or array).
-        image_shape: ``(H, W)`` (default ``(28, 28)``).
+        images: ``[N, D]`` flattened images with values in [0, 1] (tensor or array), or
+            ``[N, H, W]`` grey ones.
+        image_shape: ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)`` (default ``(28, 28)``).
         nrow: images per row (default ``ceil(sqrt(N))``).
         padding: pixels between images (default 2).
-        pad_value: value of the padding (default 1.0: white lines between images).
+        pad_value: value of the padding (default 1.0).
 
     Returns:
-        ``[rows * (H + padding) + padding, nrow * (W + padding) + padding]`` float array;
-        missing cells of the last row are filled with ``pad_value``.
+        ``[rows * (H + padding) + padding, nrow * (W + padding) + padding]`` float array for
+        grey images, with a last axis of 3 (RGB) for colour ones; missing cells of the last
+        row are filled with ``pad_value``.
     """
-    arr = to_numpy(images)
-    h, w = (int(s) for s in image_shape)
-    arr = arr.reshape(-1, h, w)
-    n = arr.shape[0]
+    arr = as_images(images, image_shape)
+    n, h, w = arr.shape[:3]
     if n == 0:
         raise ValueError("image_grid needs at least one image")
     nrow = int(np.ceil(np.sqrt(n))) if nrow is None else int(nrow)
     nrows = int(np.ceil(n / nrow))
     grid = np.full(
-        (nrows * (h + padding) + padding, nrow * (w + padding) + padding),
+        (nrows * (h + padding) + padding, nrow * (w + padding) + padding, *arr.shape[3:]),
         pad_value,
         dtype=np.float32,
     )
@@ -87,14 +110,14 @@ def save_image_grid(
     ``scale`` is inches per image (default 0.35). Returns the path.
     """
     grid = image_grid(images, image_shape, nrow)
-    n = to_numpy(images).reshape(-1, *image_shape).shape[0]
+    n = as_images(images, image_shape).shape[0]
     nrow = int(np.ceil(np.sqrt(n))) if nrow is None else int(nrow)
     ncols_rows = (nrow, int(np.ceil(n / nrow)))
     plt = pyplot()
     width = max(2.0, scale * ncols_rows[0])
     height = max(2.0, scale * ncols_rows[1]) + 0.4 * bool(title)
     fig, ax = plt.subplots(figsize=(width, height))
-    ax.imshow(grid, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    show(ax, grid)
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=10)
@@ -116,8 +139,7 @@ def save_grids_side_by_side(
     fig, axes = plt.subplots(1, len(grids), figsize=(panel_inches * len(grids), panel_inches + 0.4))
     axes = np.atleast_1d(axes)
     for ax, images, title in zip(axes, grids, titles, strict=True):
-        ax.imshow(image_grid(images, image_shape, nrow), cmap="gray_r", vmin=0, vmax=1,
-                  interpolation="nearest")
+        show(ax, image_grid(images, image_shape, nrow))
         ax.set_title(title, fontsize=11)
         ax.axis("off")
     return save_figure(fig, path)
@@ -133,15 +155,14 @@ def save_image_rows(
 ) -> Path:
     """Rows of images of equal length (interpolations, original vs reconstruction), each
     labelled on the left, under an optional ``title``."""
-    rows = [to_numpy(r).reshape(-1, *image_shape) for r in rows]
+    rows = [to_numpy(r).reshape(-1, int(np.prod(image_shape))) for r in rows]
     ncol = max(r.shape[0] for r in rows)
     plt = pyplot()
     fig, axes = plt.subplots(
         len(rows), 1, figsize=(scale * ncol + 1.5, scale * len(rows) + 0.2), squeeze=False
     )
     for i, (ax, r) in enumerate(zip(axes[:, 0], rows, strict=True)):
-        ax.imshow(image_grid(r, image_shape, nrow=ncol), cmap="gray_r", vmin=0, vmax=1,
-                  interpolation="nearest")
+        show(ax, image_grid(r, image_shape, nrow=ncol))
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
@@ -209,8 +230,7 @@ def save_table_of_images(path, images, image_shape, column_titles=(), row_titles
     for r in range(n_rows):
         for c in range(n_cols):
             ax = axes[r, c]
-            ax.imshow(images[r, c].reshape(image_shape), cmap="gray_r", vmin=0, vmax=1,
-                      interpolation="nearest")
+            show(ax, as_images(images[r, c], image_shape)[0])
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0 and column_titles:

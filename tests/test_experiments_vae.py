@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -115,3 +116,49 @@ def test_headline_protocol_goes_on_across_invocations(tmp_path):
     assert second["evaluated_at_epoch"] == 2 and second["test_subset"]["num_examples"] == 10
     assert [row["epoch"] for row in second["curve"]] == [0, 1]
     assert "(K = 20, 10)" in (tmp_path / "table.md").read_text()
+
+
+def test_latent_sizes_on_synthetic_svhn_keeps_colour_levels(tmp_path):
+    """A conv VAE on colour images: the model gets the data's (3, 32, 32), its Bernoulli
+    likelihood scores the unbinarised levels, and the sample grid is drawn."""
+    from test_data_colour import write_svhn
+
+    from pyrovae import load_checkpoint
+
+    for split, n in [("train", 60), ("test", 20)]:
+        write_svhn(tmp_path / "data" / "SVHN" / f"{split}_32x32.mat", n=n, seed=len(split))
+    out = tmp_path / "out"
+    metrics = run("latent_sizes", ["--dataset", "svhn", "--data-root", str(tmp_path / "data"),
+                                   "--arch", "conv", "--hidden", "16", "--sizes", "2",
+                                   "--samples", "4", "--num-samples", "5",
+                                   "--eval-examples", "5"], out)
+    assert metrics["dataset"] == "svhn" and metrics["arch"] == "conv"
+    assert (out / "samples_by_latent_size.png").stat().st_size > 0
+    config = load_checkpoint(out / "model_z2.pt").config
+    assert config["image_shape"] == [3, 32, 32] and config["allow_continuous"]
+
+
+def test_headline_refuses_colour_data_in_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.vae.headline", "--dataset", "svhn",
+           "--out", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: --dataset svhn: colour images; the headline is Burda et al.'s protocol on "
+        "binarised grey images"]
+
+
+def test_image_grid_draws_grey_and_colour_images():
+    from experiments.figures import image_grid
+
+    red_blue = np.zeros((2, 3, 2, 2), dtype=np.float32)
+    red_blue[0, 0], red_blue[1, 2] = 1.0, 1.0  # image 0 all red, image 1 all blue
+    grid = image_grid(red_blue.reshape(2, -1), (3, 2, 2), nrow=2, padding=1, pad_value=0.5)
+    assert grid.shape == (4, 7, 3)
+    assert grid[1:3, 1:3].tolist() == [[[1.0, 0.0, 0.0]] * 2] * 2
+    assert grid[1:3, 4:6].tolist() == [[[0.0, 0.0, 1.0]] * 2] * 2
+    assert grid[0, 0].tolist() == [0.5] * 3
+    grey = np.arange(8, dtype=np.float32).reshape(2, 4) / 8
+    assert np.array_equal(image_grid(grey, (1, 2, 2)), image_grid(grey, (2, 2)))
+    assert image_grid(grey, (2, 2), nrow=2, padding=0).tolist() == [
+        [0.0, 0.125, 0.5, 0.625], [0.25, 0.375, 0.75, 0.875]]

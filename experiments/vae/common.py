@@ -24,13 +24,16 @@ from experiments.common import (
     save_checkpoint,
     start_run,
 )
+from pyrovae.cli._train import channels_first
 from pyrovae.data import DynamicBinarized, binarize, load_dataset
 from pyrovae.infer import TimeBudget, fit
 from pyrovae.infer.evaluation import elbo_terms
+from pyrovae.models.networks import check_image_shape
 from pyrovae.models.vae import VAE
 
 logger = logging.getLogger("vae_experiments")
 TEST_BINARIZATION_SEED = 1234  # the one fixed stochastic binarisation of every test set
+COLOUR_DATASETS = ("svhn", "celeba")
 
 
 def setup(args: argparse.Namespace) -> Path:
@@ -48,14 +51,17 @@ def setup(args: argparse.Namespace) -> Path:
 
 def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10) -> None:
     """Options every VAE script shares: data, architecture, training, output."""
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "digits"])
+    parser.add_argument("--dataset", default="mnist",
+                        choices=["mnist", "fashion-mnist", "digits", *COLOUR_DATASETS],
+                        help="svhn (32x32) and celeba (64x64) are colour images, never binarised")
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
     parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
     parser.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden widths")
     parser.add_argument("--activation", default="relu")
     parser.add_argument("--likelihood", default="bernoulli",
                         choices=["bernoulli", "gaussian", "gaussian_learned"],
-                        help="bernoulli: binarised images; Gaussians: grey levels in [0, 1]")
+                        help="bernoulli: binarised grey images (colour images: their levels "
+                        "in [0, 1] as continuous targets); Gaussians: levels in [0, 1]")
     parser.add_argument("--sigma", type=float, default=0.1, help="sigma of --likelihood gaussian")
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=100)
@@ -96,23 +102,29 @@ class Data:
 
     Binarised (default): a dynamically binarised training stream (``train``) and one fixed
     stochastic binarisation of the test images. With ``binarized=False`` the grey levels in
-    [0, 1] are used as they are (for the Gaussian likelihoods). ``train_x`` always holds the
-    grey-level training images. Every tensor is on ``device`` (default: the CPU).
+    [0, 1] are used as they are (for the Gaussian likelihoods). Colour images (``image_shape``
+    ``(3, H, W)``: SVHN, CelebA at ``image_size`` pixels a side) are never binarised: a coin
+    flip per channel would destroy the colours. ``train_x`` always holds the grey-level
+    training images. Every tensor is on ``device`` (default: the CPU).
     """
 
     def __init__(self, name: str, root=None, train_size=None, test_size=None, seed: int = 0,
-                 binarized: bool = True, device: torch.device | str | None = None):
-        train = load_dataset(name, "train", root=root, device=device)
-        test = load_dataset(name, "test", root=root, device=device)
+                 binarized: bool = True, device: torch.device | str | None = None,
+                 image_size: int = 64):
+        train, test = (
+            load_dataset(name, split, root=root, device=device, image_size=image_size, limit=size)
+            for split, size in [("train", train_size), ("test", test_size)]
+        )
         self.name, self.image_shape = train.name, tuple(train.image_shape)
-        self.train_x, self.train_y = train.x[:train_size], train.y[:train_size]
-        self.test_y = test.y[:test_size]
-        self.binarized = binarized
+        self.train_x, self.train_y = train.x, train.y
+        self.test_y = test.y
+        self.colour = len(self.image_shape) == 3
+        self.binarized = binarized = binarized and not self.colour
         if binarized:
-            self.test_x = binarize(test.x[:test_size], TEST_BINARIZATION_SEED)
+            self.test_x = binarize(test.x, TEST_BINARIZATION_SEED)
             self.train = DynamicBinarized(self.train_x, seed)
         else:
-            self.test_x, self.train = test.x[:test_size], self.train_x
+            self.test_x, self.train = test.x, self.train_x
         self.data_dim = self.train_x.shape[1]
 
     def train_images(self, epoch: int = 0) -> torch.Tensor:
@@ -125,13 +137,24 @@ def data_from_args(args: argparse.Namespace) -> Data:
                 binarized=args.likelihood == "bernoulli", device=args.device)
 
 
+def refuse_datasets(args: argparse.Namespace, datasets, reason: str) -> None:
+    """Stop a script that cannot take ``--dataset`` among ``datasets``: a one-line error."""
+    if args.dataset in datasets:
+        raise SystemExit(f"error: --dataset {args.dataset}: {reason}")
+
+
 def arch_for(args: argparse.Namespace, data: Data) -> str:
-    if args.arch == "conv" and data.image_shape != (28, 28):
-        raise SystemExit(f"--arch conv needs 28x28 images; {data.name} has {data.image_shape}")
+    """``--arch``, once the networks can take ``data``'s images (a one-line error if not)."""
+    try:
+        check_image_shape(args.arch, data.data_dim, channels_first(data.image_shape))
+    except ValueError as err:
+        raise SystemExit(f"error: --arch {args.arch} on {data.name}: {err}") from None
     return args.arch
 
 
 def make_vae(args: argparse.Namespace, data: Data, latent_dim: int, **overrides) -> VAE:
+    """The script's VAE for ``data``: its image shape for the networks; Bernoulli on grey
+    levels (``allow_continuous``) where the images are not binarised."""
     options = dict(
         data_dim=data.data_dim,
         latent_dim=latent_dim,
@@ -140,6 +163,8 @@ def make_vae(args: argparse.Namespace, data: Data, latent_dim: int, **overrides)
         activation=args.activation,
         likelihood=args.likelihood,
         sigma=args.sigma,
+        image_shape=channels_first(data.image_shape),
+        allow_continuous=args.likelihood == "bernoulli" and not data.binarized,
     )
     options.update(overrides)
     return VAE(**options).to(args.device)

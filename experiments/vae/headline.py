@@ -41,7 +41,7 @@ import torch
 
 from experiments.common import (
     command_line,
-    is_main,
+    evaluates,
     parallel_options,
     provenance,
     read_json,
@@ -49,10 +49,12 @@ from experiments.common import (
 )
 from experiments.figures import pyplot, save_figure
 from experiments.vae.common import (
+    COLOUR_DATASETS,
     add_common_args,
     burda_schedule,
     data_from_args,
     make_vae,
+    refuse_datasets,
     setup,
     test_elbo_callback,
     train,
@@ -86,7 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_objective(args, data, objective: str, minutes, out, metrics: dict, eval_idx) -> None:
+def train_objective(args, data, objective: str, minutes, out, metrics: dict):
+    """Train (or resume) one objective for its budget; its entry of ``metrics`` records the
+    curve. Returns the model and its ``History``."""
     model = make_vae(args, data, args.latent)
     model.check_data(data.test_x)
     entry = metrics["runs"].setdefault(objective, {})
@@ -126,6 +130,14 @@ def run_objective(args, data, objective: str, minutes, out, metrics: dict, eval_
     entry["train_wall_seconds"] = entry.get("train_wall_seconds", 0.0) + wall
     entry["complete"] = len(history.epochs) >= args.epochs
     write_json(out / "metrics.json", metrics)
+    return model, history
+
+
+def evaluate_objective(args, data, objective: str, model, history, out, metrics: dict,
+                       eval_idx) -> None:
+    """Test ELBO and K-sample NLL of a trained objective, once per trained state (an
+    objective stopped before ``--epochs`` only with ``--evaluate-partial``)."""
+    entry = metrics["runs"][objective]
     if not (entry["complete"] or args.evaluate_partial):
         logger.info("%s: stopped at epoch %d of %d; run again with the same --out to go on",
                     objective, len(history.epochs), args.epochs)
@@ -182,6 +194,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.likelihood != "bernoulli":
         raise SystemExit("the headline is the Bernoulli VAE on binarised images")
+    refuse_datasets(args, COLOUR_DATASETS, "colour images; the headline is Burda et al.'s "
+                    "protocol on binarised grey images")
     out = setup(args)
     data = data_from_args(args)
     minutes = args.minutes or [None]
@@ -205,10 +219,12 @@ def main(argv=None) -> None:
         runs=earlier_runs(out / "metrics.json"),
     )
     for objective, budget in zip(args.objectives, minutes, strict=True):
-        run_objective(args, data, objective, budget, out, metrics, eval_idx)
+        model, history = train_objective(args, data, objective, budget, out, metrics)
+        if not evaluates():
+            continue  # the next objective's fit needs every rank; only rank 0 evaluates
+        evaluate_objective(args, data, objective, model, history, out, metrics, eval_idx)
         plot_curves(metrics, out / "curves.png")
-        if is_main():
-            (out / "table.md").write_text(markdown_table(metrics))
+        (out / "table.md").write_text(markdown_table(metrics))
 
 
 def earlier_runs(path) -> dict:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.common import write_json
+from experiments.common import evaluates, write_json
 from experiments.figures import save_image_grid, save_latent_scatter
 from experiments.vae import common as vae
 
@@ -38,9 +38,13 @@ def main(argv=None) -> None:
     parser = vae.script_parser(__doc__.splitlines()[0], out="runs/vae_latent2d", epochs=20)
     parser.add_argument("--grid", type=int, default=20, help="manifold grid size (default 20)")
     args = parser.parse_args(argv)
+    vae.refuse_datasets(args, ["celeba"], "attributes, not the classes that colour the "
+                        "latent scatter; use svhn")
     out = vae.setup(args)
     data = vae.data_from_args(args)
     model, history, wall = vae.train_vae(args, data, 2, out / "model.pt")
+    if not evaluates():
+        return
 
     save_image_grid(out / "manifold.png", manifold_grid(model, args.grid), data.image_shape,
                     nrow=args.grid, title=f"{data.name}: decoder means over Phi^-1(grid)")

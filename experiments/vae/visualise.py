@@ -7,7 +7,8 @@
   means of two groups of training images (two classes, e.g. 1 -> 7; or the heaviest minus the
   lightest quarter by ink, "thickness"); images are decoded at ``mu(x) + t * direction``.
 
-Runs on MNIST or Fashion-MNIST (``--dataset``) with an MLP or a convolutional pair (``--arch``).
+Runs on MNIST, Fashion-MNIST or SVHN (``--dataset``) with an MLP or a convolutional pair
+(``--arch``).
 
 References:
     D. P. Kingma and M. Welling. Auto-encoding variational Bayes. ICLR 2014.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.common import write_json
+from experiments.common import evaluates, write_json
 from experiments.figures import save_image_rows
 from experiments.vae import common as vae
 
@@ -57,9 +58,13 @@ def main(argv=None) -> None:
                         help="attribute direction from class a to class b (default 1 7)")
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
+    vae.refuse_datasets(args, ["celeba"], "attributes, not the classes whose examples and "
+                        "directions this script shows; use svhn")
     out = vae.setup(args)
     data = vae.data_from_args(args)
     model, history, wall = vae.train_vae(args, data, args.latent, out / "model.pt")
+    if not evaluates():
+        return
     shape = data.image_shape
 
     # Reconstructions of the first test image of every class.
