@@ -67,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="KL weight of the first epoch (default 0.1)")
     parser.add_argument("--kl-epochs", type=int, default=5,
                         help="epochs over which the KL weight rises to 1 (default 5)")
+    parser.add_argument("--word-dropout", type=float, default=0.0,
+                        help="probability of replacing each decoder input by <pad> while "
+                             "training (Bowman et al. 2016; default 0: none)")
+    parser.add_argument("--kl-floor", "--free-bits", dest="kl_floor", type=float, default=0.0,
+                        help="free bits: nats per molecule below which the KL is not pushed "
+                             "down, as SketchRNN's --kl-floor (default 0: none)")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps (default 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
@@ -92,6 +98,7 @@ def main(argv=None) -> None:
         vocab.tokens, latent_dim=args.latent, embedding_dim=args.embedding,
         hidden_size=args.hidden, encoder_hidden_size=args.encoder_hidden,
         num_layers=args.layers, kl_weight=args.kl_start,
+        word_dropout=args.word_dropout, kl_floor=args.kl_floor,
     )
     started = time.perf_counter()
     history = fit(
