@@ -20,6 +20,7 @@ import logging
 import time
 from pathlib import Path
 
+import pyro
 import torch
 
 from experiments.common import add_device_argument, provenance, resolve_device, write_json
@@ -94,6 +95,9 @@ def main(argv=None) -> None:
         saved = read_checkpoint(last)["model_config"]["tokens"]
         if saved != vocab.tokens:
             raise SystemExit(f"error: {last} was trained with another vocabulary; use a new --out")
+    # fit seeds only its own loop: the initial weights are drawn here, so seed them too (runs
+    # before this line started from unseeded weights and cannot be repeated exactly).
+    pyro.set_rng_seed(args.seed)
     model = SMILESVAE(
         vocab.tokens, latent_dim=args.latent, embedding_dim=args.embedding,
         hidden_size=args.hidden, encoder_hidden_size=args.encoder_hidden,
