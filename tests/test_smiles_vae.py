@@ -409,6 +409,11 @@ def test_train_and_evaluate_scripts_run_and_resume(tmp_path):
     assert [row["epoch"] for row in summary["history"]] == [0, 1]
     assert len(summary["invocations"]) == 2
     assert summary["history"][1]["kl_weight_next"] == 1.0
+    # --seed fixes the initial weights too: a fresh run repeats the first epoch exactly.
+    again = [*train[:-1], str(tmp_path / "again"), "--epochs", "1"]
+    subprocess.run(again, check=True, cwd=REPO, env=env, capture_output=True, timeout=300)
+    repeat = json.loads((tmp_path / "again" / "train.json").read_text())
+    assert repeat["history"][0]["loss"] == summary["history"][0]["loss"]
     evaluation = tmp_path / "eval"
     subprocess.run(
         [sys.executable, "-m", "experiments.smiles.evaluate", "--checkpoint",
