@@ -21,6 +21,7 @@ from pyrovae.data.smiles import (
     load_smiles,
     tokenize,
 )
+from pyrovae.models.free_bits import KL_FLOOR_SITE, standard_normal_kl
 from pyrovae.models.sequence import reverse_within_length
 from pyrovae.models.smiles_vae import SMILESVAE, KLAnnealing
 
@@ -215,6 +216,151 @@ def test_tiny_model_overfits_a_handful_of_molecules():
     assert history.losses[-1] < 0.1 * history.losses[0]
 
 
+# ------------------------------------------------------------ word dropout and free bits
+
+
+def _tiny_pair(**options):
+    """A float64 tiny model (seeded by the fixture) and the hand-made molecules, encoded."""
+    torch.set_default_dtype(torch.float64)
+    vocab = SmilesVocabulary.build(MOLECULES)
+    tokens, lengths = vocab.encode(MOLECULES)
+    settings = dict(latent_dim=3, embedding_dim=5, hidden_size=7, encoder_hidden_size=4,
+                    kl_weight=0.5)
+    return SMILESVAE(vocab.tokens, **(settings | options)).double(), tokens, lengths
+
+
+def _loss(model, tokens, lengths, seed=1, guide=None, **kwargs):
+    pyro.set_rng_seed(seed)
+    return pyro.infer.Trace_ELBO().loss(model.model, guide or model.guide, tokens, lengths,
+                                        **kwargs)
+
+
+def test_default_options_leave_the_loss_as_it_was():
+    # Reference values measured at the branch point (commit 1c0abe5, before word dropout and
+    # free bits existed) with this same construction and seeds, torch 2.13.0+cpu, 1 thread.
+    model, tokens, lengths = _tiny_pair()
+    explicit, _, _ = _tiny_pair(word_dropout=0.0, kl_floor=0.0)
+    explicit.load_state_dict(model.state_dict())
+    assert _loss(model, tokens, lengths) == _loss(explicit, tokens, lengths)  # bit-identical
+    # float64; the tolerance only allows for another CPU's kernels (summation order).
+    assert _loss(model, tokens, lengths) == pytest.approx(298.85061841354735, rel=1e-12)
+    torch.set_default_dtype(torch.float32)
+    pyro.set_rng_seed(0)
+    model = SMILESVAE(SmilesVocabulary.build(MOLECULES).tokens, latent_dim=3, embedding_dim=5,
+                      hidden_size=7, encoder_hidden_size=4, kl_weight=0.5)
+    history = fit(model, (tokens, lengths), epochs=3, batch_size=4, lr=1e-2, seed=0,
+                  progress=False)
+    # float32 training: the same values, to float32 rounding on another machine.
+    reference = [323.7765808105469, 296.5228271484375, 297.46142578125]
+    assert history.losses == pytest.approx(reference, rel=1e-6)
+
+
+def _decoder_and_encoder_inputs(model, tokens, lengths):
+    """The token ids the decoder's and the encoder's embeddings read in one model/guide run."""
+    seen = {"decoder": [], "encoder": []}
+    hooks = [
+        model.embedding.register_forward_hook(
+            lambda m, args, out: seen["decoder"].append(args[0].clone())),
+        model.encoder_embedding.register_forward_hook(
+            lambda m, args, out: seen["encoder"].append(args[0].clone())),
+    ]
+    try:
+        guide_trace = poutine.trace(model.guide).get_trace(tokens, lengths)
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(
+            tokens, lengths)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen, model_trace
+
+
+def test_word_dropout_replaces_only_decoder_inputs_and_only_in_training():
+    model, tokens, lengths = _tiny_pair(word_dropout=1.0)
+    vocab = model.vocab
+    model.train()
+    seen, trace = _decoder_and_encoder_inputs(model, tokens, lengths)
+    (decoder_inputs,) = seen["decoder"]
+    assert (decoder_inputs[:, 0] == vocab.bos).all()
+    assert (decoder_inputs[:, 1:] == vocab.pad).all()  # every word after <bos> dropped
+    assert torch.equal(trace.nodes["x"]["value"], tokens[:, 1:])  # targets untouched
+    assert all(torch.equal(e, b) for e, b in zip(
+        seen["encoder"], [tokens[:, 1:], reverse_within_length(tokens[:, 1:], lengths)],
+        strict=True))
+    model.eval()
+    seen, _ = _decoder_and_encoder_inputs(model, tokens, lengths)
+    assert torch.equal(seen["decoder"][0], tokens[:, :-1])
+    # In eval mode the objective is the plain model's, with the same weights and draws.
+    plain, _, _ = _tiny_pair()
+    plain.load_state_dict(model.state_dict())
+    assert _loss(model, tokens, lengths) == _loss(plain.eval(), tokens, lengths)
+    # Generation never drops words, whatever the mode.
+    model.train()
+    z = torch.randn(4, 3)
+    assert torch.equal(model.generate(z, greedy=True), plain.generate(z, greedy=True))
+    gen = torch.Generator().manual_seed(2)
+    drawn = model.sample(4, generator=gen)
+    assert drawn == plain.sample(4, generator=torch.Generator().manual_seed(2))
+
+
+def test_word_dropout_rate_and_seeding():
+    model, _, _ = _tiny_pair(word_dropout=0.3)
+    inputs = torch.full((1000, 50), 5)
+    inputs[:, 0] = model.vocab.bos
+    pyro.set_rng_seed(4)
+    first = model.drop_words(inputs)
+    pyro.set_rng_seed(4)
+    assert torch.equal(first, model.drop_words(inputs))  # pyro's seed fixes the draws
+    assert not torch.equal(first, model.drop_words(inputs))
+    assert (first[:, 0] == model.vocab.bos).all()
+    assert set(first[:, 1:].unique().tolist()) == {model.vocab.pad, 5}
+    dropped = float((first[:, 1:] == model.vocab.pad).double().mean())
+    # 49 000 Bernoulli(0.3) draws: standard error 0.0021; 0.01 is 4.8 of them (seeded anyway).
+    assert dropped == pytest.approx(0.3, abs=0.01)
+    with pytest.raises(ValueError, match="word_dropout"):
+        _tiny_pair(word_dropout=1.5)
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.1, 40.0])
+def test_free_bits_make_the_kl_term_max_of_kl_and_the_floor(floor):
+    model, tokens, lengths = _tiny_pair(kl_floor=floor)
+    plain, _, _ = _tiny_pair()
+    plain.load_state_dict(model.state_dict())
+    subsample = torch.tensor([0, 3, 5])
+    with torch.no_grad():
+        loc, scale = model.encoder(tokens[subsample], lengths[subsample])
+        kl = torch.distributions.kl_divergence(
+            torch.distributions.Normal(loc, scale), torch.distributions.Normal(0.0, 1.0)
+        ).sum(-1)
+    torch.testing.assert_close(standard_normal_kl(loc, scale), kl, rtol=1e-12, atol=1e-12)
+    mean_kl = float(kl.mean())
+    assert 0.1 < mean_kl < 40.0  # the floors cover both sides of this batch's KL
+    # Same z draws: the floor adds N * beta * (max(mean KL, floor) - mean KL), N = 7 molecules
+    # in the plate, beta = kl_weight = 0.5; Trace_ELBO's own KL term is the one-sample one.
+    difference = (_loss(model, tokens, lengths, subsample=subsample)
+                  - _loss(plain, tokens, lengths, subsample=subsample))
+    expected = len(MOLECULES) * 0.5 * (max(mean_kl, floor) - mean_kl)
+    assert difference == pytest.approx(expected, rel=1e-10, abs=1e-10)
+    # Evaluation hides the site (experiments/smiles/evaluate.py): the plain model's ELBO.
+    hidden = poutine.block(model.guide, hide=[KL_FLOOR_SITE])
+    assert _loss(model, tokens, lengths, guide=hidden) == _loss(plain, tokens, lengths)
+    # Padding invariance holds with both options on (the floor reads the guide only).
+    model.word_dropout = 0.5
+    long, _ = model.vocab.encode(MOLECULES, max_length=60)
+    assert _loss(model.eval(), long, lengths) == pytest.approx(
+        _loss(model, tokens, lengths), rel=1e-12)
+
+
+def test_new_options_keep_old_checkpoints_loadable():
+    model, _, _ = _tiny_pair()
+    config = dict(model.config)
+    del config["word_dropout"], config["kl_floor"]  # a config saved before the options
+    rebuilt = SMILESVAE.from_config(config).double()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert (rebuilt.word_dropout, rebuilt.kl_floor) == (0.0, 0.0)
+    with_options, _, _ = _tiny_pair(word_dropout=0.5, kl_floor=3.0)
+    with_options.load_state_dict(model.state_dict(), strict=True)  # no new parameters
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -255,7 +401,7 @@ def test_train_and_evaluate_scripts_run_and_resume(tmp_path):
     train = [sys.executable, "-m", "experiments.smiles.train", "--train-size", "120",
              "--epoch-size", "60", "--batch-size", "30", "--latent", "3", "--hidden", "8",
              "--encoder-hidden", "4", "--embedding", "4", "--kl-epochs", "2",
-             "--device", "cpu", "--out", str(out)]
+             "--word-dropout", "0.25", "--free-bits", "2", "--device", "cpu", "--out", str(out)]
     for epochs in ("1", "2"):
         subprocess.run([*train, "--epochs", epochs], check=True, cwd=REPO, env=env,
                        capture_output=True, timeout=300)
@@ -263,6 +409,11 @@ def test_train_and_evaluate_scripts_run_and_resume(tmp_path):
     assert [row["epoch"] for row in summary["history"]] == [0, 1]
     assert len(summary["invocations"]) == 2
     assert summary["history"][1]["kl_weight_next"] == 1.0
+    # --seed fixes the initial weights too: a fresh run repeats the first epoch exactly.
+    again = [*train[:-1], str(tmp_path / "again"), "--epochs", "1"]
+    subprocess.run(again, check=True, cwd=REPO, env=env, capture_output=True, timeout=300)
+    repeat = json.loads((tmp_path / "again" / "train.json").read_text())
+    assert repeat["history"][0]["loss"] == summary["history"][0]["loss"]
     evaluation = tmp_path / "eval"
     subprocess.run(
         [sys.executable, "-m", "experiments.smiles.evaluate", "--checkpoint",
@@ -274,6 +425,8 @@ def test_train_and_evaluate_scripts_run_and_resume(tmp_path):
     assert result["metrics"]["reconstructed_molecules"] == 10
     assert 0.0 <= result["metrics"]["validity"] <= 1.0
     assert result["checkpoint_epoch"] == 2
+    assert result["model_config"]["word_dropout"] == 0.25
+    assert result["model_config"]["kl_floor"] == 2.0
     assert 0 <= result["metrics"]["active_units"] <= 3
     assert result["metrics"]["test_kl_per_molecule"] >= 0
     for name in ("interpolation.png", "latent_pca_logp.png", "samples.txt"):

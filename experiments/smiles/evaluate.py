@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 
 from experiments.common import add_device_argument, provenance, resolve_device, write_json
 from pyrovae.data.smiles import load_smiles
 from pyrovae.infer import load_checkpoint, read_checkpoint
 from pyrovae.metrics import molecules as chem
+from pyrovae.models.free_bits import KL_FLOOR_SITE
 
 #: MOSES paper (Polykovskiy et al. 2020), Table 2, its character-level VAE ("CharVAE").
 MOSES_CHARVAE = {"validity": 0.977, "unique@10k": 0.998, "novelty": 0.695}
@@ -118,7 +120,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     pyro.set_rng_seed(args.seed)
     payload = read_checkpoint(args.checkpoint, map_location="cpu")
-    model = load_checkpoint(args.checkpoint, map_location=device)
+    model = load_checkpoint(args.checkpoint, map_location=device).eval()
     vocab = model.vocab
     timings = {}
 
@@ -147,11 +149,14 @@ def main(argv=None) -> None:
     targets = covered[: args.reconstruct]
     decoded = in_batches(model.reconstruct, targets, args.batch_size)
     tokens, lengths = vocab.encode(targets)
+    # The ELBO of the model as written: KL weight 1, the free-bits factor hidden, and the model
+    # in eval mode (load_checkpoint's), so no word is dropped.
     with torch.no_grad(), pyro.validation_enabled(False):
         weight = float(model.kl_weight)
         model.kl_weight.fill_(1.0)
+        guide = poutine.block(model.guide, hide=[KL_FLOOR_SITE])
         elbo = -pyro.infer.Trace_ELBO().loss(
-            model.model, model.guide, tokens.to(device), lengths.to(device)
+            model.model, guide, tokens.to(device), lengths.to(device)
         )
         model.kl_weight.fill_(weight)
     loc, scale = model.encode((tokens.to(device), lengths.to(device)))

@@ -20,6 +20,7 @@ import logging
 import time
 from pathlib import Path
 
+import pyro
 import torch
 
 from experiments.common import (
@@ -76,6 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="KL weight of the first epoch (default 0.1)")
     parser.add_argument("--kl-epochs", type=int, default=5,
                         help="epochs over which the KL weight rises to 1 (default 5)")
+    parser.add_argument("--word-dropout", type=float, default=0.0,
+                        help="probability of replacing each decoder input by <pad> while "
+                             "training (Bowman et al. 2016; default 0: none)")
+    parser.add_argument("--kl-floor", "--free-bits", dest="kl_floor", type=float, default=0.0,
+                        help="free bits: nats per molecule below which the KL is not pushed "
+                             "down, as SketchRNN's --kl-floor (default 0: none)")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps (default 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
@@ -99,10 +106,14 @@ def main(argv=None) -> None:
         saved = read_checkpoint(last)["model_config"]["tokens"]
         if saved != vocab.tokens:
             raise SystemExit(f"error: {last} was trained with another vocabulary; use a new --out")
+    # fit seeds only its own loop: the initial weights are drawn here, so seed them too (runs
+    # before this line started from unseeded weights and cannot be repeated exactly).
+    pyro.set_rng_seed(args.seed)
     model = SMILESVAE(
         vocab.tokens, latent_dim=args.latent, embedding_dim=args.embedding,
         hidden_size=args.hidden, encoder_hidden_size=args.encoder_hidden,
         num_layers=args.layers, kl_weight=args.kl_start,
+        word_dropout=args.word_dropout, kl_floor=args.kl_floor,
     )
     started = time.perf_counter()
     history = fit(

@@ -19,6 +19,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from .base import ConfigurableModule, check_positive_int, data_plate, take
+from .free_bits import check_kl_floor, kl_floor_factor
 from .sequence import masked_sequence, reverse_within_length, step_mask
 
 __all__ = ["PEN_LOSSES", "SketchRNN", "bivariate_normal_log_prob", "kl_annealing"]
@@ -121,7 +122,7 @@ class SketchRNN(ConfigurableModule):
     Sites: ``"z"`` (``.to_event(1)``), ``"offsets"`` and ``"pen"`` (observed; one event per
     sketch through [`pyrovae.models.sequence.masked_sequence`][]), all in the data plate at
     ``dim=-1`` (subsampled by [`pyrovae.fit`][], which scales them by N/M). Optional
-    guide site ``"kl_floor"`` (a factor, see ``kl_floor``).
+    guide site ``"kl_floor"`` (a factor, see ``kl_floor`` and [`pyrovae.models.free_bits`][]).
 
     KL annealing and free bits (the paper's ``w_KL * eta_step * max(L_KL, KL_min)``):
     ``kl_weight`` scales the ``"z"`` site in model and guide (``poutine.scale``), so the ELBO's
@@ -175,8 +176,6 @@ class SketchRNN(ConfigurableModule):
             raise ValueError(f"pen_loss must be one of {PEN_LOSSES}, got {pen_loss!r}")
         if not kl_weight > 0:
             raise ValueError(f"kl_weight must be positive, got {kl_weight}")
-        if not kl_floor >= 0:
-            raise ValueError(f"kl_floor must be non-negative, got {kl_floor}")
         if not min_sigma >= 0:
             raise ValueError(f"min_sigma must be non-negative, got {min_sigma}")
         super().__init__(
@@ -192,7 +191,7 @@ class SketchRNN(ConfigurableModule):
         )
         self.latent_dim, self.num_mixtures = latent_dim, num_mixtures
         self.max_length, self.pen_loss = max_length, pen_loss
-        self.kl_floor, self.min_sigma = float(kl_floor), float(min_sigma)
+        self.kl_floor, self.min_sigma = check_kl_floor(kl_floor), float(min_sigma)
         self.register_buffer("kl_weight", torch.tensor(float(kl_weight)))
         self.encoder = _Encoder(encoder_size, latent_dim)
         self.initial_state = nn.Linear(latent_dim, 2 * decoder_size)
@@ -298,10 +297,7 @@ class SketchRNN(ConfigurableModule):
             loc, scale = self.encoder(self._clean(take(x, subsample), lengths_b), lengths_b)
             with poutine.scale(scale=self.kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-        if self.kl_floor > 0:
-            kl = 0.5 * (loc.square() + scale.square() - 1.0 - 2.0 * scale.log()).sum(-1)
-            shortfall = F.relu(self.kl_floor - kl.mean())
-            pyro.factor("kl_floor", x.shape[0] * self.kl_weight * shortfall, has_rsample=True)
+        kl_floor_factor(loc, scale, self.kl_floor, self.kl_weight, x.shape[0])
 
     # ------------------------------------------------------------------------------ utilities
     @torch.no_grad()

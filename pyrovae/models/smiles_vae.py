@@ -10,7 +10,9 @@ References:
     R. Gómez-Bombarelli, J. N. Wei, D. Duvenaud et al. Automatic chemical design using a
     data-driven continuous representation of molecules. ACS Central Science 4, 268–276, 2018.
     S. R. Bowman, L. Vilnis, O. Vinyals et al. Generating sentences from a continuous space.
-    CoNLL 2016 (KL annealing; word dropout is not used here).
+    CoNLL 2016 (KL annealing, word dropout).
+    D. P. Kingma, T. Salimans, R. Jozefowicz et al. Improved variational inference with
+    inverse autoregressive flow. NeurIPS 2016 (free bits).
     D. Polykovskiy, A. Zhebrak, B. Sanchez-Lengeling et al. Molecular Sets (MOSES): a
     benchmarking platform for molecular generation models. Frontiers in Pharmacology 2020.
 """
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from pyrovae.data.smiles import SmilesVocabulary
 
 from .base import ConfigurableModule, check_positive_int, data_plate, take
+from .free_bits import check_kl_floor, kl_floor_factor
 from .sequence import masked_sequence, reverse_within_length, step_mask
 
 
@@ -60,6 +63,25 @@ class SMILESVAE(ConfigurableModule):
     [`pyrovae.data.smiles.SmilesVocabulary.encode`][]: ``tokens`` [N, T] long, each row
     ``<bos> x_1 .. x_L <eos> <pad>..``, ``lengths`` [N] long, ``L + 1``.
 
+    Two training devices against posterior collapse, both off by default:
+
+    - *Word dropout* (Bowman et al. 2016): in training mode (``module.training``), each of the
+      decoder's inputs after ``<bos>`` is replaced, independently with probability
+      ``word_dropout``, by ``<pad>``, whose embedding is the zero vector (``padding_idx``): a
+      dropped word tells the decoder nothing, so it must lean on ``z``. Only inputs are
+      dropped, never the targets, and the draws come from torch's global generator (seeded by
+      ``pyro.set_rng_seed``) on the data's device, one mask per molecule shared by vectorised
+      particles. The objective trained is then the ELBO of a decoder that reads corrupted
+      inputs; in eval mode (what [`pyrovae.load_checkpoint`][] returns, and what
+      [`pyrovae.fit`][] leaves), and in [`generate`][], [`decode`][], [`reconstruct`][] and
+      [`sample`][], nothing is dropped, so ELBOs and likelihoods evaluated there are those of
+      the model as written above.
+    - *Free bits* (``kl_floor``, the same option and factor as SketchRNN's, see
+      [`pyrovae.models.free_bits`][]): the guide adds the factor ``"kl_floor"``, so that with
+      ``Trace_ELBO`` the loss per molecule is ``recon + kl_weight * max(mean KL, kl_floor)``
+      in expectation, the mean over the minibatch and ``kl_floor`` in nats per molecule. It is
+      a term of the objective, not of the model: evaluate ELBOs with the site hidden.
+
     Args:
         tokens: the vocabulary's token list (index order, ``<pad>``, ``<bos>``, ``<eos>``
             first); kept in the config so a reloaded model decodes to strings.
@@ -72,6 +94,10 @@ class SMILESVAE(ConfigurableModule):
             ``<eos>`` (default 100).
         kl_weight: initial weight of the KL term, in (0, 1] (default 1.0: the ELBO); a buffer,
             so a checkpoint keeps the annealed value. See [`KLAnnealing`][].
+        word_dropout: probability of replacing each decoder input after ``<bos>`` by
+            ``<pad>`` in training mode, in [0, 1] (default 0.0: none).
+        kl_floor: free nats per molecule below which the KL is not pushed down (default 0.0:
+            none).
     """
 
     def __init__(
@@ -84,6 +110,8 @@ class SMILESVAE(ConfigurableModule):
         num_layers: int = 1,
         max_length: int = 100,
         kl_weight: float = 1.0,
+        word_dropout: float = 0.0,
+        kl_floor: float = 0.0,
     ) -> None:
         vocab = SmilesVocabulary(tokens)
         for value, name in [
@@ -94,13 +122,18 @@ class SMILESVAE(ConfigurableModule):
             check_positive_int(value, name)
         if not 0.0 < kl_weight <= 1.0:
             raise ValueError(f"kl_weight must be in (0, 1], got {kl_weight}")
+        if not 0.0 <= word_dropout <= 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1], got {word_dropout}")
+        kl_floor = check_kl_floor(kl_floor)
         super().__init__(
             tokens=list(tokens), latent_dim=latent_dim, embedding_dim=embedding_dim,
             hidden_size=hidden_size, encoder_hidden_size=encoder_hidden_size,
             num_layers=num_layers, max_length=max_length, kl_weight=kl_weight,
+            word_dropout=word_dropout, kl_floor=kl_floor,
         )
         self.vocab = vocab
         self.latent_dim, self.num_layers, self.max_length = latent_dim, num_layers, max_length
+        self.word_dropout, self.kl_floor = float(word_dropout), kl_floor
         size = len(vocab)
         self.register_buffer("kl_weight", torch.tensor(float(kl_weight)))
         # guide
@@ -144,7 +177,7 @@ class SMILESVAE(ConfigurableModule):
             tokens: [N, T], rows starting with ``<bos>``; step t reads token t and predicts
                 token t + 1.
         """
-        inputs = tokens[:, :-1]
+        inputs = self.drop_words(tokens[:, :-1])
         batch = z.shape[:-1]
         flat_z = z.reshape(-1, z.shape[-1])
         repeats = flat_z.shape[0] // inputs.shape[0]
@@ -154,6 +187,18 @@ class SMILESVAE(ConfigurableModule):
         out, _ = self.decoder(x, self._initial_hidden(flat_z))
         logits = self.output(out)
         return logits.reshape(*batch, steps, logits.shape[-1])
+
+    def drop_words(self, inputs: Tensor) -> Tensor:
+        """Decoder inputs [N, T] with word dropout applied in training mode (class docstring).
+
+        Column 0, ``<bos>``, is never dropped. With ``word_dropout == 0`` or in eval mode the
+        inputs come back as they are and no random number is drawn.
+        """
+        if not self.training or self.word_dropout == 0.0:
+            return inputs
+        drop = torch.rand(inputs.shape, device=inputs.device) < self.word_dropout
+        drop[:, 0] = False
+        return inputs.masked_fill(drop, self.vocab.pad)
 
     # ----------------------------------------------------------------------------- model/guide
     def model(self, tokens: Tensor, lengths: Tensor, subsample: Tensor | None = None) -> None:
@@ -170,11 +215,13 @@ class SMILESVAE(ConfigurableModule):
             )
 
     def guide(self, tokens: Tensor, lengths: Tensor, subsample: Tensor | None = None) -> None:
-        """``q(z | x) = N(loc(x), diag scale(x)^2)`` for the rows ``subsample``."""
+        """``q(z | x) = N(loc(x), diag scale(x)^2)`` for the rows ``subsample``; plus the
+        free-bits factor if ``kl_floor > 0``."""
         with data_plate(tokens, subsample):
             loc, scale = self.encoder(take(tokens, subsample), take(lengths, subsample))
             with poutine.scale(scale=self.kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        kl_floor_factor(loc, scale, self.kl_floor, self.kl_weight, tokens.shape[0])
 
     # ------------------------------------------------------------------------------ utilities
     def _like(self) -> Tensor:
