@@ -262,6 +262,51 @@ def test_experiments_run_end_to_end(tmp_path, mnist_root):
     assert (tmp_path / "ood" / "ood_histograms.png").stat().st_size > 0
 
 
+def test_denoise_experiment_end_to_end(tmp_path, mnist_root):
+    """train_vae -> denoise at tiny size: the JSON's structure, and two properties that hold
+    whatever the model. At e = 0 the posterior mean is the noisy (= clean) image exactly
+    (``P(x_d = 1 | y_d, z)`` is ``y_d`` when nothing flips). At e = 0.2 the noisy images' pixel
+    error rate is a binomial proportion over 30 x 784 = 23520 pixels: within 4.5 standard
+    errors (sqrt(0.2 * 0.8 / 23520) = 0.0026) of 0.2 (the seed is fixed, so this is
+    deterministic; a wrong flip rate, e.g. flipping with 2e or 1 - e, is far outside)."""
+    run_module("experiments.uses.train_vae", [
+        "--train-size", "200", "--epochs", "1", "--hidden", "16", "--latent", "3",
+        "--out", str(tmp_path / "vae")])
+    run_module("experiments.uses.denoise", [
+        "--checkpoint", str(tmp_path / "vae" / "vae.pt"), "--num-images", "30",
+        "--flip-probs", "0", "0.2", "--num-samples", "20", "--figure-images", "3",
+        "--out", str(tmp_path / "den")])
+    result = json.loads((tmp_path / "den" / "denoise.json").read_text())
+    assert result["num_images"] == 30
+    assert set(result["flip_probs"]) == {"0", "0.2"}
+    for row in result["flip_probs"].values():
+        assert set(row) == {"noisy", "median_filter", "posterior_mean", "mean_log_evidence",
+                            "log_evidence_stderr", "median_effective_sample_size", "seconds"}
+        assert set(row["posterior_mean"]) == {"error", "error_stderr", "brier"}
+        assert math.isfinite(row["mean_log_evidence"])
+        assert 1.0 <= row["median_effective_sample_size"] <= 20.0
+    exact = result["flip_probs"]["0"]
+    assert exact["noisy"]["error"] == 0.0
+    assert exact["posterior_mean"]["error"] == 0.0
+    assert exact["posterior_mean"]["brier"] < 1e-8
+    assert abs(result["flip_probs"]["0.2"]["noisy"]["error"] - 0.2) < 4.5 * math.sqrt(
+        0.2 * 0.8 / (30 * 784))
+    assert (tmp_path / "den" / "denoising.png").stat().st_size > 0
+
+
+def test_median_filter_removes_isolated_flips_and_keeps_blocks():
+    from experiments.uses.denoise import median_filter
+
+    image = torch.zeros(1, 7, 7)
+    image[0, 1, 1] = 1.0  # an isolated "salt" pixel: 1 of its 9 neighbours is on
+    image[0, 3:6, 3:6] = 1.0  # a 3x3 block: its centre has 9 of 9 on, its corner 4 of 9
+    filtered = median_filter(image.view(1, 49), (7, 7)).view(7, 7)
+    assert filtered[1, 1] == 0.0
+    assert filtered[4, 4] == 1.0
+    assert filtered[3, 3] == 0.0  # a corner of the block sees 4 ones and 5 zeros
+    assert filtered[4, 3] == 1.0  # an edge sees 6 ones
+
+
 @pytest.mark.parametrize("method", ["pseudo_gibbs", "metropolis_gibbs", "importance"])
 def test_missing_values_are_never_read(method):
     """The same seed gives the same imputation whatever the missing pixels hold (a VAE)."""

@@ -3,7 +3,7 @@
 Example::
 
     python -m experiments.uses.tables results/uses/impute_*/impute.json \
-        results/uses/anomaly/anomaly.json
+        results/uses/anomaly/anomaly.json results/uses/denoise/denoise.json
 """
 
 from __future__ import annotations
@@ -50,6 +50,23 @@ def anomaly_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def denoise_table(payload: dict) -> str:
+    lines = ["| flip prob. e | noisy error | 3x3 median error | posterior mean error "
+             "| posterior mean Brier | mean log p(y) (nats/image) | median ESS | wall s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def error(m: dict) -> str:
+        return f"{m['error']:.4f} ± {m['error_stderr']:.4f}"
+
+    for e, row in payload["flip_probs"].items():
+        post = row["posterior_mean"]
+        lines.append(f"| {e} | {error(row['noisy'])} | {error(row['median_filter'])} "
+                     f"| {error(post)} | {post['brier']:.4f} "
+                     f"| {row['mean_log_evidence']:.1f} ± {row['log_evidence_stderr']:.1f} "
+                     f"| {row['median_effective_sample_size']:.1f} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
@@ -60,6 +77,8 @@ def main(argv=None) -> int:
     for f in args.files:
         if f.name == "anomaly.json":
             print(anomaly_table(read_json(f)) + "\n")
+        if f.name == "denoise.json":
+            print(denoise_table(read_json(f)) + "\n")
     return 0
 
 
