@@ -408,14 +408,14 @@ def test_experiment_script_with_two_devices_writes_one_set_of_outputs(tmp_path, 
     rank 0 alone writes run_options.json, the checkpoints, vae.pt and train.json, and prints;
     after ``fit`` rank 0 alone goes on (``experiments.common.evaluates``, whose answers the
     marker files record)."""
-    from experiments.common import RANK_MARKERS_ENV
     from pyrovae import load_checkpoint
+    from pyrovae.runs.provenance import RANK_MARKERS_ENV
 
     out, markers = tmp_path / "vae", tmp_path / "markers"
     markers.mkdir()
     done = _run_module(
-        "experiments.uses.train_vae", "--train-size", "200", "--hidden", "16", "--latent", "2",
-        "--epochs", "1", "--batch-size", "50", "--data-root", str(mnist_root),
+        "experiments.uses.train_vae", "--train-size", "200", "--hidden-sizes", "16",
+        "--latent-dim", "2", "--epochs", "1", "--batch-size", "50", "--data-root", str(mnist_root),
         "--devices", "2", "--out", str(out), **{RANK_MARKERS_ENV: str(markers)},
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -61,13 +62,13 @@ def places(tmp_path, monkeypatch):
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        real = common.tempfile.NamedTemporaryFile
+        real = tempfile.NamedTemporaryFile
 
         def refuse_in_readonly(*args, dir=None, **kwargs):
             return refuse() if str(dir).startswith(str(readonly)) else real(*args, dir=dir,
                                                                                **kwargs)
 
-        monkeypatch.setattr(common.tempfile, "NamedTemporaryFile", refuse_in_readonly)
+        monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse_in_readonly)
 
     def out_of_memory(*args, **kwargs):
         # What the CPU allocator raises for --num-particles 1000000000 (a real run reaches it
@@ -182,7 +183,7 @@ def _epoch_seed(seed, epoch):
 
 # ------------------------------------------------------------------- experiments' run folders
 def test_experiment_run_folder_refuses_other_options_and_force_new_moves_it_aside(tmp_path):
-    from experiments.common import RUN_OPTIONS_FILE, guard_run_folder
+    from pyrovae.runs.folder import RUN_OPTIONS_FILE, guard_run_folder
 
     out = tmp_path / "run"
     guard_run_folder(out, {"epochs": 3, "lr": 0.1, "device": "cpu", "out": out})
@@ -207,7 +208,7 @@ def test_experiment_run_folder_refuses_other_options_and_force_new_moves_it_asid
 
 def test_experiment_script_refuses_a_changed_rerun(tmp_path):
     """End to end through a script's own parser (start_run), before any training."""
-    from experiments.common import add_run_arguments, start_run
+    from pyrovae.runs.script import add_run_arguments, start_run
 
     def parse(*argv):
         import argparse

@@ -18,6 +18,7 @@ import sys
 from pyrovae.cli import impute, m2, ppca, vae
 from pyrovae.cli._common import OneLineParser, is_out_of_memory, out_of_memory_message
 from pyrovae.infer.distributed import global_rank
+from pyrovae.runs.launch import set_threads
 
 SUBCOMMANDS = (ppca, vae, m2, impute)
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=max(args.log_level, logging.INFO),
                         format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pyrovae").setLevel(args.log_level)
+    set_threads(getattr(args, "threads", None))
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
