@@ -138,7 +138,7 @@ def test_exit_status_and_one_line_from_the_installed_command(tmp_path):
 
 def test_out_checked_before_training(tmp_path, monkeypatch, capsys):
     """A bad --out costs nothing: the data are never loaded."""
-    monkeypatch.setattr("pyrovae.cli.vae.image_set", lambda *a, **k: pytest.fail("loaded data"))
+    monkeypatch.setattr("pyrovae.runs.vae.image_set", lambda *a, **k: pytest.fail("loaded data"))
     (tmp_path / "f").write_text("")
     status, err = run_in_process(["vae", "train", "--out", str(tmp_path / "f")], capsys)
     assert status == 2 and "is a file" in err
@@ -183,6 +183,7 @@ def _epoch_seed(seed, epoch):
 
 # ------------------------------------------------------------------- experiments' run folders
 def test_experiment_run_folder_refuses_other_options_and_force_new_moves_it_aside(tmp_path):
+    from pyrovae.runs import RunError
     from pyrovae.runs.folder import RUN_OPTIONS_FILE, guard_run_folder
 
     out = tmp_path / "run"
@@ -191,10 +192,10 @@ def test_experiment_run_folder_refuses_other_options_and_force_new_moves_it_asid
     # identical options (the device may change): go on, resuming what is there
     guard_run_folder(out, {"epochs": 3, "lr": 0.1, "device": "cuda", "out": out})
     assert (out / "metrics.json").exists()
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(RunError) as stop:  # a script prints it as "error: ..."
         guard_run_folder(out, {"epochs": 5, "lr": 0.1, "out": out})
     assert str(stop.value) == (
-        f"error: --out {out} holds a run started with other options (epochs: 3 -> 5); re-run "
+        f"--out {out} holds a run started with other options (epochs: 3 -> 5); re-run "
         "with its options to resume it, choose another --out, or pass --force-new to start "
         "afresh (the old folder is moved aside)"
     )

@@ -49,9 +49,11 @@ ANCHORS = {  # test error %, by number of labels
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=PRESETS, default=None,
-                   help="a paper's recipe (pyrovae.models.m2_presets): sets the defaults of the "
-                   "options below; options given explicitly override it")
+    p.add_argument("--preset", choices=PRESETS, default=m2_family.DEFAULT_PRESET,
+                   help="the recipe (pyrovae.runs.m2_presets) that sets the defaults of the "
+                   "options below; options given explicitly override it (default "
+                   f"{m2_family.DEFAULT_PRESET}, as pyrovae m2 train; conv_relu: this script's "
+                   "default before the presets)")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--n-labelled", type=int, nargs="+", default=[100])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
