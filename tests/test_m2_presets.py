@@ -51,7 +51,7 @@ def test_pyro_preset_is_the_tutorials_recipe():
 
 
 def test_unknown_preset_raises():
-    assert set(PRESETS) == {"pyrovae", "conv_relu", "kingma2014", "pyro_ssvae"}
+    assert set(PRESETS) == {"pyrovae", "kingma2014", "pyro_ssvae", "conv_relu"}
     with pytest.raises(ValueError, match="unknown M2 preset"):
         m2_preset("nope")
 

@@ -68,10 +68,16 @@ from typing import Any
 from pyrovae.models.m2 import M2
 from pyrovae.runs.launch import RunError
 
+#: The model of the ``"pyrovae"`` preset, which every field of `M2Preset` defaults to.
+_PYROVAE_MODEL = dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
+                      activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
+                      allow_continuous=False, init_scale=None, analytic_kl=False)
+
 
 @dataclass(frozen=True)
 class M2Preset:
-    """One named recipe (see the module docstring for where each number comes from).
+    """One named recipe (see the module docstring for where each number comes from); every
+    setting defaults to the ``"pyrovae"`` preset's.
 
     Attributes:
         name: the preset's name.
@@ -94,15 +100,15 @@ class M2Preset:
 
     name: str
     reference: str
-    model: dict[str, Any]
-    input: str
-    alpha_factor: float | None
-    alpha_per_labelled: float | None
-    lr: float
-    betas: tuple[float, float]
-    batch_size: int
-    labelled_batch_size: int
-    epochs: int
+    model: dict[str, Any] = field(default_factory=lambda: dict(_PYROVAE_MODEL))
+    input: str = "dynamic"
+    alpha_factor: float | None = 0.1
+    alpha_per_labelled: float | None = None
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 100
+    labelled_batch_size: int = 100
+    epochs: int = 10
     batches_per_epoch: int | None = None
     batches_per_epoch_by_labels: dict[int, int] = field(default_factory=dict)
 
@@ -134,50 +140,14 @@ class M2Preset:
         return replace(self, model={**self.model, **(model or {})}, **fields)
 
 
-_PYROVAE = dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
-                activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
-                allow_continuous=False, init_scale=None, analytic_kl=False)
-
 _PRESETS = {
-    "pyrovae": M2Preset(
-        name="pyrovae",
-        reference="pyrovae m2 train's defaults",
-        model=_PYROVAE,
-        input="dynamic",
-        alpha_factor=0.1,
-        alpha_per_labelled=None,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        batch_size=100,
-        labelled_batch_size=100,
-        epochs=10,
-    ),
-    "conv_relu": M2Preset(
-        name="conv_relu",
-        reference="experiments.m2.mnist's default before presets (results/m2's early pilots)",
-        model=dict(_PYROVAE, classifier_arch="conv", activation="relu"),
-        input="dynamic",
-        alpha_factor=0.1,
-        alpha_per_labelled=None,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        batch_size=100,
-        labelled_batch_size=100,
-        epochs=300,
-    ),
+    "pyrovae": M2Preset(name="pyrovae", reference="pyrovae m2 train's defaults"),
     "kingma2014": M2Preset(
         name="kingma2014",
         reference="Kingma et al. 2014 and github.com/dpkingma/nips14-ssl (learn_yz_x_ss.py)",
-        model=dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
-                   activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
-                   allow_continuous=True, init_scale=1e-3, analytic_kl=True),
+        model=dict(_PYROVAE_MODEL, allow_continuous=True, init_scale=1e-3, analytic_kl=True),
         input="grey",
-        alpha_factor=0.1,
-        alpha_per_labelled=None,
         lr=3e-4,
-        betas=(0.9, 0.999),
-        batch_size=100,
-        labelled_batch_size=100,
         batches_per_epoch=200,
         batches_per_epoch_by_labels={100: 100},
         epochs=3000,
@@ -185,9 +155,7 @@ _PRESETS = {
     "pyro_ssvae": M2Preset(
         name="pyro_ssvae",
         reference="Pyro examples/vae/ss_vae_M2.py (SS-VAE tutorial's example run)",
-        model=dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
-                   activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
-                   allow_continuous=True, init_scale=None, analytic_kl=False),
+        model=dict(_PYROVAE_MODEL, allow_continuous=True),
         input="grey",
         alpha_factor=None,
         alpha_per_labelled=46.0,
@@ -199,6 +167,10 @@ _PRESETS = {
     ),
 }
 
+_PRESETS["conv_relu"] = _PRESETS["pyrovae"].replace(
+    name="conv_relu", model=dict(classifier_arch="conv", activation="relu"), epochs=300,
+    reference="experiments.m2.mnist's default before presets (results/m2's early pilots)",
+)
 PRESETS = tuple(_PRESETS)
 
 
