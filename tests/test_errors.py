@@ -6,6 +6,7 @@ status) and compare the message word for word, so the page cannot drift from the
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -82,12 +83,20 @@ def places(tmp_path, monkeypatch):
     monkeypatch.setattr("pyrovae.cli.ppca.fit", out_of_memory)
     empty = tmp_path / "empty"
     empty.mkdir()
-    yield {**yield_places, "DIR": empty}
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "best.pt").write_bytes((run / "last.pt").read_bytes())
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    holder = open(locked / ".lock", "w")  # noqa: SIM115 - held until the test ends
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another process's lock would be
+    yield {**yield_places, "DIR": empty, "BEST": best, "LOCKED": locked}
+    holder.close()
     readonly.chmod(0o755)
 
 
 def substitute(text: str, places: dict) -> str:
-    return re.sub(r"\b(FILE|DIR|RUN|READONLY|MISSING|BAD|TORCH)\b",
+    return re.sub(r"\b(FILE|DIR|RUN|BEST|LOCKED|READONLY|MISSING|BAD|TORCH)\b",
                   lambda m: str(places[m.group(1)]), text)
 
 

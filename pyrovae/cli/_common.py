@@ -215,16 +215,18 @@ def resume_run(args: argparse.Namespace, command: str, fit_run: Callable[..., in
     ``--out`` was started with (``--epochs`` raises their total); the values the out-of-memory
     message names (``args.memory_options``) are set on ``args`` from them. ``--devices`` and
     ``--num-nodes`` default to the run's (the global batch must stay the same)."""
-    options = distributed.main_first(folder.read_options, args.out, command)
+    options = folder.read_options(args.out, command)
     if args.epochs is not None:
         options["epochs"] = args.epochs
     for key in ("devices", "num_nodes"):
         given = getattr(args, key)
         options[key] = given if given is not None else options.get(key, 1)
     start_processes(options["devices"], options["num_nodes"], resolve_device(args.device))
+    distributed.main_first(folder.lock_run_folder, args.out)
     for option in args.memory_options:
         setattr(args, dest(option), options[dest(option)])
-    return fit_run(args, Path(args.out), options, resume=True)
+    with folder.releasing(args.out):
+        return fit_run(args, Path(args.out), options, resume=True)
 
 
 def fit_run(

@@ -20,6 +20,7 @@ import torch
 from pyrovae.cli import _common as common
 from pyrovae.data.mnist import canonical_name
 from pyrovae.infer.classification import validation_callback
+from pyrovae.runs import folder
 from pyrovae.runs import m2 as family
 from pyrovae.runs.m2_presets import PRESETS
 
@@ -58,7 +59,8 @@ def train(args: argparse.Namespace) -> int:
         n_labelled=args.n_labelled if args.n_labelled is not None else n_labelled,
         n_validation=args.n_validation if args.n_validation is not None else n_validation,
     )
-    return _fit(args, out, family.resolve(options), resume=False)
+    with folder.releasing(out):
+        return _fit(args, out, family.resolve(options), resume=False)
 
 
 def _data(options: dict[str, Any], args: argparse.Namespace, device: torch.device):

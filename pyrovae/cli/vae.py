@@ -17,6 +17,7 @@ import torch
 
 from pyrovae.cli import _common as common
 from pyrovae.data.mnist import canonical_name
+from pyrovae.runs import folder
 from pyrovae.runs import vae as family
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def train(args: argparse.Namespace) -> int:
         "num_particles", "epochs", "batch_size", "lr", "train_size", "test_size", "eval_every",
         "seed",
     ), dataset=canonical_name(args.dataset), image_size=args.image_size)
-    return _fit(args, out, options, resume=False)
+    with folder.releasing(out):
+        return _fit(args, out, options, resume=False)
 
 
 def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -> int:

@@ -110,8 +110,7 @@ def start_run_folder(out: str | os.PathLike, command: str) -> Path:
 
 
 def read_options(out: str | os.PathLike, command: str) -> dict[str, Any]:
-    """The options a run in ``out`` was started with (``options.json``); the folder is locked
-    for this process."""
+    """The options a run in ``out`` was started with (``options.json``)."""
     path = Path(out) / OPTIONS_FILE
     if not path.is_file():
         raise RunError(
@@ -119,7 +118,6 @@ def read_options(out: str | os.PathLike, command: str) -> dict[str, Any]:
             f"'pyrovae {command} train --out {out}'"
         )
     check_writable_dir(out)
-    lock_run_folder(out)
     return json.loads(path.read_text())
 
 
@@ -153,12 +151,22 @@ def lock_run_folder(out: str | os.PathLike) -> Path:
 
 
 def unlock_run_folder(out: str | os.PathLike) -> None:
-    """Release `lock_run_folder`'s lock before the process ends (e.g. a test, or a folder
-    moved aside)."""
+    """Release `lock_run_folder`'s lock before the process ends (a command run in-process, a
+    folder moved aside)."""
     descriptor = _held.pop(Path(out).resolve(), None)
     if descriptor is not None:
         with contextlib.suppress(OSError):
             os.close(descriptor)
+
+
+@contextlib.contextmanager
+def releasing(out: str | os.PathLike):
+    """Release ``out``'s lock when the block ends (a command called in-process, e.g. by a test
+    or a notebook, leaves the folder free for the next)."""
+    try:
+        yield Path(out)
+    finally:
+        unlock_run_folder(out)
 
 
 # ---------------------------------------------------------------------------------- scripts' runs
