@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from pyrovae.data import DynamicBinarized, load_dataset
 from pyrovae.infer import TimeBudget, fit
-from pyrovae.models.vae import VAE
+from pyrovae.runs import vae as vae_family
 from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, save_checkpoint, write_json
 from pyrovae.runs.script import add_run_arguments, start_script
@@ -27,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
+    vae_family.add_model_options(parser)
     parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
     parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[400])
     parser.add_argument("--latent-dim", type=int, default=20)
@@ -43,12 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device, out = start_script(args)
-    train = load_dataset(args.dataset, "train", root=args.data_root)
-    x = train.x[: args.train_size].to(device)
-    model = VAE(data_dim=x.shape[1], latent_dim=args.latent_dim, hidden_sizes=args.hidden_sizes,
-                arch=args.arch).to(device)
+    data = vae_family.data({**vars(args), "test_size": 1}, root=args.data_root, device=device)
+    model = vae_family.build(vars(args), data)
     started = time.perf_counter()
-    history = fit(model, DynamicBinarized(x, args.seed), epochs=args.epochs,
+    history = fit(model, data.train, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   callbacks=[TimeBudget(args.minutes)], checkpoint_dir=out / "fit",
                   **parallel_options(args))

@@ -43,6 +43,7 @@ def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10)
                         choices=["mnist", "fashion-mnist", "digits", *COLOUR_DATASETS],
                         help="svhn (32x32) and celeba (64x64) are colour images, never binarised")
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
+    family.add_model_options(parser)
     parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
     parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[400], help="hidden widths")
     parser.add_argument("--activation", default="relu")

@@ -35,7 +35,8 @@ def train(args: argparse.Namespace) -> int:
         "latent_dim", "hidden_sizes", "arch", "activation", "likelihood", "sigma", "objective",
         "num_particles", "epochs", "batch_size", "lr", "train_size", "test_size", "eval_every",
         "seed",
-    ), dataset=canonical_name(args.dataset), image_size=args.image_size)
+    ), dataset=canonical_name(args.dataset), image_size=args.image_size,
+        **family.model_options(vars(args)))
     with folder.releasing(out):
         return _fit(args, out, options, resume=False)
 
@@ -102,6 +103,7 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
         train_description="Train a VAE with pyrovae.fit; the run folder gets last.pt "
         "(resumable), options.json and train.json.",
     )
+    family.add_model_options(tr)
     tr.add_argument("--latent-dim", type=common.positive_int, default=20, help="K (default 20)")
     tr.add_argument("--hidden-sizes", type=common.positive_int, nargs="+", default=[400],
                     help="hidden widths of the encoder; the decoder mirrors them (default 400)")

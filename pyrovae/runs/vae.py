@@ -3,11 +3,15 @@ callback and its test metrics. ``pyrovae vae`` and ``experiments/vae`` both buil
 
 A run's options are a dict (the command line's ``options.json``, or a script's ``vars(args)``)
 with the constructor's names: ``latent_dim``, ``hidden_sizes``, ``arch``, ``activation``,
-``likelihood``, ``sigma``.
+``likelihood``, ``sigma``, and ``model``: which class of `MODELS` to build (default ``"vae"``),
+with that class's own options. A new kind of VAE (a beta-VAE, a VampPrior VAE) is one entry of
+`MODELS`: ``pyrovae vae train --model NAME`` and every ``experiments/vae`` script then build it
+(see docs/architecture.md, "Adding a model").
 """
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import torch
@@ -15,6 +19,9 @@ import torch
 from pyrovae.infer.evaluation import elbo_terms, evaluate
 from pyrovae.models.vae import VAE
 from pyrovae.runs.data import COLOUR_DATASETS, ImageSet, channels_first, image_set
+
+#: ``--model`` name -> (the class, its options beyond the VAE's: name -> (type, default, help)).
+MODELS: dict[str, tuple[type[VAE], dict[str, tuple[type, Any, str]]]] = {"vae": (VAE, {})}
 
 #: The options `build` reads, with the command line's defaults.
 DEFAULTS = {"latent_dim": 20, "hidden_sizes": [400], "arch": "mlp", "activation": "relu",
@@ -38,16 +45,36 @@ def data(options: dict[str, Any], **where: Any) -> ImageSet:
                      **{**sizes, **where})
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (one of `MODELS`) and the options of every model in `MODELS`: for
+    ``pyrovae vae train`` and the ``experiments/vae`` scripts alike."""
+    parser.add_argument("--model", default="vae", choices=sorted(MODELS),
+                        help="which VAE (default vae)")
+    for name, (_, own) in MODELS.items():
+        for option, (kind, default, about) in own.items():
+            parser.add_argument(f"--{option.replace('_', '-')}", type=kind, default=default,
+                                help=f"{about} (--model {name}; default {default})")
+
+
+def model_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``model`` and the options of that model (its defaults where ``options`` has none)."""
+    name = options.get("model") or "vae"
+    own = MODELS[name][1]
+    return {"model": name, **{k: options.get(k, default) for k, (_, default, _) in own.items()}}
+
+
 def build(options: dict[str, Any], data: ImageSet, **overrides: Any) -> VAE:
     """The VAE of a run on ``data`` (the one call of its constructor in both front ends): the
-    networks take ``data``'s image shape; a Bernoulli likelihood scores grey levels
-    (``allow_continuous``) where the images are not binarised. ``overrides``: other keyword
-    arguments of `VAE` (e.g. ``reparameterized=False``)."""
+    class and options ``model_options`` names; the networks take ``data``'s image shape; a
+    Bernoulli likelihood scores grey levels (``allow_continuous``) where the images are not
+    binarised. ``overrides``: other keyword arguments (e.g. ``reparameterized=False``)."""
     chosen = {key: options.get(key, default) for key, default in DEFAULTS.items()}
-    return VAE(
+    own = model_options(options)
+    model_class = MODELS[own.pop("model")][0]
+    return model_class(
         data_dim=data.data_dim, image_shape=channels_first(data.image_shape),
         allow_continuous=chosen["likelihood"] == "bernoulli" and not data.binarized,
-        **{**chosen, "hidden_sizes": list(chosen["hidden_sizes"])}, **overrides,
+        **{**chosen, "hidden_sizes": list(chosen["hidden_sizes"])}, **own, **overrides,
     ).to(data.test_x.device)
 
 
