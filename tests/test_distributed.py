@@ -406,7 +406,7 @@ def test_cli_train_with_two_devices_writes_one_run(tmp_path):
 def test_experiment_script_with_two_devices_writes_one_set_of_outputs(tmp_path, mnist_root):
     """``python -m experiments.uses.train_vae --devices 2``: Fabric starts the module again;
     rank 0 alone writes run_options.json, the checkpoints, vae.pt and train.json, and prints;
-    after ``fit`` rank 0 alone goes on (``experiments.common.evaluates``, whose answers the
+    after ``fit`` rank 0 alone goes on (``pyrovae.runs.provenance.evaluates``, whose answers the
     marker files record)."""
     from pyrovae import load_checkpoint
     from pyrovae.runs.provenance import RANK_MARKERS_ENV
