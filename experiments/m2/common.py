@@ -57,7 +57,7 @@ def train_m2(
     With ``test_when_stopped=False`` an invocation stopped by the budget before ``max_epochs``
     does not read the test set at all (a run resumed in many invocations then reads it once).
     Only where ``pyrovae.runs.provenance.evaluates`` (rank 0) is the test set read.
-    ``parallel``: ``fit``'s ``devices`` and ``num_nodes`` (``pyrovae.runs.launch.parallel_options``).
+    ``parallel``: ``fit``'s ``devices`` and ``num_nodes`` (``runs.launch.parallel_options``).
     """
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
