@@ -103,6 +103,37 @@ def check_once(x: torch.Tensor, key: str, check: Callable[[torch.Tensor], None])
     seen[key] = x._version
 
 
+def draw(
+    distribution: torch.distributions.Distribution,
+    sample_shape: tuple[int, ...] = (),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``distribution.sample(sample_shape)``, from ``generator``'s stream when one is given.
+
+    ``torch.distributions`` take no generator, so the draw runs with torch's global RNG of the
+    generator's device set to the generator's state, whose advanced state is then written back;
+    the global RNG is left as it was. A draw from ``N(0, I)`` therefore equals
+    ``torch.randn(..., generator=generator)``. The distribution must live on the generator's
+    device (a ``ValueError`` otherwise: the draw would not come from the generator).
+    """
+    if generator is None:
+        return distribution.sample(sample_shape)
+    device = generator.device
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        if cuda:
+            torch.cuda.set_rng_state(generator.get_state(), device)
+        else:
+            torch.set_rng_state(generator.get_state())
+        value = distribution.sample(sample_shape)
+        generator.set_state(torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state())
+    if value.device.type != device.type:
+        raise ValueError(
+            f"the generator lives on {device} but the distribution draws on {value.device}"
+        )
+    return value
+
+
 def check_positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
