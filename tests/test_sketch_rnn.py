@@ -25,9 +25,9 @@ from pyrovae.data.sketches import (
     stroke3_to_stroke5,
     stroke5_to_stroke3,
 )
-from pyrovae.infer import fit
+from pyrovae.infer import KLAnnealing, fit
 from pyrovae.models.sequence import masked_sequence, step_mask
-from pyrovae.models.sketch_rnn import END, SketchRNN, bivariate_normal_log_prob, kl_annealing
+from pyrovae.models.sketch_rnn import END, SketchRNN, bivariate_normal_log_prob
 
 
 def sheep_root() -> Path:
@@ -169,10 +169,10 @@ def test_kl_weight_and_floor_enter_the_objective_as_documented():
     expected = len(x) * 0.25 * max(0.0, 50.0 - float(kl.mean()))
     factor = guide_trace.nodes["kl_floor"]["fn"].log_factor
     assert float(factor) == pytest.approx(expected, rel=1e-10)
-    callback = kl_annealing(2.0, eta_min=0.1, rate=0.5)
+    callback = KLAnnealing(0.1, rate=0.5, weight=2.0)
     row = callback(type("Info", (), {"step": 3, "module": model})())
     assert float(model.kl_weight) == pytest.approx(2.0 * (1 - 0.9 * 0.125))
-    assert row["kl_weight"] == pytest.approx(float(model.kl_weight))
+    assert row["kl_weight_next"] == pytest.approx(float(model.kl_weight))
 
 
 def test_loss_terms_are_the_trace_log_probs():

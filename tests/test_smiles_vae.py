@@ -21,9 +21,10 @@ from pyrovae.data.smiles import (
     load_smiles,
     tokenize,
 )
+from pyrovae.infer import KLAnnealing
 from pyrovae.models.free_bits import KL_FLOOR_SITE, standard_normal_kl
 from pyrovae.models.sequence import reverse_within_length
-from pyrovae.models.smiles_vae import SMILESVAE, KLAnnealing
+from pyrovae.models.smiles_vae import SMILESVAE
 
 # Hand-made molecules covering every kind of token: bracket atoms, Cl/Br, rings, bonds, charges.
 MOLECULES = [
@@ -177,7 +178,7 @@ def test_kl_weight_scales_exactly_the_kl_term():
         torch.distributions.Normal(loc, scale), torch.distributions.Normal(0.0, 1.0)
     ).sum()
     assert loss(1.0) - loss(0.25) == pytest.approx(0.75 * float(kl), rel=1e-10)
-    annealing = KLAnnealing(epochs=4, start=0.2)
+    annealing = KLAnnealing(0.2, epochs=4)
 
     class Info:
         epoch, module = 1, model

@@ -37,8 +37,8 @@ from experiments.common import (
 )
 from experiments.sketch_rnn.plots import save_interpolation, save_sketch_grid
 from pyrovae.data.sketches import SKETCH_DATASETS, load_sketches
-from pyrovae.infer import TimeBudget, fit
-from pyrovae.models.sketch_rnn import PEN_LOSSES, SketchRNN, kl_annealing
+from pyrovae.infer import KLAnnealing, TimeBudget, fit
+from pyrovae.models.sketch_rnn import PEN_LOSSES, SketchRNN
 
 TEMPERATURES = (0.1, 0.5, 1.0)
 
@@ -141,7 +141,7 @@ def main(argv=None) -> None:
         device=device,
         seed=args.seed,
         callbacks=[
-            kl_annealing(args.kl_weight, args.kl_eta_min, args.kl_rate),
+            KLAnnealing(args.kl_eta_min, rate=args.kl_rate, weight=args.kl_weight),
             test_curve,
             TimeBudget(args.minutes),
         ],

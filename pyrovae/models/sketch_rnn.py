@@ -22,7 +22,7 @@ from .base import ConfigurableModule, check_positive_int, data_plate, take
 from .free_bits import check_kl_floor, kl_floor_factor
 from .sequence import masked_sequence, reverse_within_length, step_mask
 
-__all__ = ["PEN_LOSSES", "SketchRNN", "bivariate_normal_log_prob", "kl_annealing"]
+__all__ = ["PEN_LOSSES", "SketchRNN", "bivariate_normal_log_prob"]
 
 PEN_LOSSES = ("sketch", "padded")
 #: stroke-5 row that starts every sketch (the decoder's first input): pen down at the origin.
@@ -131,7 +131,8 @@ class SketchRNN(ConfigurableModule):
     ``KL(q(z_n | S) || N(0, I))`` averaged over the minibatch: with ``Trace_ELBO``
     (``objective="elbo"``) the loss is then ``recon + kl_weight * max(KL, kl_floor)`` per sketch in
     expectation. ``TraceMeanField_ELBO`` ignores factors in guides, so use ``"elbo"`` with a floor.
-    ``kl_weight`` is a buffer (saved in checkpoints); [`kl_annealing`][] updates it per epoch.
+    ``kl_weight`` is a buffer (saved in checkpoints);
+    [`KLAnnealing`][pyrovae.infer.callbacks.KLAnnealing] with ``rate=`` updates it per epoch.
 
     Units differ from the paper's: here the reconstruction term is a sum over a sketch's steps
     and the KL a sum over the K latent dimensions (nats per sketch), where the paper divides
@@ -403,21 +404,3 @@ def _categorical(logits: torch.Tensor, generator: torch.Generator | None) -> tor
     """One draw per row of ``logits`` [n, k] (``torch.multinomial`` takes a generator)."""
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
-
-def kl_annealing(kl_weight: float = 1.0, eta_min: float = 0.01, rate: float = 0.99995):
-    """A [`pyrovae.fit`][] callback setting ``module.kl_weight`` after every epoch.
-
-    The paper's schedule ``kl_weight * (1 - (1 - eta_min) * rate ** step)``, evaluated at the
-    step reached by the epoch's end and used for the whole next epoch. The module's initial
-    ``kl_weight`` (its constructor argument) serves the first epoch: pass
-    ``kl_weight * eta_min`` there to start as the paper does.
-    """
-    if not 0 < eta_min <= 1 or not 0 < rate <= 1:
-        raise ValueError("eta_min and rate must lie in (0, 1]")
-
-    def callback(info):
-        weight = kl_weight * (1.0 - (1.0 - eta_min) * rate**info.step)
-        info.module.kl_weight.fill_(weight)
-        return {"kl_weight": weight}
-
-    return callback

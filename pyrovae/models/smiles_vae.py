@@ -93,7 +93,8 @@ class SMILESVAE(ConfigurableModule):
         max_length: most tokens [`decode`][] and [`sample`][] generate before giving up on
             ``<eos>`` (default 100).
         kl_weight: initial weight of the KL term, in (0, 1] (default 1.0: the ELBO); a buffer,
-            so a checkpoint keeps the annealed value. See [`KLAnnealing`][].
+            so a checkpoint keeps the annealed value. See
+            [`KLAnnealing`][pyrovae.infer.callbacks.KLAnnealing].
         word_dropout: probability of replacing each decoder input after ``<bos>`` by
             ``<pad>`` in training mode, in [0, 1] (default 0.0: none).
         kl_floor: free nats per molecule below which the KL is not pushed down (default 0.0:
@@ -309,26 +310,3 @@ class SMILESVAE(ConfigurableModule):
         )
         return self.decode(z, temperature=temperature, greedy=greedy, generator=generator)
 
-
-class KLAnnealing:
-    """A [`pyrovae.fit`][] callback that raises the model's ``kl_weight`` linearly to 1.
-
-    After epoch ``e`` the weight becomes ``min(1, start + (1 - start) * (e + 1) / epochs)``;
-    the module's ``kl_weight`` should start at ``start``. The weight is a buffer, saved in
-    checkpoints, so a resumed run continues from where it was.
-
-    Args:
-        epochs: epochs over which the weight rises from ``start`` to 1.
-        start: the weight during the first epoch, in (0, 1] (``poutine.scale`` needs > 0).
-    """
-
-    def __init__(self, epochs: int, start: float) -> None:
-        check_positive_int(epochs, "epochs")
-        if not 0.0 < start <= 1.0:
-            raise ValueError(f"start must be in (0, 1], got {start}")
-        self.epochs, self.start = epochs, start
-
-    def __call__(self, info) -> dict[str, float]:
-        weight = min(1.0, self.start + (1.0 - self.start) * (info.epoch + 1) / self.epochs)
-        info.module.kl_weight.fill_(weight)
-        return {"kl_weight_next": weight}
