@@ -190,6 +190,33 @@ def test_loss_terms_are_the_trace_log_probs():
     torch.testing.assert_close(terms["kl"], expected_kl)
 
 
+def traced_loss_terms(model, x, lengths):
+    """SketchRNN's loss terms as ``SketchRNN.loss_terms`` read them before it called
+    ``elbo_terms``: one guide trace, the model replayed on it, closed-form KL."""
+    with torch.no_grad():
+        guide_trace = poutine.trace(model.guide).get_trace(x, lengths)
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(
+            x, lengths)
+    terms = {name: model_trace.nodes[name]["fn"].log_prob(model_trace.nodes[name]["value"])
+             for name in ("offsets", "pen")}
+    terms["kl"] = torch.distributions.kl_divergence(guide_trace.nodes["z"]["fn"],
+                                                    model_trace.nodes["z"]["fn"])
+    return terms
+
+
+@pytest.mark.parametrize("pen_loss, kl_floor", [("sketch", 0.0), ("padded", 5.0)])
+def test_loss_terms_through_elbo_terms_are_unchanged(pen_loss, kl_floor):
+    model = tiny_model(pen_loss, kl_weight=0.3, kl_floor=kl_floor)
+    x, lengths = batch()
+    pyro.set_rng_seed(5)
+    terms = model.loss_terms(x, lengths)
+    pyro.set_rng_seed(5)
+    before = traced_loss_terms(model, x, lengths)
+    assert terms.keys() == before.keys()
+    for name in before:
+        assert torch.equal(terms[name], before[name]), name  # the same draws, the same sums
+
+
 # ------------------------------------------------------------------------------- sampling
 def test_decoded_sketches_end_with_end_rows():
     model = tiny_model()

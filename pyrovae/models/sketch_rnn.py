@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
-from torch.distributions import kl_divergence
 
 from .base import ConfigurableModule, check_positive_int, data_plate, take
 from .free_bits import check_kl_floor, kl_floor_factor
@@ -305,19 +304,14 @@ class SketchRNN(ConfigurableModule):
     def loss_terms(self, x: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sketch ``log p(offsets | z)``, ``log p(pen | z)`` and ``KL(q || p)`` [N].
 
-        Read from traces of this model and guide (one ``z ~ q`` per sketch, the global RNG), so
-        they are the terms the training objective uses (before ``kl_weight`` and the floor).
+        [`elbo_terms`][pyrovae.infer.evaluation.elbo_terms] of this model and guide, with one
+        ``z ~ q`` per sketch (the global RNG) and the closed-form KL, so they are the terms the
+        training objective uses (before ``kl_weight`` and the floor).
         """
-        guide_trace = poutine.trace(self.guide).get_trace(x, lengths)
-        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
-            x, lengths
-        )
-        terms = {}
-        for name in ("offsets", "pen"):
-            site = model_trace.nodes[name]
-            terms[name] = site["fn"].log_prob(site["value"])
-        terms["kl"] = kl_divergence(guide_trace.nodes["z"]["fn"], model_trace.nodes["z"]["fn"])
-        return terms
+        from pyrovae.infer.evaluation import elbo_terms  # infer builds on models, not back
+
+        sites = elbo_terms(self, x, lengths, batch_size=max(1, x.shape[0]), analytic_kl=True).sites
+        return {"offsets": sites["offsets"], "pen": sites["pen"], "kl": sites["z"]}
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, lengths: torch.Tensor):
