@@ -235,7 +235,7 @@ def test_temperature_narrows_the_offsets():
     z = torch.randn(200, 3, dtype=torch.float64)
     spreads = []
     for tau in (0.01, 1.0):
-        x, _ = model.decode(z, temperature=tau, max_length=1,
+        x, _ = model.generate(z, temperature=tau, max_length=1,
                             generator=torch.Generator().manual_seed(0))
         spreads.append(float(x[:, 0, :2].std()))
     # tau scales each Gaussian's covariance and sharpens the mixture weights; with 200 draws the

@@ -217,7 +217,7 @@ def test_greedy_decoding_agrees_with_the_teacher_forced_decoder():
     live = ended == 0  # steps up to and including each row's first <eos>
     assert torch.equal(argmax[live], generated[live])
     assert (generated[~live] == vocab.pad).all()
-    assert model.decode(z, greedy=True) == vocab.decode(generated)
+    assert model.generate_smiles(z, greedy=True) == vocab.decode(generated)
     first = model.sample(5, generator=torch.Generator().manual_seed(1))
     assert first == model.sample(5, generator=torch.Generator().manual_seed(1))
 
@@ -347,7 +347,7 @@ def test_free_bits_make_the_kl_term_max_of_kl_and_the_floor(floor):
     plain.load_state_dict(model.state_dict())
     subsample = torch.tensor([0, 3, 5])
     with torch.no_grad():
-        loc, scale = model.encoder(tokens[subsample], lengths[subsample])
+        loc, scale = model.encode((tokens[subsample], lengths[subsample]))
         kl = torch.distributions.kl_divergence(
             torch.distributions.Normal(loc, scale), torch.distributions.Normal(0.0, 1.0)
         ).sum(-1)

@@ -186,7 +186,7 @@ def main(argv=None) -> None:
         loc = model.encode(test_x[:2], test_lengths[:2])[0]
         weights = torch.linspace(0, 1, 8, device=device, dtype=loc.dtype).unsqueeze(-1)
         z = (1 - weights) * loc[0] + weights * loc[1]
-        decoded = model.decode(z, temperature=0.1, generator=gen)
+        decoded = model.generate(z, temperature=0.1, generator=gen)
         save_interpolation(out / "interpolation.png", (test_x[:2], test_lengths[:2]), decoded,
                            f"{args.dataset}: decoding z on the line between two test sketches")
     print(f"{len(history.epochs)} epochs, {wall:.0f} s; final {final}; wrote {out}")

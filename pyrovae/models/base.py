@@ -18,6 +18,23 @@ Data-check rule (the same for every model):
 
 A value check fails with a [`DataError`][] (a ``ValueError``) whose message is one line that
 names the fix.
+
+Vocabulary (one meaning per name, in every model that has the method):
+
+- ``encode(x)``: the guide's parameters for data ``x``, e.g. ``(loc, scale)`` of ``q(z | x)``;
+  no draw.
+- ``decode(z)``: the mean ``E[x | z]`` of ``p(x | z)`` (pixel probabilities for Bernoulli, the
+  Gaussian mean, Poisson rates); deterministic. Only where ``p(x | z)`` factorises given ``z``:
+  the autoregressive sequence models have no closed-form mean, so no ``decode``.
+- ``generate(z, temperature=..., generator=...)``: data drawn from ``p(x | z)`` step by step by
+  an autoregressive decoder (SketchRNN's strokes, the SMILES VAE's tokens;
+  ``generate_smiles`` gives the SMILES VAE's strings).
+- ``sample(n, ..., generator=None)``: data from the model: ``z`` from its prior (``prior``,
+  where the model names one), then ``decode(z)`` (or a draw of ``x``) or ``generate(z)``; M2
+  takes the labels ``y`` in place of ``n``.
+- ``reconstruct(x)``: ``decode`` or ``generate`` at the guide's mean, ``encode(x)[0]``.
+- ``encoder`` and ``decoder`` attributes are networks (``torch.nn.Module``), never methods;
+  ``encoder=``/``decoder=`` constructor arguments replace them with the user's own.
 """
 
 from __future__ import annotations

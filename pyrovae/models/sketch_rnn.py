@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
-from .base import ConfigurableModule, check_positive_int, data_plate, take
+from .base import ConfigurableModule, check_positive_int, data_plate, draw, take
 from .free_bits import check_kl_floor, kl_floor_factor
 from .sequence import masked_sequence, reverse_within_length, step_mask
 
@@ -260,6 +260,8 @@ class SketchRNN(ConfigurableModule):
         return offsets, dist.Categorical(logits=pen)
 
     def prior(self, like: torch.Tensor) -> dist.TorchDistribution:
+        """``p(z) = N(0, I_K)`` on ``like``'s device and dtype; the model and [`sample`][] read
+        it."""
         zeros = like.new_zeros(self.latent_dim)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
@@ -320,7 +322,7 @@ class SketchRNN(ConfigurableModule):
         return self.encoder(self._clean(x, lengths), lengths)
 
     @torch.no_grad()
-    def decode(
+    def generate(
         self,
         z: torch.Tensor,
         temperature: float = 1.0,
@@ -375,24 +377,21 @@ class SketchRNN(ConfigurableModule):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``decode(encode(x).loc)``: new sketches drawn from the posterior mean of each z."""
-        return self.decode(self.encode(x, lengths)[0], temperature, generator=generator)
+        """``generate(encode(x).loc)``: new sketches drawn from the posterior mean of each z."""
+        return self.generate(self.encode(x, lengths)[0], temperature, generator=generator)
 
     @torch.no_grad()
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` sketches from the prior: ``z ~ N(0, I)``, then [`decode`][].
+        """``n`` sketches from the model: ``z ~`` [`prior`][], then [`generate`][].
 
         ``generator`` (default: the global RNG) must live on the model's device, as in
-        [`decode`][] and [`reconstruct`][].
+        [`generate`][] and [`reconstruct`][].
         """
         check_positive_int(n, "n")
-        like = self.head.weight
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=like.dtype,
-                        device=like.device)
-        return self.decode(z, temperature, generator=generator)
-
+        z = draw(self.prior(self.head.weight), (n,), generator)
+        return self.generate(z, temperature, generator=generator)
 
 def _categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One draw per row of ``logits`` [n, k] (``torch.multinomial`` takes a generator)."""
