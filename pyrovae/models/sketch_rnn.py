@@ -393,7 +393,7 @@ class SketchRNN(ConfigurableModule):
         z = draw(self.prior(self.head.weight), (n,), generator)
         return self.generate(z, temperature, generator=generator)
 
+
 def _categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One draw per row of ``logits`` [n, k] (``torch.multinomial`` takes a generator)."""
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-

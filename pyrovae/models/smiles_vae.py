@@ -310,4 +310,3 @@ class SMILESVAE(ConfigurableModule):
             n, self.latent_dim, generator=generator, dtype=like.dtype, device=like.device
         )
         return self.generate_smiles(z, temperature=temperature, greedy=greedy, generator=generator)
-
