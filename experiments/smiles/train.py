@@ -34,8 +34,8 @@ from experiments.common import (
     write_json,
 )
 from pyrovae.data.smiles import SmilesVocabulary, load_smiles
-from pyrovae.infer import TimeBudget, fit, read_checkpoint
-from pyrovae.models.smiles_vae import SMILESVAE, KLAnnealing
+from pyrovae.infer import KLAnnealing, TimeBudget, fit, read_checkpoint
+from pyrovae.models.smiles_vae import SMILESVAE
 
 
 class SmilesChunks:
@@ -125,7 +125,7 @@ def main(argv=None) -> None:
         clip_norm=args.clip_norm,
         device=device,
         seed=args.seed,
-        callbacks=[KLAnnealing(args.kl_epochs, args.kl_start), budget],
+        callbacks=[KLAnnealing(args.kl_start, epochs=args.kl_epochs), budget],
         checkpoint_dir=args.out,
         checkpoint_every=args.checkpoint_every,
         resume=True,
