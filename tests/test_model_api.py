@@ -11,9 +11,20 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 import pyrovae
+from pyrovae.data.smiles import SmilesVocabulary
 from pyrovae.infer import param_scope
 from pyrovae.infer.checkpoint import read_checkpoint
-from pyrovae.models import ICA, M2, NMF, PPCA, VAE, FactorAnalysis, networks
+from pyrovae.models import (
+    ICA,
+    M2,
+    NMF,
+    PPCA,
+    SMILESVAE,
+    VAE,
+    FactorAnalysis,
+    SketchRNN,
+    networks,
+)
 from pyrovae.models.factor_analysis import log_marginal as fa_log_marginal
 from pyrovae.models.ppca import log_marginal as ppca_log_marginal
 from pyrovae.models.ppca import posterior as ppca_posterior
@@ -182,6 +193,30 @@ def test_sample_draws_z_from_the_prior_and_decodes_it():
     for model in (PPCA(16, 2), FactorAnalysis(16, 2)):
         got = model.sample(5, generator=torch.Generator().manual_seed(3))
         assert torch.allclose(got, z @ model.W.detach().T + model.mu.detach())
+
+
+def test_encoder_and_decoder_are_networks_and_decode_is_the_mean_where_it_exists():
+    sketch = SketchRNN(latent_dim=2, encoder_size=3, decoder_size=4, num_mixtures=1,
+                       max_length=5)
+    smiles = SMILESVAE(SmilesVocabulary.build(["CCO", "c1ccccc1"]).tokens, latent_dim=2,
+                       embedding_dim=3, hidden_size=4, encoder_hidden_size=3, max_length=5)
+    vae = VAE(16, 2, hidden_sizes=[8])
+    models = [vae, M2(16, 3, 2, hidden_sizes=[8], alpha=1.0), NMF(16, 2, hidden_sizes=[8]),
+              sketch, smiles]
+    for model in models:
+        for name in ("encoder", "decoder"):
+            if hasattr(model, name):
+                assert isinstance(getattr(model, name), nn.Module), (type(model), name)
+    z = torch.randn(4, 2)
+    assert torch.equal(vae.decode(z), vae.decode(z))  # a mean: no draw
+    # Autoregressive decoders have no closed-form E[x | z]: they generate, seeded, instead.
+    for model in (sketch, smiles):
+        assert not hasattr(model, "decode")
+        first = model.generate(z, generator=torch.Generator().manual_seed(0))
+        again = model.generate(z, generator=torch.Generator().manual_seed(0))
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert smiles.generate_smiles(z, greedy=True) == smiles.vocab.decode(
+        smiles.generate(z, greedy=True))
 
 
 def test_log_marginal_is_a_method_where_it_is_exact():

@@ -25,9 +25,9 @@ from pyrovae.data.sketches import (
     stroke3_to_stroke5,
     stroke5_to_stroke3,
 )
-from pyrovae.infer import fit
+from pyrovae.infer import KLAnnealing, fit
 from pyrovae.models.sequence import masked_sequence, step_mask
-from pyrovae.models.sketch_rnn import END, SketchRNN, bivariate_normal_log_prob, kl_annealing
+from pyrovae.models.sketch_rnn import END, SketchRNN, bivariate_normal_log_prob
 
 
 def sheep_root() -> Path:
@@ -169,10 +169,10 @@ def test_kl_weight_and_floor_enter_the_objective_as_documented():
     expected = len(x) * 0.25 * max(0.0, 50.0 - float(kl.mean()))
     factor = guide_trace.nodes["kl_floor"]["fn"].log_factor
     assert float(factor) == pytest.approx(expected, rel=1e-10)
-    callback = kl_annealing(2.0, eta_min=0.1, rate=0.5)
+    callback = KLAnnealing(0.1, rate=0.5, weight=2.0)
     row = callback(type("Info", (), {"step": 3, "module": model})())
     assert float(model.kl_weight) == pytest.approx(2.0 * (1 - 0.9 * 0.125))
-    assert row["kl_weight"] == pytest.approx(float(model.kl_weight))
+    assert row["kl_weight_next"] == pytest.approx(float(model.kl_weight))
 
 
 def test_loss_terms_are_the_trace_log_probs():
@@ -188,6 +188,33 @@ def test_loss_terms_are_the_trace_log_probs():
     torch.testing.assert_close(terms["pen"], pen)
     expected_kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log()).sum(-1)
     torch.testing.assert_close(terms["kl"], expected_kl)
+
+
+def traced_loss_terms(model, x, lengths):
+    """SketchRNN's loss terms as ``SketchRNN.loss_terms`` read them before it called
+    ``elbo_terms``: one guide trace, the model replayed on it, closed-form KL."""
+    with torch.no_grad():
+        guide_trace = poutine.trace(model.guide).get_trace(x, lengths)
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(
+            x, lengths)
+    terms = {name: model_trace.nodes[name]["fn"].log_prob(model_trace.nodes[name]["value"])
+             for name in ("offsets", "pen")}
+    terms["kl"] = torch.distributions.kl_divergence(guide_trace.nodes["z"]["fn"],
+                                                    model_trace.nodes["z"]["fn"])
+    return terms
+
+
+@pytest.mark.parametrize("pen_loss, kl_floor", [("sketch", 0.0), ("padded", 5.0)])
+def test_loss_terms_through_elbo_terms_are_unchanged(pen_loss, kl_floor):
+    model = tiny_model(pen_loss, kl_weight=0.3, kl_floor=kl_floor)
+    x, lengths = batch()
+    pyro.set_rng_seed(5)
+    terms = model.loss_terms(x, lengths)
+    pyro.set_rng_seed(5)
+    before = traced_loss_terms(model, x, lengths)
+    assert terms.keys() == before.keys()
+    for name in before:
+        assert torch.equal(terms[name], before[name]), name  # the same draws, the same sums
 
 
 # ------------------------------------------------------------------------------- sampling
@@ -208,7 +235,7 @@ def test_temperature_narrows_the_offsets():
     z = torch.randn(200, 3, dtype=torch.float64)
     spreads = []
     for tau in (0.01, 1.0):
-        x, _ = model.decode(z, temperature=tau, max_length=1,
+        x, _ = model.generate(z, temperature=tau, max_length=1,
                             generator=torch.Generator().manual_seed(0))
         spreads.append(float(x[:, 0, :2].std()))
     # tau scales each Gaussian's covariance and sharpens the mixture weights; with 200 draws the

@@ -228,6 +228,33 @@ def test_public_api_is_consistent():
         vae.decode(torch.zeros(3, 5))
 
 
+class ShiftedPriorVAE(VAE):
+    """A VAE whose prior is ``N((3, -2), 0.5^2 I)``, with an identity decoder so that
+    ``sample`` returns the latent draws themselves (Gaussian likelihood, identity mean)."""
+
+    def __init__(self):
+        super().__init__(2, 2, likelihood="gaussian", mean_activation="identity",
+                         decoder=torch.nn.Identity())
+
+    def prior(self, like):
+        loc = like.new_tensor([3.0, -2.0])
+        return pyro.distributions.Normal(loc, 0.5 * torch.ones_like(loc)).to_event(1)
+
+
+def test_sample_draws_from_the_models_own_prior():
+    vae = ShiftedPriorVAE()
+    z = vae.sample(4000, generator=torch.Generator().manual_seed(1))
+    # 4000 draws: the standard error of each mean is 0.5 / sqrt(4000) = 0.008, of each
+    # standard deviation about 0.5 / sqrt(8000) = 0.006; 0.05 is over six of either.
+    assert torch.allclose(z.mean(0), torch.tensor([3.0, -2.0]), atol=0.05)
+    assert torch.allclose(z.std(0), torch.tensor([0.5, 0.5]), atol=0.05)
+    global_state = torch.get_rng_state()
+    again = vae.sample(4000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(z, again)  # the generator alone decides the draw ...
+    assert torch.equal(torch.get_rng_state(), global_state)  # ... and the global RNG is unused
+    assert abs(float(vae.sample(4000).mean())) > 0.4  # global RNG: the same prior (mean 0.5)
+
+
 def test_importable_from_models_package():
     import pyrovae.models as models
 

@@ -26,8 +26,8 @@ import torch
 
 from experiments.sketch_rnn.plots import save_interpolation, save_sketch_grid
 from pyrovae.data.sketches import SKETCH_DATASETS, load_sketches
-from pyrovae.infer import TimeBudget, fit
-from pyrovae.models.sketch_rnn import PEN_LOSSES, SketchRNN, kl_annealing
+from pyrovae.infer import KLAnnealing, TimeBudget, fit
+from pyrovae.models.sketch_rnn import PEN_LOSSES, SketchRNN
 from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
 from pyrovae.runs.provenance import evaluates, is_main, provenance, write_json
 from pyrovae.runs.script import start_device
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
         device=device,
         seed=args.seed,
         callbacks=[
-            kl_annealing(args.kl_weight, args.kl_eta_min, args.kl_rate),
+            KLAnnealing(args.kl_eta_min, rate=args.kl_rate, weight=args.kl_weight),
             test_curve,
             TimeBudget(args.minutes),
         ],
@@ -177,7 +177,7 @@ def main(argv=None) -> None:
         loc = model.encode(test_x[:2], test_lengths[:2])[0]
         weights = torch.linspace(0, 1, 8, device=device, dtype=loc.dtype).unsqueeze(-1)
         z = (1 - weights) * loc[0] + weights * loc[1]
-        decoded = model.decode(z, temperature=0.1, generator=gen)
+        decoded = model.generate(z, temperature=0.1, generator=gen)
         save_interpolation(out / "interpolation.png", (test_x[:2], test_lengths[:2]), decoded,
                            f"{args.dataset}: decoding z on the line between two test sketches")
     print(f"{len(history.epochs)} epochs, {wall:.0f} s; final {final}; wrote {out}")

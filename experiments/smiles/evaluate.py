@@ -184,7 +184,7 @@ def main(argv=None) -> None:
     codes = model.encode(ends)[0]
     weights = torch.linspace(0, 1, args.steps, device=codes.device).unsqueeze(-1)
     path = (1 - weights) * codes[0] + weights * codes[1]
-    line = model.decode(path, greedy=True)
+    line = model.generate_smiles(path, greedy=True)
     legends = [f"t={float(w):.2f}" + ("" if chem.to_molecule(s) else f" invalid: {s[:24]}")
                for w, s in zip(weights[:, 0], line, strict=True)]
     save_interpolation(args.out / "interpolation.png", [ends[0], *line, ends[1]],

@@ -24,8 +24,8 @@ import pyro
 import torch
 
 from pyrovae.data.smiles import SmilesVocabulary, load_smiles
-from pyrovae.infer import TimeBudget, fit, read_checkpoint
-from pyrovae.models.smiles_vae import SMILESVAE, KLAnnealing
+from pyrovae.infer import KLAnnealing, TimeBudget, fit, read_checkpoint
+from pyrovae.models.smiles_vae import SMILESVAE
 from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, write_json
 from pyrovae.runs.script import start_device
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         clip_norm=args.clip_norm,
         device=device,
         seed=args.seed,
-        callbacks=[KLAnnealing(args.kl_epochs, args.kl_start), budget],
+        callbacks=[KLAnnealing(args.kl_start, epochs=args.kl_epochs), budget],
         checkpoint_dir=args.out,
         checkpoint_every=args.checkpoint_every,
         resume=True,

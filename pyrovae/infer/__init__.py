@@ -1,7 +1,7 @@
 """Inference: the trainer, the objectives, importance sampling and checkpoints."""
 
 from .anomaly import anomaly_scores, roc_auc
-from .callbacks import EpochEnd, History, TimeBudget
+from .callbacks import EpochEnd, History, KLAnnealing, TimeBudget
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .classification import accuracy, error_rate, validation_callback
 from .denoising import denoise
@@ -28,6 +28,7 @@ __all__ = [
     "GraphSafeMeanFieldELBO",
     "History",
     "ImportanceWeightedELBO",
+    "KLAnnealing",
     "NonFiniteLossError",
     "accuracy",
     "anomaly_scores",

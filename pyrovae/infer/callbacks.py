@@ -83,3 +83,62 @@ class TimeBudget:
             return None
         logger.info("time budget of %.3g min used after epoch %d", self.minutes, info.epoch)
         return {"stop": True}
+
+
+class KLAnnealing:
+    """A callback that raises a model's KL weight ``module.kl_weight`` from ``weight * start``
+    to ``weight``, after every epoch, for the whole next epoch.
+
+    The weight after an epoch is ``weight * eta`` with ``eta`` rising from ``start`` to 1 in one
+    of two shapes (give exactly one of ``epochs`` and ``rate``):
+
+    - linear in epochs (``epochs=E``, as Bowman et al. 2016 anneal): after epoch ``e``
+      (counted from 0), ``eta = min(1, start + (1 - start) * (e + 1) / E)``;
+    - exponential in steps (``rate=r``, Ha & Eck 2018's ``eta_step``): after the epoch that
+      ends at global step ``s``, ``eta = 1 - (1 - start) * r ** s``.
+
+    The module's own initial ``kl_weight`` (a constructor argument of
+    [`SketchRNN`][pyrovae.models.sketch_rnn.SketchRNN] and
+    [`SMILESVAE`][pyrovae.models.smiles_vae.SMILESVAE]) serves the first epoch: build it with
+    ``weight * start``. The weight is a buffer, saved in checkpoints, so a resumed run goes on
+    from where it was. Returns ``{"kl_weight_next": w}`` for the epoch's history row.
+
+    Args:
+        start: the first epoch's fraction of ``weight``, in (0, 1] (``poutine.scale`` needs a
+            positive weight).
+        epochs: epochs over which the weight rises linearly (default None).
+        rate: per-step decay of the gap to ``weight``, in (0, 1] (default None).
+        weight: the final weight (default 1.0: the ELBO), positive.
+    """
+
+    def __init__(
+        self,
+        start: float,
+        epochs: int | None = None,
+        rate: float | None = None,
+        weight: float = 1.0,
+    ) -> None:
+        if (epochs is None) == (rate is None):
+            raise ValueError("give exactly one of epochs (linear) and rate (exponential)")
+        if not 0.0 < start <= 1.0:
+            raise ValueError(f"start must be in (0, 1], got {start}")
+        if not weight > 0:
+            raise ValueError(f"weight must be positive, got {weight}")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                                   or epochs <= 0):
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        if rate is not None and not 0.0 < rate <= 1.0:
+            raise ValueError(f"rate must be in (0, 1], got {rate}")
+        self.start, self.epochs, self.rate, self.weight = start, epochs, rate, weight
+
+    def weight_after(self, info: EpochEnd) -> float:
+        """The weight for the epoch after ``info``'s (reads ``info.epoch`` or ``info.step``)."""
+        if self.rate is not None:
+            return self.weight * (1.0 - (1.0 - self.start) * self.rate**info.step)
+        return self.weight * min(1.0, self.start + (1.0 - self.start) * (info.epoch + 1)
+                                 / self.epochs)
+
+    def __call__(self, info: EpochEnd) -> dict[str, float]:
+        weight = self.weight_after(info)
+        info.module.kl_weight.fill_(weight)
+        return {"kl_weight_next": weight}

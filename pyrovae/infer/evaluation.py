@@ -17,7 +17,7 @@ mode, without gradients) and whole data tensors; rows are processed in batches o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import pyro.poutine as poutine
@@ -33,11 +33,16 @@ PARTICLES = "_evaluation_particles"
 
 @dataclass
 class ELBOTerms:
-    """Per-data-point ELBO terms in nats, each a Tensor [N]."""
+    """Per-data-point ELBO terms in nats, each a Tensor [N].
+
+    ``sites`` splits them by site name: each observed site's ``E_q[log p(x_site | z)]`` (their
+    sum is ``reconstruction``) and each latent site's KL (their sum is ``kl``).
+    """
 
     elbo: torch.Tensor
     reconstruction: torch.Tensor
     kl: torch.Tensor
+    sites: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         """Means over the data points (nats per example)."""
@@ -52,22 +57,24 @@ def _per_point(log_p: torch.Tensor, num_samples: int, batch: int) -> torch.Tenso
     return log_p.expand(num_samples, batch).mean(0)
 
 
-def _elbo_terms_batch(module, x, idx, num_samples: int, analytic_kl: bool) -> ELBOTerms:
+def _elbo_terms_batch(module, tensors, idx, num_samples: int, analytic_kl: bool) -> ELBOTerms:
     with pyro.plate(PARTICLES, num_samples, dim=-2):
-        guide_trace = poutine.trace(module.guide).get_trace(x, subsample=idx)
+        guide_trace = poutine.trace(module.guide).get_trace(*tensors, subsample=idx)
         model_trace = poutine.trace(poutine.replay(module.model, trace=guide_trace)).get_trace(
-            x, subsample=idx
+            *tensors, subsample=idx
         )
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     batch = idx.shape[0]
-    rec = x.new_zeros(batch)
-    kl = x.new_zeros(batch)
+    rec = tensors[0].new_zeros(batch, dtype=torch.get_default_dtype())
+    kl = torch.zeros_like(rec)
+    sites = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["is_observed"]:
-            rec = rec + _per_point(site["unscaled_log_prob"], num_samples, batch)
+            sites[name] = _per_point(site["unscaled_log_prob"], num_samples, batch)
+            rec = rec + sites[name]
             continue
         guide_site = guide_trace.nodes.get(name)
         if guide_site is None:
@@ -76,44 +83,56 @@ def _elbo_terms_batch(module, x, idx, num_samples: int, analytic_kl: bool) -> EL
             site_kl = kl_divergence(guide_site["fn"], site["fn"])
         else:
             site_kl = guide_site["unscaled_log_prob"] - site["unscaled_log_prob"]
-        kl = kl + _per_point(site_kl, num_samples, batch)
-    return ELBOTerms(rec - kl, rec, kl)
+        sites[name] = _per_point(site_kl, num_samples, batch)
+        kl = kl + sites[name]
+    return ELBOTerms(rec - kl, rec, kl, sites)
 
 
 @torch.no_grad()
 def elbo_terms(
     module,
-    x: torch.Tensor,
+    *tensors: torch.Tensor,
     num_samples: int = 1,
     batch_size: int = 1000,
     analytic_kl: bool = False,
 ) -> ELBOTerms:
-    """The ELBO of every row of ``x`` and its reconstruction and KL terms (nats), [N] each.
+    """The ELBO of every data point and its reconstruction and KL terms (nats), [N] each.
 
     Args:
-        module: a model with ``.model(x, subsample=idx)`` and ``.guide(x, subsample=idx)``
-            whose sites all lie in the data plate at dim=-1 (pyrovae's convention).
-        x: data [N, D].
+        module: a model with ``.model(*tensors, subsample=idx)`` and
+            ``.guide(*tensors, subsample=idx)`` whose sites all lie in the data plate at dim=-1
+            (pyrovae's convention).
+        *tensors: the model's data tensors, each with the N data points as rows: images
+            ``x`` [N, D] for the VAE, ``(x, lengths)`` for SketchRNN, ``(tokens, lengths)`` for
+            the SMILES VAE.
         num_samples: guide samples per data point, vectorised (default 1); the terms are their
             means, so the estimate's variance falls as 1/num_samples.
         batch_size: rows per pass (default 1000).
         analytic_kl: use the closed-form KL of each latent site (TraceMeanField_ELBO's choice;
             default False: Monte Carlo, as Trace_ELBO).
     """
+    if not tensors:
+        raise ValueError("elbo_terms needs the model's data tensors")
     if num_samples < 1 or batch_size < 1:
         raise ValueError("num_samples and batch_size must be positive")
+    num_data = tensors[0].shape[0]
     was_training = module.training
     module.eval()
     parts = []
     try:
         with param_scope(module):
-            for start in range(0, x.shape[0], batch_size):
-                idx = torch.arange(start, min(start + batch_size, x.shape[0]), device=x.device)
-                parts.append(_elbo_terms_batch(module, x, idx, num_samples, analytic_kl))
+            for start in range(0, num_data, batch_size):
+                idx = torch.arange(
+                    start, min(start + batch_size, num_data), device=tensors[0].device
+                )
+                parts.append(_elbo_terms_batch(module, tensors, idx, num_samples, analytic_kl))
     finally:
         module.train(was_training)
     fields = ("elbo", "reconstruction", "kl")
-    return ELBOTerms(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
+    return ELBOTerms(
+        *(torch.cat([getattr(p, f) for p in parts]) for f in fields),
+        sites={name: torch.cat([p.sites[name] for p in parts]) for name in parts[0].sites},
+    )
 
 
 def sample_chunk_for(
@@ -186,7 +205,9 @@ def evaluate(
     with K = ``num_samples``; omitted when ``num_samples=0``), ``nll_stderr`` (the standard
     error of that mean over the data points), ``num_examples`` and ``num_importance_samples``.
     """
-    out = elbo_terms(module, x, elbo_samples, max(batch_size, 1), analytic_kl).summary()
+    out = elbo_terms(
+        module, x, num_samples=elbo_samples, batch_size=max(batch_size, 1), analytic_kl=analytic_kl
+    ).summary()
     out["num_examples"] = int(x.shape[0])
     if num_samples:
         log_px = importance_nll(module, x, num_samples, sample_chunk, batch_size)

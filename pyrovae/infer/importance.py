@@ -23,7 +23,9 @@ from pyro.poutine.util import site_is_subsample
 PARTICLE_PLATE = "_importance_particles"
 
 
-def _is_data_frame(frame) -> bool:
+def is_data_frame(frame) -> bool:
+    """Whether a plate frame (from a site's ``cond_indep_stack``) is pyrovae's data plate: the
+    vectorised plate at ``dim=-1`` ([`pyrovae.models.base.data_plate`][]), not the particles'."""
     return frame.vectorized and frame.dim == -1 and frame.name != PARTICLE_PLATE
 
 
@@ -32,14 +34,14 @@ def _data_frame(trace):
     for site in trace.nodes.values():
         if site["type"] == "sample":
             for frame in site["cond_indep_stack"]:
-                if _is_data_frame(frame):
+                if is_data_frame(frame):
                     return frame
     raise ValueError("model has no sample site inside a data plate at dim=-1")
 
 
 def _site_log_prob(site: dict, num_samples: int, batch: int, where: str) -> torch.Tensor:
     log_p = scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
-    if not any(_is_data_frame(f) for f in site["cond_indep_stack"]):
+    if not any(is_data_frame(f) for f in site["cond_indep_stack"]):
         raise ValueError(
             f"{where} site '{site['name']}' is not inside the data plate (dim=-1): importance "
             "weights are per data point, so every sample site must be local to one data point"

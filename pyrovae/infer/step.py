@@ -22,7 +22,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from .checkpoint import rng_state, set_rng_state
-from .importance import _is_data_frame
+from .importance import is_data_frame
 from .options import LossOptions
 from .streams import Stream
 
@@ -300,7 +300,7 @@ class _DataPlateRecorder(Messenger):
 
     def _pyro_post_sample(self, msg) -> None:
         if self.frame is None and not site_is_subsample(msg):
-            self.frame = next((f for f in msg["cond_indep_stack"] if _is_data_frame(f)), None)
+            self.frame = next((f for f in msg["cond_indep_stack"] if is_data_frame(f)), None)
 
 
 def check_subsampling(

@@ -18,6 +18,23 @@ Data-check rule (the same for every model):
 
 A value check fails with a [`DataError`][] (a ``ValueError``) whose message is one line that
 names the fix.
+
+Vocabulary (one meaning per name, in every model that has the method):
+
+- ``encode(x)``: the guide's parameters for data ``x``, e.g. ``(loc, scale)`` of ``q(z | x)``;
+  no draw.
+- ``decode(z)``: the mean ``E[x | z]`` of ``p(x | z)`` (pixel probabilities for Bernoulli, the
+  Gaussian mean, Poisson rates); deterministic. Only where ``p(x | z)`` factorises given ``z``:
+  the autoregressive sequence models have no closed-form mean, so no ``decode``.
+- ``generate(z, temperature=..., generator=...)``: data drawn from ``p(x | z)`` step by step by
+  an autoregressive decoder (SketchRNN's strokes, the SMILES VAE's tokens;
+  ``generate_smiles`` gives the SMILES VAE's strings).
+- ``sample(n, ..., generator=None)``: data from the model: ``z`` from its prior (``prior``,
+  where the model names one), then ``decode(z)`` (or a draw of ``x``) or ``generate(z)``; M2
+  takes the labels ``y`` in place of ``n``.
+- ``reconstruct(x)``: ``decode`` or ``generate`` at the guide's mean, ``encode(x)[0]``.
+- ``encoder`` and ``decoder`` attributes are networks (``torch.nn.Module``), never methods;
+  ``encoder=``/``decoder=`` constructor arguments replace them with the user's own.
 """
 
 from __future__ import annotations
@@ -101,6 +118,37 @@ def check_once(x: torch.Tensor, key: str, check: Callable[[torch.Tensor], None])
         seen = {}
         setattr(x, _CHECKED, seen)
     seen[key] = x._version
+
+
+def draw(
+    distribution: torch.distributions.Distribution,
+    sample_shape: tuple[int, ...] = (),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``distribution.sample(sample_shape)``, from ``generator``'s stream when one is given.
+
+    ``torch.distributions`` take no generator, so the draw runs with torch's global RNG of the
+    generator's device set to the generator's state, whose advanced state is then written back;
+    the global RNG is left as it was. A draw from ``N(0, I)`` therefore equals
+    ``torch.randn(..., generator=generator)``. The distribution must live on the generator's
+    device (a ``ValueError`` otherwise: the draw would not come from the generator).
+    """
+    if generator is None:
+        return distribution.sample(sample_shape)
+    device = generator.device
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        if cuda:
+            torch.cuda.set_rng_state(generator.get_state(), device)
+        else:
+            torch.set_rng_state(generator.get_state())
+        value = distribution.sample(sample_shape)
+        generator.set_state(torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state())
+    if value.device.type != device.type:
+        raise ValueError(
+            f"the generator lives on {device} but the distribution draws on {value.device}"
+        )
+    return value
 
 
 def check_positive_int(value: int, name: str) -> int:

@@ -16,13 +16,12 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
-from torch.distributions import kl_divergence
 
-from .base import ConfigurableModule, check_positive_int, data_plate, take
+from .base import ConfigurableModule, check_positive_int, data_plate, draw, take
 from .free_bits import check_kl_floor, kl_floor_factor
 from .sequence import masked_sequence, reverse_within_length, step_mask
 
-__all__ = ["PEN_LOSSES", "SketchRNN", "bivariate_normal_log_prob", "kl_annealing"]
+__all__ = ["PEN_LOSSES", "SketchRNN", "bivariate_normal_log_prob"]
 
 PEN_LOSSES = ("sketch", "padded")
 #: stroke-5 row that starts every sketch (the decoder's first input): pen down at the origin.
@@ -131,7 +130,8 @@ class SketchRNN(ConfigurableModule):
     ``KL(q(z_n | S) || N(0, I))`` averaged over the minibatch: with ``Trace_ELBO``
     (``objective="elbo"``) the loss is then ``recon + kl_weight * max(KL, kl_floor)`` per sketch in
     expectation. ``TraceMeanField_ELBO`` ignores factors in guides, so use ``"elbo"`` with a floor.
-    ``kl_weight`` is a buffer (saved in checkpoints); [`kl_annealing`][] updates it per epoch.
+    ``kl_weight`` is a buffer (saved in checkpoints);
+    [`KLAnnealing`][pyrovae.infer.callbacks.KLAnnealing] with ``rate=`` updates it per epoch.
 
     Units differ from the paper's: here the reconstruction term is a sum over a sketch's steps
     and the KL a sum over the K latent dimensions (nats per sketch), where the paper divides
@@ -260,6 +260,8 @@ class SketchRNN(ConfigurableModule):
         return offsets, dist.Categorical(logits=pen)
 
     def prior(self, like: torch.Tensor) -> dist.TorchDistribution:
+        """``p(z) = N(0, I_K)`` on ``like``'s device and dtype; the model and [`sample`][] read
+        it."""
         zeros = like.new_zeros(self.latent_dim)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
@@ -304,19 +306,14 @@ class SketchRNN(ConfigurableModule):
     def loss_terms(self, x: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-sketch ``log p(offsets | z)``, ``log p(pen | z)`` and ``KL(q || p)`` [N].
 
-        Read from traces of this model and guide (one ``z ~ q`` per sketch, the global RNG), so
-        they are the terms the training objective uses (before ``kl_weight`` and the floor).
+        [`elbo_terms`][pyrovae.infer.evaluation.elbo_terms] of this model and guide, with one
+        ``z ~ q`` per sketch (the global RNG) and the closed-form KL, so they are the terms the
+        training objective uses (before ``kl_weight`` and the floor).
         """
-        guide_trace = poutine.trace(self.guide).get_trace(x, lengths)
-        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
-            x, lengths
-        )
-        terms = {}
-        for name in ("offsets", "pen"):
-            site = model_trace.nodes[name]
-            terms[name] = site["fn"].log_prob(site["value"])
-        terms["kl"] = kl_divergence(guide_trace.nodes["z"]["fn"], model_trace.nodes["z"]["fn"])
-        return terms
+        from pyrovae.infer.evaluation import elbo_terms  # infer builds on models, not back
+
+        sites = elbo_terms(self, x, lengths, batch_size=max(1, x.shape[0]), analytic_kl=True).sites
+        return {"offsets": sites["offsets"], "pen": sites["pen"], "kl": sites["z"]}
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, lengths: torch.Tensor):
@@ -325,7 +322,7 @@ class SketchRNN(ConfigurableModule):
         return self.encoder(self._clean(x, lengths), lengths)
 
     @torch.no_grad()
-    def decode(
+    def generate(
         self,
         z: torch.Tensor,
         temperature: float = 1.0,
@@ -380,44 +377,23 @@ class SketchRNN(ConfigurableModule):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``decode(encode(x).loc)``: new sketches drawn from the posterior mean of each z."""
-        return self.decode(self.encode(x, lengths)[0], temperature, generator=generator)
+        """``generate(encode(x).loc)``: new sketches drawn from the posterior mean of each z."""
+        return self.generate(self.encode(x, lengths)[0], temperature, generator=generator)
 
     @torch.no_grad()
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` sketches from the prior: ``z ~ N(0, I)``, then [`decode`][].
+        """``n`` sketches from the model: ``z ~`` [`prior`][], then [`generate`][].
 
         ``generator`` (default: the global RNG) must live on the model's device, as in
-        [`decode`][] and [`reconstruct`][].
+        [`generate`][] and [`reconstruct`][].
         """
         check_positive_int(n, "n")
-        like = self.head.weight
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=like.dtype,
-                        device=like.device)
-        return self.decode(z, temperature, generator=generator)
+        z = draw(self.prior(self.head.weight), (n,), generator)
+        return self.generate(z, temperature, generator=generator)
 
 
 def _categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One draw per row of ``logits`` [n, k] (``torch.multinomial`` takes a generator)."""
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-
-
-def kl_annealing(kl_weight: float = 1.0, eta_min: float = 0.01, rate: float = 0.99995):
-    """A [`pyrovae.fit`][] callback setting ``module.kl_weight`` after every epoch.
-
-    The paper's schedule ``kl_weight * (1 - (1 - eta_min) * rate ** step)``, evaluated at the
-    step reached by the epoch's end and used for the whole next epoch. The module's initial
-    ``kl_weight`` (its constructor argument) serves the first epoch: pass
-    ``kl_weight * eta_min`` there to start as the paper does.
-    """
-    if not 0 < eta_min <= 1 or not 0 < rate <= 1:
-        raise ValueError("eta_min and rate must lie in (0, 1]")
-
-    def callback(info):
-        weight = kl_weight * (1.0 - (1.0 - eta_min) * rate**info.step)
-        info.module.kl_weight.fill_(weight)
-        return {"kl_weight": weight}
-
-    return callback

@@ -73,8 +73,8 @@ class SMILESVAE(ConfigurableModule):
       ``pyro.set_rng_seed``) on the data's device, one mask per molecule shared by vectorised
       particles. The objective trained is then the ELBO of a decoder that reads corrupted
       inputs; in eval mode (what [`pyrovae.load_checkpoint`][] returns, and what
-      [`pyrovae.fit`][] leaves), and in [`generate`][], [`decode`][], [`reconstruct`][] and
-      [`sample`][], nothing is dropped, so ELBOs and likelihoods evaluated there are those of
+      [`pyrovae.fit`][] leaves), and in [`generate`][], [`generate_smiles`][], [`reconstruct`][]
+      and [`sample`][], nothing is dropped, so ELBOs and likelihoods evaluated there are those of
       the model as written above.
     - *Free bits* (``kl_floor``, the same option and factor as SketchRNN's, see
       [`pyrovae.models.free_bits`][]): the guide adds the factor ``"kl_floor"``, so that with
@@ -90,10 +90,11 @@ class SMILESVAE(ConfigurableModule):
         hidden_size: decoder GRU width (default 256).
         encoder_hidden_size: width of each direction of the encoder GRU (default 128).
         num_layers: decoder GRU layers (default 1).
-        max_length: most tokens [`decode`][] and [`sample`][] generate before giving up on
+        max_length: most tokens [`generate`][] and [`sample`][] generate before giving up on
             ``<eos>`` (default 100).
         kl_weight: initial weight of the KL term, in (0, 1] (default 1.0: the ELBO); a buffer,
-            so a checkpoint keeps the annealed value. See [`KLAnnealing`][].
+            so a checkpoint keeps the annealed value. See
+            [`KLAnnealing`][pyrovae.infer.callbacks.KLAnnealing].
         word_dropout: probability of replacing each decoder input after ``<bos>`` by
             ``<pad>`` in training mode, in [0, 1] (default 0.0: none).
         kl_floor: free nats per molecule below which the KL is not pushed down (default 0.0:
@@ -150,7 +151,7 @@ class SMILESVAE(ConfigurableModule):
         self.output = nn.Linear(hidden_size, size)
 
     # ------------------------------------------------------------------------------ networks
-    def encoder(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def _guide_params(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``(loc, scale)`` [N, K] of q(z | x) from ``tokens`` [N, T] (with ``<bos>``)."""
         body = tokens[:, 1:]  # x_1 .. x_L <eos> <pad>..
         steps = body.shape[1]
@@ -218,7 +219,7 @@ class SMILESVAE(ConfigurableModule):
         """``q(z | x) = N(loc(x), diag scale(x)^2)`` for the rows ``subsample``; plus the
         free-bits factor if ``kl_floor > 0``."""
         with data_plate(tokens, subsample):
-            loc, scale = self.encoder(take(tokens, subsample), take(lengths, subsample))
+            loc, scale = self._guide_params(take(tokens, subsample), take(lengths, subsample))
             with poutine.scale(scale=self.kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
         kl_floor_factor(loc, scale, self.kl_floor, self.kl_weight, tokens.shape[0])
@@ -239,7 +240,7 @@ class SMILESVAE(ConfigurableModule):
             tokens, lengths = smiles
         else:
             tokens, lengths = self._encode_strings(smiles)
-        return self.encoder(tokens, lengths)
+        return self._guide_params(tokens, lengths)
 
     @torch.no_grad()
     def generate(
@@ -281,14 +282,15 @@ class SMILESVAE(ConfigurableModule):
         return torch.stack(out, dim=1)
 
     @torch.no_grad()
-    def decode(self, z: Tensor, **options: Any) -> list[str]:
+    def generate_smiles(self, z: Tensor, **options: Any) -> list[str]:
         """SMILES strings from codes ``z`` [N, K]; ``options`` as in [`generate`][]."""
         return self.vocab.decode(self.generate(z, **options))
 
     @torch.no_grad()
     def reconstruct(self, smiles: Sequence[str], greedy: bool = True, **options: Any) -> list[str]:
-        """``decode(encode(smiles).loc)``: greedy by default, as MOSES-style accuracy uses."""
-        return self.decode(self.encode(smiles)[0], greedy=greedy, **options)
+        """``generate_smiles(encode(smiles).loc)``: greedy by default, as MOSES-style accuracy
+        uses."""
+        return self.generate_smiles(self.encode(smiles)[0], greedy=greedy, **options)
 
     @torch.no_grad()
     def sample(
@@ -298,7 +300,7 @@ class SMILESVAE(ConfigurableModule):
         greedy: bool = False,
         generator: torch.Generator | None = None,
     ) -> list[str]:
-        """``n`` strings from the model: ``z ~ N(0, I)``, then [`decode`][].
+        """``n`` strings from the model: ``z ~ N(0, I)``, then [`generate_smiles`][].
 
         ``generator``, if given, must live on the model's device.
         """
@@ -307,28 +309,4 @@ class SMILESVAE(ConfigurableModule):
         z = torch.randn(
             n, self.latent_dim, generator=generator, dtype=like.dtype, device=like.device
         )
-        return self.decode(z, temperature=temperature, greedy=greedy, generator=generator)
-
-
-class KLAnnealing:
-    """A [`pyrovae.fit`][] callback that raises the model's ``kl_weight`` linearly to 1.
-
-    After epoch ``e`` the weight becomes ``min(1, start + (1 - start) * (e + 1) / epochs)``;
-    the module's ``kl_weight`` should start at ``start``. The weight is a buffer, saved in
-    checkpoints, so a resumed run continues from where it was.
-
-    Args:
-        epochs: epochs over which the weight rises from ``start`` to 1.
-        start: the weight during the first epoch, in (0, 1] (``poutine.scale`` needs > 0).
-    """
-
-    def __init__(self, epochs: int, start: float) -> None:
-        check_positive_int(epochs, "epochs")
-        if not 0.0 < start <= 1.0:
-            raise ValueError(f"start must be in (0, 1], got {start}")
-        self.epochs, self.start = epochs, start
-
-    def __call__(self, info) -> dict[str, float]:
-        weight = min(1.0, self.start + (1.0 - self.start) * (info.epoch + 1) / self.epochs)
-        info.module.kl_weight.fill_(weight)
-        return {"kl_weight_next": weight}
+        return self.generate_smiles(z, temperature=temperature, greedy=greedy, generator=generator)

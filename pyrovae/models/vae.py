@@ -23,6 +23,7 @@ from .base import (
     check_once,
     check_positive_int,
     data_plate,
+    draw,
     take,
 )
 from .likelihoods import make_likelihood
@@ -45,7 +46,7 @@ class VAE(ConfigurableModule):
 
     Generative story (model), for each data point n::
 
-        z_n ~ N(0, I_K)
+        z_n ~ p(z) = N(0, I_K)                  # prior(): override it for another prior
         x_n | z_n ~ p_theta(x_n | z_n)          # Bernoulli / Gaussian with decoder output
 
     Guide::
@@ -96,7 +97,7 @@ class VAE(ConfigurableModule):
             product.
 
     Methods: [`encode`][] ``x -> (loc, scale)`` of ``q(z | x)``; [`decode`][]
-    ``z -> E[x | z]``, the mean of ``p(x | z)``; [`sample`][] draws ``z`` from the prior and
+    ``z -> E[x | z]``, the mean of ``p(x | z)``; [`sample`][] draws ``z`` from [`prior`][] and
     decodes it; [`reconstruct`][]; [`check_data`][].
 
     Data checks follow the rule of [`pyrovae.models.base`][]: shapes on every call; the
@@ -170,7 +171,10 @@ class VAE(ConfigurableModule):
 
     # ----------------------------------------------------------------------------- model/guide
     def prior(self, like: torch.Tensor) -> dist.TorchDistribution:
-        """``N(0, I_K)`` with one event dimension, on ``like``'s device and dtype."""
+        """``p(z)``: ``N(0, I_K)`` with one event dimension, on ``like``'s device and dtype.
+
+        The model and [`sample`][] both read it: override it for another prior.
+        """
         zeros = like.new_zeros(self.latent_dim)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
@@ -226,18 +230,22 @@ class VAE(ConfigurableModule):
     def sample(
         self, num_samples: int, mean: bool = True, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Images from the model: ``z ~ N(0, I)``, then ``E[x | z]`` (default) or a draw of ``x``.
+        """Images: ``z ~`` [`prior`][], then ``E[x | z]`` (default) or a draw of ``x``.
 
-        Returns ``[num_samples, D]``.
+        Returns ``[num_samples, D]``. A subclass that overrides [`prior`][] (a VampPrior, a
+        mixture) is sampled through it.
 
         Args:
             num_samples: number of images.
             mean: return ``E[x | z]`` (default True) instead of a draw from ``p(x | z)``.
-            generator: optional ``torch.Generator`` for ``z`` (default: the global RNG).
+            generator: optional ``torch.Generator`` for ``z`` (default: torch's global RNG).
+                [`prior`][] is asked for ``p(z)`` on the generator's device (the CPU without
+                one) and ``z`` moved to the model's, so a seeded sample of the standard prior
+                is the same on every device.
         """
         check_positive_int(num_samples, "num_samples")
         like = self._like()
-        z = torch.randn(num_samples, self.latent_dim, generator=generator, dtype=like.dtype)
-        z = z.to(like.device)
+        where = like.new_empty(0, device="cpu" if generator is None else generator.device)
+        z = draw(self.prior(where), (num_samples,), generator).to(like.device)
         out = self.decoder(z)
         return self.likelihood.mean(out) if mean else self.likelihood.distribution(out).sample()
