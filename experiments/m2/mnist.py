@@ -33,9 +33,7 @@ import pyrovae
 from experiments.figures import save_learning_curve
 from experiments.m2.common import mean_std, train_m2
 from pyrovae.runs import m2 as m2_family
-from pyrovae.runs.data import BINARIZATIONS
 from pyrovae.runs.launch import parallel_options
-from pyrovae.runs.m2_presets import PRESETS
 from pyrovae.runs.provenance import evaluates, provenance, write_json
 from pyrovae.runs.script import add_run_arguments, start_run
 
@@ -49,20 +47,11 @@ ANCHORS = {  # test error %, by number of labels
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=PRESETS, default=m2_family.DEFAULT_PRESET,
-                   help="the recipe (pyrovae.runs.m2_presets) that sets the defaults of the "
-                   "options below; options given explicitly override it (default "
-                   f"{m2_family.DEFAULT_PRESET}, as pyrovae m2 train; conv_relu: this script's "
-                   "default before the presets)")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--n-labelled", type=int, nargs="+", default=[100])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--n-validation", type=int, default=10000, help="held-out validation images")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke)")
-    p.add_argument("--binarization", choices=BINARIZATIONS,
-                   help="training pixels binarised afresh every epoch, once, or kept as grey "
-                   "levels in [0, 1] (the papers' input, scored by the Bernoulli likelihood "
-                   "with allow_continuous=True)")
     p.add_argument("--m1", type=Path, default=None,
                    help="M1 VAE checkpoint: train M2 on its codes (M1+M2; MLP networks only)")
     p.add_argument("--code-likelihood", choices=["gaussian_learned", "gaussian"],
@@ -72,32 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --m1: keep only M1's active dimensions, those whose posterior mean "
                    "varies across the unlabelled images with a std above this (Kingma et al.: "
                    "0.1); 0 keeps all")
-    p.add_argument("--latent-dim", type=int)
-    p.add_argument("--hidden-sizes", type=int, nargs="+")
-    p.add_argument("--classifier-arch", choices=["mlp", "conv"])
-    p.add_argument("--arch", choices=["mlp", "conv"])  # encoder and decoder
-    p.add_argument("--activation")
-    p.add_argument("--alpha-factor", type=float, help="alpha = factor * N_train")
-    p.add_argument("--alpha-per-labelled", type=float,
-                   help="alpha = this * N_labelled instead (Pyro's aux-loss multiplier)")
-    p.add_argument("--analytic-kl", action=argparse.BooleanOptionalAction,
-                   help="KL(q(z|x,y) || p(z)) in closed form (M2's analytic_kl; Kingma's code)")
-    p.add_argument("--init-scale", type=float,
-                   help="redraw every parameter from N(0, s^2) after construction (std s; "
-                   "Kingma et al.: 1e-3); default: PyTorch's initialisation")
-    p.add_argument("--labelled-weight",
-                   help="weight w of the supervised bound: a number, or 'balanced' = N_u / N_l")
-    p.add_argument("--epochs", type=int, help="maximum epochs per run")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="time budget per run (default none); a later invocation with the same "
                    "--out resumes each run's last.pt")
-    p.add_argument("--batch-size", type=int, help="unlabelled images per step")
-    p.add_argument("--labelled-batch-size", type=int)
-    p.add_argument("--batches-per-epoch", type=int,
-                   help="cut the unlabelled and the labelled set into this many batches each "
-                   "(Kingma's scheme; overrides --batch-size/--labelled-batch-size)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--adam-betas", type=float, nargs=2)
     p.add_argument("--defer-test", action="store_true",
                    help="an invocation stopped by --max-minutes before --epochs reports no test "
                    "error (the test set is read once, when the run finishes; for runs resumed "
@@ -108,9 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr-decay", type=float, default=1.0, help="lr factor per epoch")
     p.add_argument("--jit", action="store_true")
     add_run_arguments(p, out="runs/m2_mnist")
-    known, _ = p.parse_known_args(argv)
-    p.set_defaults(**m2_family.preset_options(known.preset))
-    return p.parse_args(argv)
+    m2_family.add_options(p)
+    return argparse.Namespace(**m2_family.resolve(vars(p.parse_args(argv))))
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -43,20 +43,10 @@ def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10)
                         choices=["mnist", "fashion-mnist", "digits", *COLOUR_DATASETS],
                         help="svhn (32x32) and celeba (64x64) are colour images, never binarised")
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
-    family.add_model_options(parser)
-    parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
-    parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[400], help="hidden widths")
-    parser.add_argument("--activation", default="relu")
-    parser.add_argument("--likelihood", default="bernoulli",
-                        choices=["bernoulli", "gaussian", "gaussian_learned"],
-                        help="bernoulli: binarised grey images (colour images: their levels "
-                        "in [0, 1] as continuous targets); Gaussians: levels in [0, 1]")
-    parser.add_argument("--sigma", type=float, default=0.1, help="sigma of --likelihood gaussian")
+    family.add_options(parser)
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--train-size", type=int, default=None, help="first N training images")
-    parser.add_argument("--test-size", type=int, default=None, help="first N test images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validate", action="store_true", help="Pyro validation (slower)")
     add_run_arguments(parser, out, threads=1)

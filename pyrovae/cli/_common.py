@@ -137,18 +137,15 @@ def add_family_parser(
     return parser, actions, train
 
 
-def add_train_basics(parser: argparse.ArgumentParser, out: str, epochs: int | None,
-                     preset: bool = False) -> None:
-    """``--epochs``, ``--batch-size``, ``--lr``, ``--out`` and the device, seed, data options;
-    with ``preset`` the first three default to the ``--preset``'s (None)."""
-    batch_size, lr = (None, None) if preset else (100, 1e-3)
-    shown = (lambda value: "the preset's") if preset else (lambda value: value)
-    parser.add_argument("--epochs", type=positive_int, default=epochs,
-                        help=f"training epochs (default {shown(epochs)})")
-    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
-                        help=f"images per step and process (default {shown(100)})")
-    parser.add_argument("--lr", type=positive_float, default=lr,
-                        help=f"Adam step (default {shown(1e-3)})")
+def add_train_basics(parser: argparse.ArgumentParser, out: str, epochs: int | None) -> None:
+    """``--epochs`` (unless ``epochs`` is None: the family declares it), ``--batch-size``,
+    ``--lr``, ``--out`` and the device, seed, data options."""
+    if epochs is not None:
+        parser.add_argument("--epochs", type=positive_int, default=epochs,
+                            help=f"training epochs (default {epochs})")
+        parser.add_argument("--batch-size", type=positive_int, default=100,
+                            help="images per step and process (default 100)")
+        parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam step (1e-3)")
     parser.add_argument("--out", default=out,
                         help=f"run folder: checkpoints, options.json, train.json (default {out})")
     add_device_seed(parser)

@@ -22,7 +22,6 @@ from pyrovae.data.mnist import canonical_name
 from pyrovae.infer.classification import validation_callback
 from pyrovae.runs import folder
 from pyrovae.runs import m2 as family
-from pyrovae.runs.m2_presets import PRESETS
 
 logger = logging.getLogger(__name__)
 FAMILY = "m2"
@@ -30,14 +29,6 @@ FAMILY = "m2"
 #: Kingma et al. (2014)'s SVHN experiment.
 DEFAULT_SPLIT = {"mnist": (100, 10_000), "fashion-mnist": (100, 10_000), "digits": (50, 200),
                  "svhn": (1000, 10_000)}
-
-
-#: ``train``'s options that default to the preset's.
-TRAIN_PRESET_OPTIONS = ("latent_dim", "hidden_sizes", "arch", "classifier_arch", "activation",
-                        "alpha_factor", "epochs", "batch_size", "labelled_batch_size", "lr")
-_DEFAULTS = ", ".join(f"{key} {value}" for key, value in
-                      family.preset_options(family.DEFAULT_PRESET).items()
-                      if key in TRAIN_PRESET_OPTIONS)
 
 
 def m2_images(model, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -55,12 +46,15 @@ def train(args: argparse.Namespace) -> int:
         )
     n_labelled, n_validation = DEFAULT_SPLIT[dataset]
     out, options = common.start_training(
-        args, FAMILY, ("preset", "limit", "seed", *TRAIN_PRESET_OPTIONS), dataset=dataset,
+        args, FAMILY, ("preset", "limit", "seed", *family.PRESET_OPTIONS), dataset=dataset,
         n_labelled=args.n_labelled if args.n_labelled is not None else n_labelled,
         n_validation=args.n_validation if args.n_validation is not None else n_validation,
     )
+    options = family.resolve(options)
+    args.batch_size = options["batch_size"]  # the out-of-memory message names the values
+    args.labelled_batch_size = options["labelled_batch_size"]
     with folder.releasing(out):
-        return _fit(args, out, family.resolve(options), resume=False)
+        return _fit(args, out, options, resume=False)
 
 
 def _data(options: dict[str, Any], args: argparse.Namespace, device: torch.device):
@@ -134,23 +128,8 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
                     help="validation images (default 10000; digits 200)")
     tr.add_argument("--limit", type=common.positive_int, default=None,
                     help="first N training and test images (default all)")
-    tr.add_argument("--preset", default=family.DEFAULT_PRESET, choices=PRESETS,
-                    help="the recipe whose settings the options below default to (default "
-                    f"{family.DEFAULT_PRESET}: {_DEFAULTS}; see pyrovae.runs.m2_presets)")
-    tr.add_argument("--latent-dim", type=common.positive_int, default=None, help="K")
-    tr.add_argument("--hidden-sizes", type=common.positive_int, nargs="+", default=None,
-                    help="hidden widths of every network")
-    tr.add_argument("--arch", default=None, choices=["mlp", "conv"],
-                    help="networks of q(z|x,y) and p(x|y,z): mlp or conv (e.g. 28x28 grey or "
-                    "32x32 colour)")
-    tr.add_argument("--classifier-arch", default=None, choices=["mlp", "conv"],
-                    help="network of q(y|x): mlp or conv")
-    tr.add_argument("--activation", default=None, help="nonlinearity")
-    tr.add_argument("--alpha-factor", type=common.positive_float, default=None,
-                    help="classifier weight alpha = factor x N_train")
-    tr.add_argument("--labelled-batch-size", type=common.positive_int, default=None,
-                    help="labelled images per step")
-    common.add_train_basics(tr, out="runs/m2", epochs=None, preset=True)
+    family.add_options(tr)
+    common.add_train_basics(tr, out="runs/m2", epochs=None)
     tr.set_defaults(run=train, memory_options=("--batch-size", "--labelled-batch-size"))
 
     re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))

@@ -103,29 +103,12 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
         train_description="Train a VAE with pyrovae.fit; the run folder gets last.pt "
         "(resumable), options.json and train.json.",
     )
-    family.add_model_options(tr)
+    family.add_options(tr)
     tr.add_argument("--latent-dim", type=common.positive_int, default=20, help="K (default 20)")
-    tr.add_argument("--hidden-sizes", type=common.positive_int, nargs="+", default=[400],
-                    help="hidden widths of the encoder; the decoder mirrors them (default 400)")
-    tr.add_argument("--arch", default="mlp", choices=["mlp", "conv"],
-                    help="mlp (default) or conv (e.g. 28x28 grey, 32x32 or 64x64 colour)")
-    tr.add_argument("--image-size", type=int, default=64, choices=[32, 64],
-                    help="celeba only: pixels a side (default 64)")
-    tr.add_argument("--activation", default="relu", help="nonlinearity (default relu)")
-    tr.add_argument("--likelihood", default="bernoulli",
-                    choices=["bernoulli", "gaussian", "gaussian_learned"],
-                    help="bernoulli (default): dynamically binarised grey images, colour "
-                    "images as they are; Gaussians: grey levels")
-    tr.add_argument("--sigma", type=common.positive_float, default=0.1,
-                    help="noise of --likelihood gaussian (0.1)")
     tr.add_argument("--objective", default="elbo", choices=["elbo", "iwae"],
                     help="elbo (default) or iwae (with --num-particles K)")
     tr.add_argument("--num-particles", type=common.positive_int, default=1,
                     help="samples per image, vectorised (default 1)")
-    tr.add_argument("--train-size", type=common.positive_int, default=None,
-                    help="first N training images (default all)")
-    tr.add_argument("--test-size", type=common.positive_int, default=None,
-                    help="first N test images (default all)")
     tr.add_argument("--eval-every", type=common.positive_int, default=1,
                     help="epochs between test ELBO evaluations (default 1)")
     common.add_train_basics(tr, out="runs/vae", epochs=10)

@@ -9,6 +9,7 @@ preset's".
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Any
 
@@ -20,8 +21,9 @@ from pyrovae.infer import param_scope
 from pyrovae.infer.classification import accuracy
 from pyrovae.infer.evaluation import evaluate
 from pyrovae.models.m2 import M2
-from pyrovae.runs.data import channels_first, semi_supervised_set
-from pyrovae.runs.m2_presets import M2Preset, m2_preset
+from pyrovae.runs.data import BINARIZATIONS, channels_first, semi_supervised_set
+from pyrovae.runs.launch import positive_float, positive_int
+from pyrovae.runs.m2_presets import PRESETS, M2Preset, m2_preset
 
 DEFAULT_PRESET = "pyrovae"
 #: Options a preset sets, and where in `M2Preset` each lives.
@@ -32,6 +34,40 @@ RECIPE_OPTIONS = {"binarization": "input", "alpha_factor": "alpha_factor",
                   "batch_size": "batch_size", "labelled_batch_size": "labelled_batch_size",
                   "epochs": "epochs", "batches_per_epoch": "batches_per_epoch"}
 PRESET_OPTIONS = (*MODEL_OPTIONS, *RECIPE_OPTIONS)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """``--preset`` and `PRESET_OPTIONS` as flags (default None: the preset's), for
+    ``pyrovae m2 train`` and ``experiments.m2.mnist`` alike."""
+    add = parser.add_argument
+    add("--preset", default=DEFAULT_PRESET, choices=PRESETS,
+        help=f"the recipe the options below default to (default {DEFAULT_PRESET}: "
+        f"{', '.join(f'{k} {v}' for k, v in preset_options(DEFAULT_PRESET).items())}; "
+        "conv_relu: experiments.m2.mnist's default before presets; see pyrovae.runs.m2_presets)")
+    add("--latent-dim", type=positive_int, help="K")
+    add("--hidden-sizes", type=positive_int, nargs="+", help="hidden widths of every network")
+    add("--arch", choices=["mlp", "conv"], help="networks of q(z|x,y) and p(x|y,z): mlp or conv "
+        "(e.g. 28x28 grey or 32x32 colour)")
+    add("--classifier-arch", choices=["mlp", "conv"], help="network of q(y|x): mlp or conv")
+    add("--activation", help="nonlinearity")
+    add("--alpha-factor", type=positive_float, help="classifier weight alpha = factor x N_train")
+    add("--alpha-per-labelled", type=positive_float,
+        help="alpha = this x N_labelled instead (Pyro's aux-loss multiplier)")
+    add("--labelled-weight", help="weight of the supervised bound: a number, or 'balanced' = "
+        "N_u / N_l")
+    add("--init-scale", type=positive_float, help="redraw every parameter from N(0, s^2) after "
+        "construction (Kingma et al.: 1e-3); unset: PyTorch's initialisation")
+    add("--analytic-kl", action=argparse.BooleanOptionalAction,
+        help="KL(q(z|x,y) || p(z)) in closed form (Kingma's code)")
+    add("--binarization", choices=BINARIZATIONS, help="training images binarised afresh every "
+        "epoch, once, or kept as grey levels (the papers' input, allow_continuous=True)")
+    add("--epochs", type=positive_int, help="training epochs (at most, with a time budget)")
+    add("--batch-size", type=positive_int, help="unlabelled images per step and process")
+    add("--labelled-batch-size", type=positive_int, help="labelled images per step")
+    add("--batches-per-epoch", type=positive_int, help="cut the unlabelled and the labelled set "
+        "into this many batches each (Kingma's scheme; overrides the batch sizes)")
+    add("--lr", type=positive_float, help="Adam's learning rate")
+    add("--adam-betas", type=float, nargs=2, help="Adam's betas")
 
 
 def preset_options(name: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from pyrovae.infer.evaluation import elbo_terms, evaluate
 from pyrovae.models.vae import VAE
 from pyrovae.runs.data import COLOUR_DATASETS, ImageSet, channels_first, image_set
+from pyrovae.runs.launch import positive_float, positive_int
 
 #: ``--model`` name -> (the class, its options beyond the VAE's: name -> (type, default, help)).
 MODELS: dict[str, tuple[type[VAE], dict[str, tuple[type, Any, str]]]] = {"vae": (VAE, {})}
@@ -45,11 +46,25 @@ def data(options: dict[str, Any], **where: Any) -> ImageSet:
                      **{**sizes, **where})
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model`` (one of `MODELS`) and the options of every model in `MODELS`: for
-    ``pyrovae vae train`` and the ``experiments/vae`` scripts alike."""
-    parser.add_argument("--model", default="vae", choices=sorted(MODELS),
-                        help="which VAE (default vae)")
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a VAE run that ``pyrovae vae train`` and the ``experiments/vae``
+    scripts share (each adds ``--latent-dim`` with its own default): the model (`MODELS`'
+    ``--model`` and its options), its networks and likelihood, the data's sizes."""
+    add = parser.add_argument
+    add("--arch", default="mlp", choices=["mlp", "conv"],
+        help="mlp (default) or conv (e.g. 28x28 grey, 32x32 or 64x64 colour)")
+    add("--hidden-sizes", type=positive_int, nargs="+", default=[400],
+        help="hidden widths of the encoder; the decoder mirrors them (default 400)")
+    add("--activation", default="relu", help="nonlinearity (default relu)")
+    add("--likelihood", default="bernoulli", choices=["bernoulli", "gaussian", "gaussian_learned"],
+        help="bernoulli (default): dynamically binarised grey images, colour images as they "
+        "are; Gaussians: grey levels")
+    add("--sigma", type=positive_float, default=0.1, help="noise of --likelihood gaussian (0.1)")
+    add("--image-size", type=int, default=64, choices=[32, 64],
+        help="celeba only: pixels a side (default 64)")
+    add("--train-size", type=positive_int, default=None, help="first N training images (all)")
+    add("--test-size", type=positive_int, default=None, help="first N test images (all)")
+    add("--model", default="vae", choices=sorted(MODELS), help="which VAE (default vae)")
     for name, (_, own) in MODELS.items():
         for option, (kind, default, about) in own.items():
             parser.add_argument(f"--{option.replace('_', '-')}", type=kind, default=default,
