@@ -27,6 +27,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    to_plain,
 )
 from .options import Checkpointing
 
@@ -90,7 +91,9 @@ def _name(value: Any) -> Any:
 
 
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple]:
-    """``key -> (stored, new)`` for settings in both that differ (old checkpoints hold fewer)."""
+    """``key -> (stored, new)`` for settings in both that differ (old checkpoints hold fewer);
+    ``new`` is compared as a checkpoint stores it (`to_plain`: a user's network by its class)."""
+    new = {key: to_plain(value, key) for key, value in new.items()}
     return {
         key: (stored[key], new[key])
         for key in CONFIG_KEYS
