@@ -47,6 +47,8 @@ CONFIG_KEYS = (
     "batch_size",
     "seed",
 )
+#: What a checkpoint written by ``fit`` holds beyond the model (what resuming needs).
+_RUN_KEYS = ("optimizer_state", "rng_state", "epoch", "step", "step_in_epoch")
 #: Keys whose change makes the current epoch's batches differ, so a run resumed mid-epoch
 #: restarts that epoch.
 _PLAN_KEYS = ("data", "batch_size", "seed")
@@ -195,6 +197,12 @@ def restore_run(
             in ``allow``; the message lists every difference and the way to accept them.
     """
     payload = read_checkpoint(path, map_location=device)
+    missing = [key for key in _RUN_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds no training run ({', '.join(missing)} "
+            "missing); a file written by save_checkpoint is for load_checkpoint only"
+        )
     stored = payload.get("fit_config") or {}
     changed = config_differences(stored, config)
     refused = {k: v for k, v in changed.items() if k not in allow}
@@ -206,7 +214,13 @@ def restore_run(
             "settings, or resume=False to start afresh"
         )
     if pair.module is not None:
-        pair.module.load_state_dict(payload["model_state"])
+        try:
+            pair.module.load_state_dict(payload["model_state"])
+        except (KeyError, RuntimeError) as err:  # missing or mis-shaped weights
+            first = str(err).strip().splitlines()[-1].strip() if str(err).strip() else ""
+            raise CheckpointError(
+                f"cannot resume from {path}: its weights do not fit the model ({first})"
+            ) from None
     else:
         pyro.get_param_store().set_state(payload["param_store"])
     if "optimizer" in changed:
