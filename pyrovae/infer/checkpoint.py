@@ -24,6 +24,7 @@ name in the file is looked up, never imported.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -44,6 +45,31 @@ READABLE_FORMATS = (1, 2)
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: unreadable, corrupted, or not a pyrovae checkpoint."""
+
+
+#: ``errno`` values of a write that found no room: a full disk, a file-size limit, a quota.
+NO_ROOM = tuple(getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EDQUOT")
+                if hasattr(errno, name))
+
+
+class DiskFullError(OSError):
+    """A file could not be written for lack of room; the file at its path is unchanged."""
+
+    def __str__(self) -> str:
+        return (f"{self.strerror} while writing {self.filename}: the file there before is "
+                "unchanged")
+
+
+def no_room(err: BaseException | None) -> OSError | None:
+    """The ``OSError`` of a full disk (or file-size limit, or quota) behind ``err``, if any:
+    torch's zip writer re-raises one as a ``RuntimeError`` whose context it is."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in NO_ROOM:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def rng_state() -> dict[str, Any]:
@@ -73,7 +99,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    Raises:
+        DiskFullError: no room for the file (a full disk, a file-size limit, a quota); the
+            file at ``path`` is unchanged and no temporary file is left.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -83,6 +114,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        full = no_room(err)
+        if full is None:
+            raise
+        raise DiskFullError(full.errno, os.strerror(full.errno), str(path)) from err
     finally:
         if tmp.exists():
             tmp.unlink()
