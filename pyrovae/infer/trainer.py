@@ -288,6 +288,11 @@ class _Run:
                 source, pair, self.optimizer_state, self.device, self.config, allow,
                 rank=self.rank,
             )
+            if self.state.epoch > self.schedule.epochs:  # else a silent no-op
+                raise ValueError(
+                    f"epochs={self.schedule.epochs} is fewer than the {self.state.epoch} epochs "
+                    f"{source} has done: give a larger total to train on"
+                )
             logger.info(
                 "resumed from %s at epoch %d step %d", source, self.state.epoch, self.state.step
             )
