@@ -22,6 +22,8 @@ import pyrovae.cli._common as common
 from pyrovae import save_checkpoint
 from pyrovae.cli import main
 from pyrovae.data import DynamicBinarized, binarize, load_dataset
+from pyrovae.infer.checkpoint import payload_digest
+from pyrovae.models import SMILESVAE
 from pyrovae.models.vae import VAE
 
 CLI_PAGE = REPO / "docs" / "cli.md"
@@ -34,11 +36,14 @@ def table_rows(prefix: str) -> list[tuple[str, str, str]]:
 
 
 COMMAND_ROWS = table_rows("pyrovae ")
-PYTHON_ROWS = table_rows(("load_dataset", "DynamicBinarized"))
+PYTHON_ROWS = table_rows(("load_dataset", "DynamicBinarized", "SMILESVAE"))
+FAULT_ROW = re.compile(r"^\| (.+?) \| (\d+) \| `(.+)` \|$")
+FAULT_ROWS = {m.group(1): (int(m.group(2)), m.group(3))
+              for m in map(FAULT_ROW.match, CLI_PAGE.read_text().splitlines()) if m}
 
 
 def test_the_tables_are_read():
-    assert len(COMMAND_ROWS) >= 20 and len(PYTHON_ROWS) == 4
+    assert len(COMMAND_ROWS) >= 28 and len(PYTHON_ROWS) == 5 and len(FAULT_ROWS) == 6
 
 
 @pytest.fixture
@@ -81,13 +86,43 @@ def places(tmp_path, monkeypatch):
     monkeypatch.setattr("pyrovae.cli.ppca.fit", out_of_memory)
     empty = tmp_path / "empty"
     empty.mkdir()
-    yield {**yield_places, "DIR": empty}
+    yield {**yield_places, "DIR": empty, **crafted_places(tmp_path)}
     readonly.chmod(0o755)
 
 
+class WritesMarker:
+    """Unpickling this calls ``open(path, "w")``: a file that would prove code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def crafted_places(tmp_path) -> dict:
+    """``VAERUN`` (a VAE run's options), ``BADRUN`` (a damaged options.json), ``EVIL`` (pickled
+    code), ``FOREIGN`` (a valid file naming ``subprocess.run``), ``VAE784`` (an MNIST-sized VAE).
+    """
+    vae_run, bad_run = tmp_path / "vae_run", tmp_path / "bad_run"
+    for folder, text in [(vae_run, '{"family": "vae"}'), (bad_run, "garbage")]:
+        folder.mkdir()
+        (folder / "options.json").write_text(text)
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": 2, "x": WritesMarker(tmp_path / "code_ran")}, evil)
+    foreign = tmp_path / "foreign.pt"
+    payload = {"format": 2, "model_class": "subprocess.run",
+               "model_config": {"args": ["touch", str(tmp_path / "code_ran")]},
+               "model_state": {}, "fit_config": {"user": {"family": "vae"}}}
+    torch.save({**payload, "sha256": payload_digest(payload)}, foreign)
+    vae784 = save_checkpoint(tmp_path / "vae784.pt", VAE(784, 2, hidden_sizes=[8]))
+    return {"VAERUN": vae_run, "BADRUN": bad_run, "EVIL": evil, "FOREIGN": foreign,
+            "VAE784": vae784, "MARKER": tmp_path / "code_ran"}
+
+
 def substitute(text: str, places: dict) -> str:
-    return re.sub(r"\b(FILE|DIR|RUN|READONLY|MISSING|BAD|TORCH)\b",
-                  lambda m: str(places[m.group(1)]), text)
+    return re.sub(r"\b(FILE|DIR|RUN|READONLY|MISSING|BAD|TORCH|VAERUN|BADRUN|EVIL|FOREIGN|"
+                  r"VAE784|OUT)\b", lambda m: str(places[m.group(1)]), text)
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
@@ -111,6 +146,7 @@ def test_command_line_error_is_the_documented_line(what, command, message, place
         assert err.startswith(expected[:-3]), err
     else:
         assert err == expected
+    assert not places["MARKER"].exists()  # no crafted checkpoint ran its code
 
 
 @pytest.mark.parametrize("what, call, message", PYTHON_ROWS, ids=[r[0] for r in PYTHON_ROWS])
@@ -119,7 +155,9 @@ def test_library_error_is_the_documented_message(what, call, message):
         pytest.skip("this machine has a GPU")
     x = torch.linspace(0, 1, 12).reshape(3, 4)
     namespace = dict(x=x, x_uint8=(255 * x).to(torch.uint8), load_dataset=load_dataset,
-                     DynamicBinarized=DynamicBinarized)
+                     DynamicBinarized=DynamicBinarized, SMILESVAE=SMILESVAE,
+                     vocab=["<pad>", "<bos>", "<eos>", "C", "O"],
+                     tokens_with_id_7=torch.tensor([[1, 3, 7, 2]]), lengths=torch.tensor([3]))
     with pytest.raises(ValueError) as raised:
         eval(call, namespace)
     assert str(raised.value) == substitute(message, {"TORCH": torch.__version__})

@@ -51,8 +51,8 @@ def disk_full_message(args: argparse.Namespace, err: OSError) -> str:
         return f"{what}; free some space and run the command again"
     if not (out / "last.pt").exists():
         return f"{what}; no checkpoint was written in {out}: free some space and start again"
-    return (f"{what}; the previous checkpoint {out / 'last.pt'} is intact: free some space, "
-            f"then continue with {_resume_hint(args, out)}")
+    return (f"{what}; the checkpoints already in {out} are intact: free some space, then "
+            f"continue with {_resume_hint(args, out)}")
 
 
 def unforeseen_message(err: BaseException) -> str:

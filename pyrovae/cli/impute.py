@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if data.data_dim != model.data_dim:  # else a shape error that names no option
         raise common.UsageError(
             f"--checkpoint {args.checkpoint} holds a VAE of images of {model.data_dim} values, "
-            f"and {data.name}'s have {data.data_dim}: give the --dataset it was trained on"
+            f"and the images of {data.name} have {data.data_dim}: give the --dataset it was "
+            "trained on"
         )
     height, width = data.image_shape
     if height != width:
