@@ -20,6 +20,7 @@ import sys
 
 from pyrovae.cli import impute, m2, ppca, vae
 from pyrovae.cli._common import OneLineParser, is_out_of_memory, out_of_memory_message
+from pyrovae.cli.arguments import refuse_unused_options
 from pyrovae.cli.faults import (
     INTERRUPTED,
     RUN_FAULT,
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pyrovae").setLevel(args.log_level)
     try:
+        refuse_unused_options(args, sys.argv[1:] if argv is None else argv)
         return args.run(args)
     except KeyboardInterrupt:
         return _fail(interrupted_message(args), status=INTERRUPTED)

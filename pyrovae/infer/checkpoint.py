@@ -291,6 +291,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             a pyrovae checkpoint; the one-line message names the path.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: give one of the "
+                              f"files in it, such as {path / 'last.pt'}")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.stat().st_size == 0:
