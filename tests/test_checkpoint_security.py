@@ -202,3 +202,31 @@ def test_a_saved_checkpoint_holds_plain_values_only(tmp_path):
         import datetime
 
         pyrovae.save_checkpoint(tmp_path / "x.pt", None, config={"when": datetime.date.today()})
+
+
+EXPERIMENTS = [
+    ("experiments.vae.evaluate", "--checkpoints"),
+    ("experiments.uses.denoise", "--checkpoint"),
+    ("experiments.uses.impute", "--checkpoint"),
+    ("experiments.smiles.evaluate", "--checkpoint"),
+    ("experiments.m2.figures", "--checkpoint"),
+    ("experiments.m2.m1_baseline", "--m1"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, option", EXPERIMENTS, ids=[e[0] for e in EXPERIMENTS])
+def test_experiment_scripts_run_nothing_from_a_checkpoint(script, option, tmp_path):
+    """The scripts load through pyrovae.load_checkpoint: refused before anything is called
+    (their error is the library's CheckpointError; its one-line form is the scripts' concern)."""
+    marker = tmp_path / "code_ran"
+    path = craft("reduce_zip", tmp_path / "evil.pt", marker)
+    result = subprocess.run(
+        [sys.executable, "-m", script, option, str(path), "--out", str(tmp_path / "out"),
+         "--device", "cpu"],
+        capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode != 0
+    assert f"checkpoint {path} holds a pickled" in result.stderr
+    assert not marker.exists()
