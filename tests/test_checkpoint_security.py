@@ -230,3 +230,47 @@ def test_experiment_scripts_run_nothing_from_a_checkpoint(script, option, tmp_pa
     assert result.returncode != 0
     assert f"checkpoint {path} holds a pickled" in result.stderr
     assert not marker.exists()
+
+
+def test_a_param_store_checkpoint_is_plain_and_resumes(tmp_path):
+    """Model and guide given as functions: the param store's constraints are stored by class
+    name and rebuilt from torch's and Pyro's constraint modules only."""
+    import pyro
+    import pyro.distributions as dist
+    from torch.distributions import constraints
+
+    from pyrovae.infer.checkpoint import CONSTRAINT_MARKER, param_store_state
+
+    x = torch.randn(40, 2) + 3.0
+
+    def model(x, subsample=None):
+        loc = pyro.param("loc", torch.zeros(2))
+        scale = pyro.param("scale", torch.ones(2), constraint=constraints.positive)
+        with pyro.plate("data", x.shape[0], subsample=subsample):
+            pyro.sample("x", dist.Normal(loc, scale).to_event(1), obs=x if subsample is None
+                        else x[subsample])
+
+    def guide(x, subsample=None):
+        pass
+
+    fit(model, x, guide=guide, epochs=2, batch_size=20, lr=0.05, checkpoint_dir=tmp_path)
+    payload = read_checkpoint(tmp_path / "last.pt")
+    assert payload["param_store"]["constraints"]["scale"][CONSTRAINT_MARKER].endswith(
+        "_GreaterThan")
+    state = param_store_state(payload)
+    assert state["constraints"]["scale"].lower_bound == 0.0
+    pyro.clear_param_store()
+    fit(model, x, guide=guide, epochs=3, batch_size=20, lr=0.05, checkpoint_dir=tmp_path,
+        resume=True)
+    pyro.clear_param_store()
+    fit(model, x, guide=guide, epochs=3, batch_size=20, lr=0.05,
+        checkpoint_dir=tmp_path / "straight")
+    resumed, straight = (read_checkpoint(p / "last.pt") for p in (tmp_path, tmp_path / "straight"))
+    assert resumed["epoch"] == 3
+    for name, value in straight["param_store"]["params"].items():  # resumed exactly
+        assert torch.equal(resumed["param_store"]["params"][name], value), name
+
+    forged = {**payload, "param_store": {"params": {}, "constraints": {
+        "scale": {CONSTRAINT_MARKER: "os.system", "attributes": {}}}}}
+    with pytest.raises(CheckpointError, match="'os.system', which is not one of torch's"):
+        param_store_state(forged)

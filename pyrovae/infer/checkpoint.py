@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 import pyro
+import pyro.distributions.constraints
 import torch
+from torch.distributions import constraints
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -191,6 +193,8 @@ def class_path(obj: Any) -> str:
 
 #: The key of the dictionary that stands for a user's own network in a saved model config.
 NETWORK_MARKER = "pyrovae_user_network"
+#: The key of the dictionary that stands for a distribution constraint (of a Pyro param).
+CONSTRAINT_MARKER = "pyrovae_constraint"
 _SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device,
             torch.Size)
 
@@ -218,6 +222,8 @@ def to_plain(obj: Any, where: str = "value") -> Any:
         return os.fspath(obj)
     if isinstance(obj, torch.nn.Module):
         return {NETWORK_MARKER: class_path(obj)}
+    if isinstance(obj, constraints.Constraint):  # a Pyro param store's constraints
+        return {CONSTRAINT_MARKER: class_path(obj), "attributes": to_plain(vars(obj), where)}
     if isinstance(obj, Mapping):
         return {key: to_plain(value, f"{where}[{key!r}]") for key, value in obj.items()}
     if isinstance(obj, (set, frozenset)):
@@ -229,6 +235,36 @@ def to_plain(obj: Any, where: str = "value") -> Any:
         f"a checkpoint holds plain values only (tensors, numbers, strings, lists, dicts), and "
         f"{where} is a {class_path(obj)}; convert it to one of those first"
     )
+
+
+def constraint_from_plain(value: Any) -> Any:
+    """``value`` with each stored constraint (`to_plain`'s form) rebuilt; a class outside
+    torch's and Pyro's constraint modules is a `CheckpointError`."""
+    if isinstance(value, dict) and CONSTRAINT_MARKER in value:
+        module_name, _, name = str(value[CONSTRAINT_MARKER]).rpartition(".")
+        module = import_constraints(module_name)
+        cls = getattr(module, name, None) if module is not None else None
+        if not (isinstance(cls, type) and issubclass(cls, constraints.Constraint)):
+            raise CheckpointError(f"a checkpoint names the constraint {value[CONSTRAINT_MARKER]!r}"
+                                  ", which is not one of torch's or Pyro's")
+        rebuilt = cls.__new__(cls)
+        rebuilt.__dict__.update(constraint_from_plain(value.get("attributes", {})))
+        return rebuilt
+    if isinstance(value, dict):
+        return {key: constraint_from_plain(item) for key, item in value.items()}
+    return value
+
+
+def import_constraints(name: str):
+    """The constraint module ``name`` if it is torch's or Pyro's (never any other import)."""
+    return {"torch.distributions.constraints": constraints,
+            "pyro.distributions.constraints": pyro.distributions.constraints}.get(name)
+
+
+def param_store_state(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's Pyro param store (model and guide given as functions), constraints
+    rebuilt, for ``pyro.get_param_store().set_state(...)``."""
+    return constraint_from_plain(payload["param_store"])
 
 
 def save_checkpoint(path: str | os.PathLike, module: torch.nn.Module | None, **extra: Any) -> Path:
@@ -351,7 +387,7 @@ def build_model(
     if name is None:
         raise ValueError(
             "this checkpoint holds a Pyro param store (a model/guide given as functions), not a "
-            "module: use read_checkpoint() and pyro.get_param_store().set_state(...)"
+            "module: use pyro.get_param_store().set_state(param_store_state(read_checkpoint(...)))"
         )
     config = payload.get("model_config")
     if config is None:

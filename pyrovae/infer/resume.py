@@ -23,6 +23,7 @@ from .callbacks import History
 from .checkpoint import (
     CheckpointError,
     keep_previous,
+    param_store_state,
     read_checkpoint,
     rng_state,
     save_checkpoint,
@@ -222,7 +223,7 @@ def restore_run(
                 f"cannot resume from {path}: its weights do not fit the model ({first})"
             ) from None
     else:
-        pyro.get_param_store().set_state(payload["param_store"])
+        _restore_param_store(param_store_state(payload))
     if "optimizer" in changed:
         logger.info("optimizer changed on resume: its state is not restored")
     else:
@@ -248,6 +249,20 @@ def restore_run(
             )
             state.step_in_epoch, state.step_losses = 0, None
     return state
+
+
+def _restore_param_store(state: dict[str, Any]) -> None:
+    """Load a saved param store into the live one. Parameters that exist already (the
+    optimiser holds them) take the saved values in place: ``set_state`` would replace them
+    with new tensors, which the optimiser would never update."""
+    store = pyro.get_param_store()
+    live = store.get_state()["params"]
+    if not set(state["params"]) <= set(live):
+        store.set_state(state)
+        return
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            live[name].copy_(value.to(live[name].device))
 
 
 def _rank_rng(payload: dict, rank: int, seed: int) -> dict:
