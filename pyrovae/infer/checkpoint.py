@@ -226,8 +226,8 @@ def to_plain(obj: Any, where: str = "value") -> Any:
         return {CONSTRAINT_MARKER: class_path(obj), "attributes": to_plain(vars(obj), where)}
     if isinstance(obj, Mapping):
         return {key: to_plain(value, f"{where}[{key!r}]") for key, value in obj.items()}
-    if isinstance(obj, (set, frozenset)):
-        return sorted(to_plain(value, where) for value in obj)
+    if isinstance(obj, (set, frozenset)):  # a list in one order: a set's order varies by run
+        return sorted((to_plain(value, where) for value in obj), key=repr)
     if isinstance(obj, (list, tuple)):
         plain = [to_plain(value, f"{where}[{i}]") for i, value in enumerate(obj)]
         return plain if isinstance(obj, list) else tuple(plain)
