@@ -414,3 +414,31 @@ def test_an_unforeseen_error_is_one_line_and_its_traceback_is_there_with_v(monke
         expected[1].replace("...", "something pyrovae did not foresee")]
     with pytest.raises(RuntimeError, match="did not foresee"):
         main(["-v", *argv[:-2], "--out", str(tmp_path / "again")])
+
+
+def test_vae_resume_of_an_m2_run_names_the_family_found(tmp_path, capsys):
+    """The reverse of the table's row (m2 resume of a VAE run): it was a KeyError."""
+    (tmp_path / "options.json").write_text('{"family": "m2"}')
+    status, err = run_in_process(["vae", "resume", "--out", str(tmp_path)], capsys)
+    assert (status, err) == (2, f"pyrovae: error: --out {tmp_path} holds a run of 'pyrovae m2 "
+                                f"train', not of 'pyrovae vae train': continue it with 'pyrovae "
+                                f"m2 resume --out {tmp_path}'")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_smiles_ids_outside_the_vocabulary_are_a_data_error_in_training(device):
+    """Before the embedding sees them: on a GPU an out-of-range id is a device-side assert,
+    which poisons the CUDA context, not an exception."""
+    from pyro.infer import Trace_ELBO
+
+    from pyrovae.infer import param_scope
+    from pyrovae.models import DataError
+
+    model = SMILESVAE(["<pad>", "<bos>", "<eos>", "C", "O"], latent_dim=2, hidden_size=8,
+                      encoder_hidden_size=8, embedding_dim=4).to(device)
+    tokens = torch.tensor([[1, 3, 4, 2], [1, 9, 2, 0]], device=device)
+    lengths = torch.tensor([3, 2], device=device)
+    with pytest.raises(DataError) as caught, param_scope(model):
+        Trace_ELBO().loss(model.model, model.guide, tokens, lengths)
+    assert str(caught.value).startswith("tokens hold ids 0..9, outside this model's vocabulary")
