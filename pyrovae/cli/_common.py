@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from pyrovae.cli import arguments
 from pyrovae.cli._train import COLOUR_DATASETS, save_grid
 from pyrovae.infer import History, distributed, fit, load_checkpoint
 from pyrovae.infer.checkpoint import read_checkpoint
@@ -116,7 +117,7 @@ def add_device_seed(parser: argparse.ArgumentParser) -> None:
         "--device", default=None,
         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)",
     )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
+    parser.add_argument("--seed", type=arguments.seed, default=0, help="seed (default 0)")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -161,8 +162,10 @@ def check_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     Called before any training, so a bad ``--out`` never costs a run.
 
     Raises:
-        UsageError: ``path`` is a file, lies under a file, or is not writable.
+        UsageError: ``path`` is empty, is a file, lies under a file, or is not writable.
     """
+    if not str(path).strip():  # Path("") is the current folder
+        raise UsageError(f"{option} is empty; give a folder")
     path = Path(path)
     for parent in [path, *path.parents]:
         if parent.exists() and not parent.is_dir():
@@ -181,6 +184,8 @@ def check_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
 
 def check_writable_file(path: str | os.PathLike, option: str = "--out") -> Path:
     """Check that the file ``path`` can be written (its folder is created), before any work."""
+    if not str(path).strip():
+        raise UsageError(f"{option} is empty; give a file name")
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder; give a file name such as samples.png")
@@ -275,7 +280,18 @@ def read_options(out: str | os.PathLike, command: str) -> dict[str, Any]:
             f"'pyrovae {command} train --out {out}'"
         )
     check_writable_dir(out)
-    return json.loads(path.read_text())
+    try:
+        options = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not the JSON that train writes ({err})") from None
+    found = options.get("family") if isinstance(options, dict) else None
+    if found != command:
+        if found not in ("vae", "m2"):
+            raise UsageError(f"{path} names no run of 'pyrovae {command} train' to resume")
+        raise UsageError(f"--out {out} holds a run of 'pyrovae {found} train', not of 'pyrovae "
+                         f"{command} train': continue it with 'pyrovae {found} resume --out "
+                         f"{out}'")
+    return options
 
 
 #: The grey-level data sets (``impute`` takes these only).
