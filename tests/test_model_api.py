@@ -148,7 +148,12 @@ def test_vae_runs_user_networks_and_its_checkpoint_round_trips(tmp_path):
     x = torch.bernoulli(torch.full((8, 16), 0.5))
     loc, _ = vae.encode(x)
     assert torch.equal(vae.decode(loc), torch.sigmoid(vae.decoder(loc)))
-    loaded = pyrovae.load_checkpoint(pyrovae.save_checkpoint(tmp_path / "v.pt", vae))
+    path = pyrovae.save_checkpoint(tmp_path / "v.pt", vae)
+    # The file holds the networks' classes and weights, not their code: the caller builds them.
+    with pytest.raises(pyrovae.infer.CheckpointError, match=r"networks=\{'encoder': ..., "):
+        pyrovae.load_checkpoint(path)
+    loaded = pyrovae.load_checkpoint(
+        path, networks={"encoder": TinyEncoder(), "decoder": nn.Sequential(nn.Linear(2, 16))})
     assert torch.equal(loaded.decode(loc), vae.decode(loc))
 
 

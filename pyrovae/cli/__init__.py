@@ -7,6 +7,9 @@ only, ``-v`` adds debug detail; both are accepted before or after the subcommand
 
 Every bad input the user can fix ends with one line ``pyrovae: error: ...`` on stderr and exit
 status 2 (see ``docs/cli.md`` for the list); running out of memory names the option to lower.
+Every fault while a command runs ends with one line too, never a traceback (``faults``): a
+diverging loss, a full disk or an unforeseen error with exit status 1, Ctrl-C with 130; ``-v``
+shows the traceback of an unforeseen error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ import sys
 
 from pyrovae.cli import impute, m2, ppca, vae
 from pyrovae.cli._common import OneLineParser, is_out_of_memory, out_of_memory_message
+from pyrovae.cli.arguments import refuse_unused_options
+from pyrovae.cli.faults import (
+    INTERRUPTED,
+    RUN_FAULT,
+    disk_full_message,
+    interrupted_message,
+    unforeseen_message,
+)
+from pyrovae.infer.checkpoint import no_room
 from pyrovae.infer.distributed import global_rank
 from pyrovae.runs.launch import set_threads
 
@@ -62,15 +74,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pyrovae").setLevel(args.log_level)
     set_threads(getattr(args, "threads", None))
     try:
+        refuse_unused_options(args, sys.argv[1:] if argv is None else argv)
         return args.run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-        return _fail(str(err))
-    except (torch_oom_types()) as err:
-        if is_out_of_memory(err):
-            return _fail(out_of_memory_message(args))
-        raise
+    except KeyboardInterrupt:
+        return _fail(interrupted_message(args), status=INTERRUPTED)
     except FloatingPointError as err:  # NonFiniteLossError: a fault of the run, not the input
-        return _fail(f"{err}; try a lower --lr", status=1)
+        return _fail(f"{err}; try a lower --lr", status=RUN_FAULT)
+    except Exception as err:
+        return _fault(err, args)
+
+
+def _fault(err: Exception, args: argparse.Namespace) -> int:
+    """The one line (and exit status) of ``err``; an unforeseen error's traceback with -v."""
+    full = no_room(err)
+    if full is not None:  # before OSError's other kinds: a full disk is not a bad --out
+        return _fail(disk_full_message(args, full), status=RUN_FAULT)
+    if isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)):
+        return _fail(str(err))
+    if isinstance(err, torch_oom_types()) and is_out_of_memory(err):
+        return _fail(out_of_memory_message(args))
+    if args.log_level <= logging.DEBUG:
+        raise err
+    return _fail(unforeseen_message(err), status=RUN_FAULT)
 
 
 def torch_oom_types() -> tuple[type[BaseException], ...]:

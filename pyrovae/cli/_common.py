@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from pyrovae.cli import arguments
 from pyrovae.infer import History, distributed, fit, load_checkpoint
 from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.runs import folder
@@ -59,7 +60,7 @@ class OneLineParser(argparse.ArgumentParser):
 def add_device_seed(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--threads`` and ``--seed``."""
     add_device_options(parser)
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
+    parser.add_argument("--seed", type=arguments.seed, default=0, help="seed (default 0)")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

@@ -67,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
         train_size=1, test_size=args.num_images, root=args.data_root,
         download=not args.no_download, device=device,
     )
+    if data.data_dim != model.data_dim:  # else a shape error that names no option
+        raise common.UsageError(
+            f"--checkpoint {args.checkpoint} holds a VAE of images of {model.data_dim} values, "
+            f"and the images of {data.name} have {data.data_dim}: give the --dataset it was "
+            "trained on"
+        )
     height, width = data.image_shape
     if height != width:
         raise common.UsageError(f"--mask needs square images, {data.name} has {height}x{width}")

@@ -23,10 +23,12 @@ from .callbacks import History
 from .checkpoint import (
     CheckpointError,
     keep_previous,
+    param_store_state,
     read_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    to_plain,
 )
 from .options import Checkpointing
 
@@ -46,6 +48,8 @@ CONFIG_KEYS = (
     "batch_size",
     "seed",
 )
+#: What a checkpoint written by ``fit`` holds beyond the model (what resuming needs).
+_RUN_KEYS = ("optimizer_state", "rng_state", "epoch", "step", "step_in_epoch")
 #: Keys whose change makes the current epoch's batches differ, so a run resumed mid-epoch
 #: restarts that epoch.
 _PLAN_KEYS = ("data", "batch_size", "seed")
@@ -90,7 +94,9 @@ def _name(value: Any) -> Any:
 
 
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple]:
-    """``key -> (stored, new)`` for settings in both that differ (old checkpoints hold fewer)."""
+    """``key -> (stored, new)`` for settings in both that differ (old checkpoints hold fewer);
+    ``new`` is compared as a checkpoint stores it (`to_plain`: a user's network by its class)."""
+    new = {key: to_plain(value, key) for key, value in new.items()}
     return {
         key: (stored[key], new[key])
         for key in CONFIG_KEYS
@@ -192,6 +198,12 @@ def restore_run(
             in ``allow``; the message lists every difference and the way to accept them.
     """
     payload = read_checkpoint(path, map_location=device)
+    missing = [key for key in _RUN_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds no training run ({', '.join(missing)} "
+            "missing); a file written by save_checkpoint is for load_checkpoint only"
+        )
     stored = payload.get("fit_config") or {}
     changed = config_differences(stored, config)
     refused = {k: v for k, v in changed.items() if k not in allow}
@@ -203,9 +215,15 @@ def restore_run(
             "settings, or resume=False to start afresh"
         )
     if pair.module is not None:
-        pair.module.load_state_dict(payload["model_state"])
+        try:
+            pair.module.load_state_dict(payload["model_state"])
+        except (KeyError, RuntimeError) as err:  # missing or mis-shaped weights
+            first = str(err).strip().splitlines()[-1].strip() if str(err).strip() else ""
+            raise CheckpointError(
+                f"cannot resume from {path}: its weights do not fit the model ({first})"
+            ) from None
     else:
-        pyro.get_param_store().set_state(payload["param_store"])
+        _restore_param_store(param_store_state(payload))
     if "optimizer" in changed:
         logger.info("optimizer changed on resume: its state is not restored")
     else:
@@ -231,6 +249,20 @@ def restore_run(
             )
             state.step_in_epoch, state.step_losses = 0, None
     return state
+
+
+def _restore_param_store(state: dict[str, Any]) -> None:
+    """Load a saved param store into the live one. Parameters that exist already (the
+    optimiser holds them) take the saved values in place: ``set_state`` would replace them
+    with new tensors, which the optimiser would never update."""
+    store = pyro.get_param_store()
+    live = store.get_state()["params"]
+    if not set(state["params"]) <= set(live):
+        store.set_state(state)
+        return
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            live[name].copy_(value.to(live[name].device))
 
 
 def _rank_rng(payload: dict, rank: int, seed: int) -> dict:

@@ -45,7 +45,8 @@ __all__ = ["EpochEnd", "History", "NonFiniteLossError", "fit", "param_scope"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf; the message names the epoch and step."""
+    """The training loss, or a parameter, became NaN or inf; the message names the epoch and
+    step."""
 
 
 def fit(
@@ -287,6 +288,11 @@ class _Run:
                 source, pair, self.optimizer_state, self.device, self.config, allow,
                 rank=self.rank,
             )
+            if self.state.epoch > self.schedule.epochs:  # else a silent no-op
+                raise ValueError(
+                    f"epochs={self.schedule.epochs} is fewer than the {self.state.epoch} epochs "
+                    f"{source} has done: give a larger total to train on"
+                )
             logger.info(
                 "resumed from %s at epoch %d step %d", source, self.state.epoch, self.state.step
             )
@@ -314,7 +320,11 @@ class _Run:
             batches = plan.step(k)
             if self.parallel is not None:
                 self.step.weights = plan.weights(k)
-            state.step_losses[k] = self.step(tensors, batches)
+            try:
+                state.step_losses[k] = self.step(tensors, batches)
+            except ValueError as err:  # a distribution's check of diverged weights, say
+                self._check_parameters(f"in epoch {epoch}, step {k} of the epoch", err)
+                raise
             state.step += 1
             state.step_in_epoch = k + 1
             if not self.checked_subsampling:
@@ -336,7 +346,20 @@ class _Run:
                 bar.update(k + 1 - bar.n)
                 bar.set_postfix(loss=f"{float(state.step_losses[k]):.4g}")
         if at_checkpoint:
+            self._check_parameters(f"in epoch {state.epoch}, step {k} of the epoch")
             self._save(self.checkpointing.last)
+
+    def _check_parameters(self, where: str, cause: BaseException | None = None) -> None:
+        """Raise `NonFiniteLossError` if a parameter is NaN or inf (one host sync): a finite
+        last loss does not mean finite weights, and callbacks and checkpoints need them."""
+        params = [p for p in self.pair.parameters() if p.is_floating_point()]
+        if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            return
+        kept = self.checkpointing.last
+        kept = f"; the last good checkpoint is {kept}" if kept and kept.exists() else ""
+        raise NonFiniteLossError(
+            f"the parameters became NaN or inf {where} (global step {self.state.step}){kept}"
+        ) from cause
 
     def end_epoch(self, steps: int, seconds: float) -> bool:
         """The epoch's row, the callbacks, best-model selection, checkpoints; True to stop."""
@@ -353,6 +376,7 @@ class _Run:
             seconds=seconds,
         )
         state.epoch, state.step_in_epoch = epoch + 1, 0
+        self._check_parameters(f"by the end of epoch {epoch}")  # before callbacks use them
         info = EpochEnd(epoch, state.step, mean_loss, self.pair.module, state.history, row)
         for callback in self.monitoring.callbacks:
             row.update(callback(info) or {})

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from pyrovae.data.smiles import SmilesVocabulary
 
-from .base import ConfigurableModule, check_positive_int, data_plate, take
+from .base import ConfigurableModule, DataError, check_once, check_positive_int, data_plate, take
 from .free_bits import check_kl_floor, kl_floor_factor
 from .sequence import masked_sequence, reverse_within_length, step_mask
 
@@ -204,6 +204,7 @@ class SMILESVAE(ConfigurableModule):
     # ----------------------------------------------------------------------------- model/guide
     def model(self, tokens: Tensor, lengths: Tensor, subsample: Tensor | None = None) -> None:
         """``tokens`` [N, T] long and ``lengths`` [N] long, the whole data; ``subsample`` rows."""
+        self._check_inputs(tokens, lengths)
         with data_plate(tokens, subsample):
             tb, lb = take(tokens, subsample), take(lengths, subsample)
             zeros = self._like().new_zeros(self.latent_dim)
@@ -218,11 +219,38 @@ class SMILESVAE(ConfigurableModule):
     def guide(self, tokens: Tensor, lengths: Tensor, subsample: Tensor | None = None) -> None:
         """``q(z | x) = N(loc(x), diag scale(x)^2)`` for the rows ``subsample``; plus the
         free-bits factor if ``kl_floor > 0``."""
+        self._check_inputs(tokens, lengths)
         with data_plate(tokens, subsample):
             loc, scale = self._guide_params(take(tokens, subsample), take(lengths, subsample))
             with poutine.scale(scale=self.kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
         kl_floor_factor(loc, scale, self.kl_floor, self.kl_weight, tokens.shape[0])
+
+    # ------------------------------------------------------------------------------ data checks
+    def _check_inputs(self, tokens: Tensor, lengths: Tensor) -> None:
+        """The data-check rule of [`pyrovae.models.base`][]: shapes now, values once per
+        tensor (an id outside the vocabulary would be an ``IndexError``, a device assert on a
+        GPU)."""
+        check_token_shapes(tokens, lengths)
+        check_once(tokens, f"smiles_ids_{len(self.vocab)}", self._check_ids)
+        check_once(lengths, f"smiles_lengths_{tokens.shape[1]}",
+                   lambda lengths: check_lengths(lengths, tokens.shape[1]))
+
+    def check_data(self, tokens: Tensor, lengths: Tensor) -> None:
+        """Check shapes, token ids and lengths of all the data now (one host sync)."""
+        check_token_shapes(tokens, lengths)
+        self._check_ids(tokens)
+        check_lengths(lengths, tokens.shape[1])
+
+    def _check_ids(self, tokens: Tensor) -> None:
+        size = len(self.vocab)
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= size:
+            raise DataError(
+                f"tokens hold ids {low}..{high}, outside this model's vocabulary of {size} "
+                f"tokens (0..{size - 1}): encode the SMILES with the vocabulary it was built "
+                "with (model.vocab.encode)"
+            )
 
     # ------------------------------------------------------------------------------ utilities
     def _like(self) -> Tensor:
@@ -310,3 +338,25 @@ class SMILESVAE(ConfigurableModule):
             n, self.latent_dim, generator=generator, dtype=like.dtype, device=like.device
         )
         return self.generate_smiles(z, temperature=temperature, greedy=greedy, generator=generator)
+
+
+
+def check_token_shapes(tokens: Tensor, lengths: Tensor) -> None:
+    """``tokens`` a long [N, T] with T >= 2 (``<bos>`` and one more), ``lengths`` a long [N]."""
+    for name, value, dims in (("tokens", tokens, 2), ("lengths", lengths, 1)):
+        if not isinstance(value, Tensor) or value.dtype != torch.long or value.dim() != dims:
+            got = (f"{value.dtype} of shape {list(value.shape)}" if isinstance(value, Tensor)
+                   else type(value).__name__)
+            raise ValueError(f"{name} must be a {dims}-D torch.long tensor, got {got}")
+    if tokens.shape[1] < 2 or lengths.shape[0] != tokens.shape[0]:
+        raise ValueError(f"tokens [N, T >= 2] and lengths [N] must agree, got "
+                         f"{list(tokens.shape)} and {list(lengths.shape)}")
+
+
+def check_lengths(lengths: Tensor, columns: int) -> None:
+    """Each length (tokens after ``<bos>``, ``<eos>`` included) in ``1..columns - 1``."""
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 1 or high > columns - 1:
+        raise DataError(f"lengths must be in 1..{columns - 1} (the tokens after <bos>, <eos> "
+                        f"included), got {low}..{high}")
+

@@ -47,8 +47,10 @@ def check_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     Called before any training, so a bad ``--out`` never costs a run.
 
     Raises:
-        RunError: ``path`` is a file, lies under a file, or is not writable.
+        RunError: ``path`` is empty, is a file, lies under a file, or is not writable.
     """
+    if not str(path).strip():  # Path("") is the current folder
+        raise RunError(f"{option} is empty; give a folder")
     path = Path(path)
     for parent in [path, *path.parents]:
         if parent.exists() and not parent.is_dir():
@@ -70,6 +72,8 @@ def check_output_file(
 ) -> Path:
     """A file to write: not a folder, not an existing checkpoint, not one of ``inputs``
     (option -> path the command reads), in a writable folder (created)."""
+    if not str(path).strip():
+        raise RunError(f"{option} is empty; give a file name")
     path = Path(path)
     if path.is_dir():
         raise RunError(f"{option} {path} is a folder; give a file name such as samples.png")
@@ -118,7 +122,18 @@ def read_options(out: str | os.PathLike, command: str) -> dict[str, Any]:
             f"'pyrovae {command} train --out {out}'"
         )
     check_writable_dir(out)
-    return json.loads(path.read_text())
+    try:
+        options = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is not the JSON that train writes ({err})") from None
+    found = options.get("family") if isinstance(options, dict) else None
+    if found != command:
+        if found not in ("vae", "m2"):
+            raise RunError(f"{path} names no run of 'pyrovae {command} train' to resume")
+        raise RunError(f"--out {out} holds a run of 'pyrovae {found} train', not of 'pyrovae "
+                       f"{command} train': continue it with 'pyrovae {found} resume --out "
+                       f"{out}'")
+    return options
 
 
 # ---------------------------------------------------------------------------------- the lock
