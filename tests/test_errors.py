@@ -417,7 +417,7 @@ def test_an_unforeseen_error_is_one_line_and_its_traceback_is_there_with_v(monke
     def broken(*args, **kwargs):
         raise RuntimeError("something pyrovae did not foresee\nsecond line")
 
-    monkeypatch.setattr("pyrovae.cli.vae.image_set", broken)
+    monkeypatch.setattr("pyrovae.runs.vae.image_set", broken)
     argv = [*TINY_VAE, "--out", str(tmp_path / "run")]
     status = main(["-q", *argv])
     expected = fault_row("an error pyrovae did not foresee (`-v` shows its traceback)", "")
