@@ -30,12 +30,12 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from plain_models import PlainM2, PlainPPCA, PlainVAE  # noqa: E402
 
-from experiments.common import command_line, machine  # noqa: E402
 from pyrovae import fit  # noqa: E402
 from pyrovae.data import binarize, labelled_split, load_dataset  # noqa: E402
 from pyrovae.infer import make_objective, param_scope  # noqa: E402
 from pyrovae.models import M2, PPCA  # noqa: E402
 from pyrovae.models.vae import VAE  # noqa: E402
+from pyrovae.runs.provenance import command_line, machine  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -270,7 +270,7 @@ def save_learning_curve(path, curve: list[dict], title: str = "") -> Path:
 def save_figure(fig, path: str | Path, dpi: int = 120, tight: bool = True) -> Path:
     """Save ``fig`` as ``path`` (folders created; ``tight_layout`` first unless ``tight=False``),
     close it and return the path. In a data-parallel run, rank 0 alone saves."""
-    from experiments.common import is_main
+    from pyrovae.runs.provenance import is_main
 
     plt = pyplot()
     path = Path(path)

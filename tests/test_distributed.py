@@ -24,6 +24,7 @@ import torch
 
 from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.infer.streams import BatchPlan, Stream
+from pyrovae.runs.folder import LOCK_FILE
 
 pytestmark = pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
 
@@ -395,7 +396,8 @@ def test_cli_train_with_two_devices_writes_one_run(tmp_path):
     assert done.stdout.count("VAE (K=2) on digits") == 1, done.stdout
     assert "error" not in done.stderr.lower()
     assert done.stderr.count("epoch 0:") == 1  # rank 0 alone logs
-    assert {p.name for p in out.iterdir()} == {"last.pt", "options.json", "train.json"}
+    assert {p.name for p in out.iterdir()} - {LOCK_FILE} == {
+        "last.pt", "options.json", "train.json"}
     options = json.loads((out / "options.json").read_text())
     assert (options["devices"], options["num_nodes"]) == (2, 1)
     stored = read_checkpoint(out / "last.pt")["fit_config"]
@@ -406,23 +408,24 @@ def test_cli_train_with_two_devices_writes_one_run(tmp_path):
 def test_experiment_script_with_two_devices_writes_one_set_of_outputs(tmp_path, mnist_root):
     """``python -m experiments.uses.train_vae --devices 2``: Fabric starts the module again;
     rank 0 alone writes run_options.json, the checkpoints, vae.pt and train.json, and prints;
-    after ``fit`` rank 0 alone goes on (``experiments.common.evaluates``, whose answers the
+    after ``fit`` rank 0 alone goes on (``pyrovae.runs.provenance.evaluates``, whose answers the
     marker files record)."""
-    from experiments.common import RANK_MARKERS_ENV
     from pyrovae import load_checkpoint
+    from pyrovae.runs.provenance import RANK_MARKERS_ENV
 
     out, markers = tmp_path / "vae", tmp_path / "markers"
     markers.mkdir()
     done = _run_module(
-        "experiments.uses.train_vae", "--train-size", "200", "--hidden", "16", "--latent", "2",
-        "--epochs", "1", "--batch-size", "50", "--data-root", str(mnist_root),
+        "experiments.uses.train_vae", "--train-size", "200", "--hidden-sizes", "16",
+        "--latent-dim", "2", "--epochs", "1", "--batch-size", "50", "--data-root", str(mnist_root),
         "--devices", "2", "--out", str(out), **{RANK_MARKERS_ENV: str(markers)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p.name: p.read_text() for p in markers.iterdir()} == {
         "rank0": "evaluates\n", "rank1": "skips\n"}
     assert done.stdout.count("trained 1 epochs") == 1, done.stdout
-    assert {p.name for p in out.iterdir()} == {"fit", "run_options.json", "train.json", "vae.pt"}
+    assert {p.name for p in out.iterdir()} - {LOCK_FILE} == {
+        "fit", "run_options.json", "train.json", "vae.pt"}
     assert {p.name for p in (out / "fit").iterdir()} == {"last.pt"}
     assert read_checkpoint(out / "fit" / "last.pt")["fit_config"]["world_size"] == 2
     load_checkpoint(out / "vae.pt")
@@ -440,4 +443,4 @@ def test_cli_refusal_on_rank_0_ends_every_process_with_one_message(tmp_path):
     )
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.count("pyrovae: error: --out") == 1, done.stderr
-    assert {p.name for p in out.iterdir()} == {"last.pt"}
+    assert {p.name for p in out.iterdir()} - {LOCK_FILE} == {"last.pt"}

@@ -7,6 +7,7 @@ status) and compare the message word for word, so the page cannot drift from the
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -71,13 +73,13 @@ def places(tmp_path, monkeypatch):
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        real = common.tempfile.NamedTemporaryFile
+        real = tempfile.NamedTemporaryFile
 
         def refuse_in_readonly(*args, dir=None, **kwargs):
             return refuse() if str(dir).startswith(str(readonly)) else real(*args, dir=dir,
                                                                                **kwargs)
 
-        monkeypatch.setattr(common.tempfile, "NamedTemporaryFile", refuse_in_readonly)
+        monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse_in_readonly)
 
     def out_of_memory(*args, **kwargs):
         # What the CPU allocator raises for --num-particles 1000000000 (a real run reaches it
@@ -91,7 +93,16 @@ def places(tmp_path, monkeypatch):
     monkeypatch.setattr("pyrovae.cli.ppca.fit", out_of_memory)
     empty = tmp_path / "empty"
     empty.mkdir()
-    yield {**yield_places, "DIR": empty, **crafted_places(tmp_path)}
+    best = tmp_path / "best"
+    best.mkdir()
+    (best / "best.pt").write_bytes((run / "last.pt").read_bytes())
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    holder = open(locked / ".lock", "w")  # noqa: SIM115 - held until the test ends
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another process's lock would be
+    yield {**yield_places, "DIR": empty, "BEST": best, "LOCKED": locked,
+           **crafted_places(tmp_path)}
+    holder.close()
     readonly.chmod(0o755)
 
 
@@ -126,8 +137,8 @@ def crafted_places(tmp_path) -> dict:
 
 
 def substitute(text: str, places: dict) -> str:
-    return re.sub(r"\b(FILE|DIR|RUN|READONLY|MISSING|BAD|TORCH|VAERUN|BADRUN|EVIL|FOREIGN|"
-                  r"VAE784|OUT)\b", lambda m: str(places[m.group(1)]), text)
+    return re.sub(r"\b(FILE|DIR|RUN|BEST|LOCKED|READONLY|MISSING|BAD|TORCH|VAERUN|BADRUN|EVIL|"
+                  r"FOREIGN|VAE784|OUT)\b", lambda m: str(places[m.group(1)]), text)
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
@@ -180,7 +191,7 @@ def test_exit_status_and_one_line_from_the_installed_command(tmp_path):
 
 def test_out_checked_before_training(tmp_path, monkeypatch, capsys):
     """A bad --out costs nothing: the data are never loaded."""
-    monkeypatch.setattr("pyrovae.cli.vae.image_set", lambda *a, **k: pytest.fail("loaded data"))
+    monkeypatch.setattr("pyrovae.runs.vae.image_set", lambda *a, **k: pytest.fail("loaded data"))
     (tmp_path / "f").write_text("")
     status, err = run_in_process(["vae", "train", "--out", str(tmp_path / "f")], capsys)
     assert status == 2 and "is a file" in err
@@ -225,7 +236,8 @@ def _epoch_seed(seed, epoch):
 
 # ------------------------------------------------------------------- experiments' run folders
 def test_experiment_run_folder_refuses_other_options_and_force_new_moves_it_aside(tmp_path):
-    from experiments.common import RUN_OPTIONS_FILE, guard_run_folder
+    from pyrovae.runs import RunError
+    from pyrovae.runs.folder import RUN_OPTIONS_FILE, guard_run_folder
 
     out = tmp_path / "run"
     guard_run_folder(out, {"epochs": 3, "lr": 0.1, "device": "cpu", "out": out})
@@ -233,10 +245,10 @@ def test_experiment_run_folder_refuses_other_options_and_force_new_moves_it_asid
     # identical options (the device may change): go on, resuming what is there
     guard_run_folder(out, {"epochs": 3, "lr": 0.1, "device": "cuda", "out": out})
     assert (out / "metrics.json").exists()
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(RunError) as stop:  # a script prints it as "error: ..."
         guard_run_folder(out, {"epochs": 5, "lr": 0.1, "out": out})
     assert str(stop.value) == (
-        f"error: --out {out} holds a run started with other options (epochs: 3 -> 5); re-run "
+        f"--out {out} holds a run started with other options (epochs: 3 -> 5); re-run "
         "with its options to resume it, choose another --out, or pass --force-new to start "
         "afresh (the old folder is moved aside)"
     )
@@ -250,7 +262,7 @@ def test_experiment_run_folder_refuses_other_options_and_force_new_moves_it_asid
 
 def test_experiment_script_refuses_a_changed_rerun(tmp_path):
     """End to end through a script's own parser (start_run), before any training."""
-    from experiments.common import add_run_arguments, start_run
+    from pyrovae.runs.script import add_run_arguments, start_run
 
     def parse(*argv):
         import argparse
@@ -405,7 +417,7 @@ def test_an_unforeseen_error_is_one_line_and_its_traceback_is_there_with_v(monke
     def broken(*args, **kwargs):
         raise RuntimeError("something pyrovae did not foresee\nsecond line")
 
-    monkeypatch.setattr("pyrovae.cli.vae.image_set", broken)
+    monkeypatch.setattr("pyrovae.runs.vae.image_set", broken)
     argv = [*TINY_VAE, "--out", str(tmp_path / "run")]
     status = main(["-q", *argv])
     expected = fault_row("an error pyrovae did not foresee (`-v` shows its traceback)", "")

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO
 
-TINY = ["--dataset", "digits", "--validation", "100", "--labels", "20"]
+TINY = ["--dataset", "digits", "--n-validation", "100", "--n-labelled", "20"]
 
 
 def run_script(name: str, *args: str) -> None:
@@ -26,7 +26,7 @@ def run_script(name: str, *args: str) -> None:
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("m2_mnist")
     run_script(
-        "mnist", *TINY, "--seeds", "0", "1", "--epochs", "2", "--hidden", "32",
+        "mnist", *TINY, "--seeds", "0", "1", "--epochs", "2", "--hidden-sizes", "32",
         "--latent-dim", "4", "--classifier-arch", "mlp", "--batch-size", "200", "--out", str(out),
     )
     return out
@@ -60,7 +60,7 @@ def test_m2_figures_from_checkpoint(trained, tmp_path):
 
 
 def test_m2_latent2d(tmp_path):
-    run_script("latent2d", *TINY, "--epochs", "1", "--hidden", "32", "--points", "200",
+    run_script("latent2d", *TINY, "--epochs", "1", "--hidden-sizes", "32", "--points", "200",
                "--out", str(tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"m2", "vae"} <= set(metrics)
@@ -74,7 +74,7 @@ def test_m2_latent2d(tmp_path):
 
 def test_m1_then_m2_on_its_codes(tmp_path):
     """M1+M2: train the M1 VAE, then M2 on its codes with a Gaussian likelihood."""
-    run_script("m1", "--dataset", "digits", "--epochs", "2", "--hidden", "32",
+    run_script("m1", "--dataset", "digits", "--epochs", "2", "--hidden-sizes", "32",
                "--latent-dim", "6", "--nll-samples", "20", "--nll-images", "50",
                "--out", str(tmp_path / "m1"))
     m1 = json.loads((tmp_path / "m1" / "metrics.json").read_text())
@@ -90,7 +90,7 @@ def test_m1_then_m2_on_its_codes(tmp_path):
     threshold = max(m1["posterior_mean_std"]) / 2
     run_script("mnist", *TINY, "--m1", str(tmp_path / "m1" / "m1.pt"), "--epochs", "2",
                "--m1-min-std", str(threshold),
-               "--hidden", "32", "--latent-dim", "3", "--classifier-arch", "mlp",
+               "--hidden-sizes", "32", "--latent-dim", "3", "--classifier-arch", "mlp",
                "--batch-size", "200", "--out", str(out))
     run = json.loads((out / "labels20_seed0" / "metrics.json").read_text())
     assert run["model_config"]["likelihood"] == "gaussian_learned"
@@ -114,12 +114,12 @@ def test_m1_then_m2_on_its_codes(tmp_path):
 
 def test_grey_m1_then_m2_on_its_grey_codes(tmp_path):
     """Kingma's M1+M2 input: an M1 of grey levels, M2 on codes of the grey images (no pruning)."""
-    run_script("m1", "--dataset", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim",
+    run_script("m1", "--dataset", "digits", "--epochs", "1", "--hidden-sizes", "16", "--latent-dim",
                "4", "--binarization", "grey", "--nll-samples", "0", "--out", str(tmp_path / "m1"))
     m1 = json.loads((tmp_path / "m1" / "metrics.json").read_text())
     assert m1["model_config"]["allow_continuous"] is True and "test_nll" not in m1
     run_script("mnist", *TINY, "--m1", str(tmp_path / "m1" / "m1.pt"), "--binarization", "grey",
-               "--m1-min-std", "0", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+               "--m1-min-std", "0", "--epochs", "1", "--hidden-sizes", "16", "--latent-dim", "2",
                "--classifier-arch", "mlp", "--batch-size", "200", "--out", str(tmp_path / "m2"))
     run = json.loads((tmp_path / "m2" / "labels20_seed0" / "metrics.json").read_text())
     assert run["m1_dims_kept"] == [0, 1, 2, 3] and run["binarization"] == "grey"
@@ -136,8 +136,8 @@ def test_m1_kingma_preset_sets_the_recipe():
     assert parse_args(["--preset", "kingma2014", "--lr", "1e-3"]).lr == 1e-3
 
 
-PAPER = ["--preset", "kingma2014", *TINY, "--seeds", "0", "--hidden", "16", "--latent-dim", "3",
-         "--batches-per-epoch", "3", "--epochs", "3"]
+PAPER = ["--preset", "kingma2014", *TINY, "--seeds", "0", "--hidden-sizes", "16",
+         "--latent-dim", "3", "--batches-per-epoch", "3", "--epochs", "3"]
 
 
 def test_m2_paper_preset_resumes_identically(tmp_path):
@@ -188,19 +188,19 @@ def test_m1_codes_are_fresh_every_epoch_and_reproducible():
 
 
 def test_m1_baseline_smoke(tmp_path):
-    run_script("m1", "--dataset", "digits", "--epochs", "1", "--hidden", "16",
+    run_script("m1", "--dataset", "digits", "--epochs", "1", "--hidden-sizes", "16",
                "--latent-dim", "4", "--out", str(tmp_path / "m1"))
     run_script("m1_baseline", "--m1", str(tmp_path / "m1" / "m1.pt"), "--dataset", "digits",
-               "--labels", "20", "--validation", "100", "--seeds", "0", "1", "--epochs", "3",
-               "--hidden", "16", "--m1-min-std", "0.001", "--out", str(tmp_path / "base"))
+               "--n-labelled", "20", "--n-validation", "100", "--seeds", "0", "1", "--epochs", "3",
+               "--hidden-sizes", "16", "--m1-min-std", "0.001", "--out", str(tmp_path / "base"))
     summary = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert summary["by_labels"]["20"]["seeds"] == [0, 1]
     run = json.loads((tmp_path / "base" / "labels20_seed1.json").read_text())
     assert len(run["curve"]) == 3 and 0.0 <= run["test_error"] <= 1.0
     assert run["m1_min_std"] == 0.001 and 0 < len(run["m1_dims_kept"]) <= 4
     run_script("m1_baseline", "--m1", str(tmp_path / "m1" / "m1.pt"), "--dataset", "digits",
-               "--labels", "20", "--validation", "100", "--epochs", "1", "--hidden", "16",
-               "--m1-min-std", "0", "--out", str(tmp_path / "all"))
+               "--n-labelled", "20", "--n-validation", "100", "--epochs", "1",
+               "--hidden-sizes", "16", "--m1-min-std", "0", "--out", str(tmp_path / "all"))
     kept = json.loads((tmp_path / "all" / "labels20_seed0.json").read_text())["m1_dims_kept"]
     assert kept == [0, 1, 2, 3]  # 0 keeps every dimension
     best = max(run["curve"], key=lambda row: row["val_accuracy"])

@@ -30,27 +30,27 @@ CASES = {
     ),
     "visualise-digits": (
         "visualise",
-        ["--dataset", "digits", "--latent", "4", "--steps", "3", "--num-samples", "10",
+        ["--dataset", "digits", "--latent-dim", "4", "--steps", "3", "--num-samples", "10",
          "--eval-examples", "20"],
         ["metrics.json", "model.pt", "reconstructions.png", "interpolations.png",
          "attribute_directions.png"],
     ),
     "visualise-gaussian": (
         "visualise",
-        ["--dataset", "digits", "--latent", "2", "--steps", "3", "--num-samples", "10",
+        ["--dataset", "digits", "--latent-dim", "2", "--steps", "3", "--num-samples", "10",
          "--eval-examples", "20", "--likelihood", "gaussian_learned"],
         ["metrics.json", "model.pt", "attribute_directions.png"],
     ),
     "gradient_variance": (
         "gradient_variance",
-        ["--dataset", "digits", "--latent", "3", "--draws", "5", "--particles", "1", "2",
+        ["--dataset", "digits", "--latent-dim", "3", "--draws", "5", "--particles", "1", "2",
          "--batch", "10"],
         ["metrics.json", "model.pt", "gradient_variance.png", "table.md"],
     ),
 }
 MNIST_CASES = {
-    "visualise-mnist-conv": ["--dataset", "mnist", "--arch", "conv", "--hidden", "32"],
-    "visualise-fashion-mlp": ["--dataset", "fashion-mnist", "--hidden", "32"],
+    "visualise-mnist-conv": ["--dataset", "mnist", "--arch", "conv", "--hidden-sizes", "32"],
+    "visualise-fashion-mlp": ["--dataset", "fashion-mnist", "--hidden-sizes", "32"],
 }
 
 
@@ -81,7 +81,7 @@ def test_experiment_smoke(case, tmp_path):
 def test_visualise_on_mnist_sets(case, tmp_path, mnist_root):
     if "fashion" in case and not (mnist_root / "FashionMNIST" / "raw").is_dir():
         pytest.skip("Fashion-MNIST not under PYROVAE_DATA")
-    args = [*MNIST_CASES[case], "--latent", "3", "--steps", "3", "--num-samples", "5",
+    args = [*MNIST_CASES[case], "--latent-dim", "3", "--steps", "3", "--num-samples", "5",
             "--eval-examples", "10", "--data-root", str(mnist_root)]
     metrics = run("visualise", args, tmp_path)
     assert metrics["dataset"] in ("mnist", "fashion-mnist")
@@ -129,7 +129,7 @@ def test_latent_sizes_on_synthetic_svhn_keeps_colour_levels(tmp_path):
         write_svhn(tmp_path / "data" / "SVHN" / f"{split}_32x32.mat", n=n, seed=len(split))
     out = tmp_path / "out"
     metrics = run("latent_sizes", ["--dataset", "svhn", "--data-root", str(tmp_path / "data"),
-                                   "--arch", "conv", "--hidden", "16", "--sizes", "2",
+                                   "--arch", "conv", "--hidden-sizes", "16", "--sizes", "2",
                                    "--samples", "4", "--num-samples", "5",
                                    "--eval-examples", "5"], out)
     assert metrics["dataset"] == "svhn" and metrics["arch"] == "conv"

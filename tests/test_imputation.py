@@ -238,7 +238,7 @@ def run_module(module: str, args: list[str]) -> None:
 def test_experiments_run_end_to_end(tmp_path, mnist_root):
     """train_vae -> impute -> anomaly at tiny size (subprocesses), files and numbers written."""
     run_module("experiments.uses.train_vae", [
-        "--train-size", "200", "--epochs", "1", "--hidden", "16", "--latent", "3",
+        "--train-size", "200", "--epochs", "1", "--hidden-sizes", "16", "--latent-dim", "3",
         "--out", str(tmp_path / "vae")])
     checkpoint = str(tmp_path / "vae" / "vae.pt")
     run_module("experiments.uses.impute", [
@@ -270,7 +270,7 @@ def test_denoise_experiment_end_to_end(tmp_path, mnist_root):
     errors (sqrt(0.2 * 0.8 / 23520) = 0.0026) of 0.2 (the seed is fixed, so this is
     deterministic; a wrong flip rate, e.g. flipping with 2e or 1 - e, is far outside)."""
     run_module("experiments.uses.train_vae", [
-        "--train-size", "200", "--epochs", "1", "--hidden", "16", "--latent", "3",
+        "--train-size", "200", "--epochs", "1", "--hidden-sizes", "16", "--latent-dim", "3",
         "--out", str(tmp_path / "vae")])
     run_module("experiments.uses.denoise", [
         "--checkpoint", str(tmp_path / "vae" / "vae.pt"), "--num-images", "30",

@@ -9,7 +9,7 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyrovae.data.streams import M1Codes, active_dimensions
 from pyrovae.models.m2 import M2, normal_init_
-from pyrovae.models.m2_presets import PRESETS, m2_preset
+from pyrovae.runs.m2_presets import PRESETS, m2_preset
 
 pytestmark = pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
 
@@ -51,7 +51,7 @@ def test_pyro_preset_is_the_tutorials_recipe():
 
 
 def test_unknown_preset_raises():
-    assert set(PRESETS) == {"kingma2014", "pyro_ssvae"}
+    assert set(PRESETS) == {"pyrovae", "kingma2014", "pyro_ssvae", "conv_relu"}
     with pytest.raises(ValueError, match="unknown M2 preset"):
         m2_preset("nope")
 

@@ -52,10 +52,12 @@ import pyro
 import torch
 
 from benchmarks.plain_models import PlainM2, PlainPPCA, PlainVAE
-from experiments.common import add_device_argument, provenance, resolve_device, write_json
 from pyrovae.infer import make_objective, param_scope
 from pyrovae.infer.compiled import CompiledStep, make_capturable_optimizer
 from pyrovae.models import M2, PPCA, VAE
+from pyrovae.runs.launch import add_device_options
+from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import start_device
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +307,7 @@ def numpyro_row(x: torch.Tensor, epochs: int) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from experiments.common import cpu_name
+    from pyrovae.runs.provenance import cpu_name
 
     return cpu_name()
 
@@ -326,7 +328,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_device_argument(parser)
+    add_device_options(parser)
     parser.add_argument("--out", default="runs/benchmarks/gpu", help="folder for results.json")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.epochs < 1 or args.steps_per_graph < 1:
         parser.error("--epochs and --steps-per-graph must be >= 1")
-    device = resolve_device(args.device)
+    device = start_device(args)
     pyro.enable_validation(False)
     rows = []
     works = workloads(args, device)

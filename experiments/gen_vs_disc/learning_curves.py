@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import provenance, write_json
 from experiments.figures import pyplot, save_figure
 from experiments.gen_vs_disc.baselines import (
     crossover_sizes,
@@ -31,6 +30,7 @@ from experiments.gen_vs_disc.baselines import (
     pca_features,
 )
 from pyrovae.data import load_dataset
+from pyrovae.runs.provenance import provenance, write_json
 
 LABELS = {"naive_bayes": "Gaussian naive Bayes (generative)",
           "logistic_regression": "logistic regression (discriminative)"}

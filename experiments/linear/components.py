@@ -25,15 +25,6 @@ from pathlib import Path
 import torch
 from pyro.infer import Trace_ELBO
 
-from experiments.common import (
-    add_run_arguments,
-    evaluates,
-    is_main,
-    parallel_options,
-    provenance,
-    start_run,
-    write_json,
-)
 from experiments.figures import pyplot, save_figure
 from pyrovae import fit
 from pyrovae.data import load_dataset
@@ -44,6 +35,9 @@ from pyrovae.models.nmf import NMF, to_counts
 from pyrovae.models.pca import pca_reconstruct, pca_svd
 from pyrovae.models.ppca import fit_closed_form
 from pyrovae.models.ppca import log_marginal as ppca_log_marginal
+from pyrovae.runs.launch import parallel_options
+from pyrovae.runs.provenance import evaluates, is_main, provenance, write_json
+from pyrovae.runs.script import add_run_arguments, start_run
 
 ROW_TITLES = {"pca": "PCA", "fa": "factor analysis", "ica": "ICA (Laplace)", "nmf": "NMF (Poisson)"}
 

@@ -29,11 +29,13 @@ from pathlib import Path
 import torch
 
 import pyrovae
-from experiments.common import add_run_arguments, provenance, start_run, write_json
 from experiments.figures import save_table_of_images
-from experiments.m2.common import generative_error, test_error
-from pyrovae.data import binarize, encode_in_chunks, load_dataset
+from pyrovae.data import encode_in_chunks, load_dataset
 from pyrovae.infer import param_scope
+from pyrovae.runs.data import test_images
+from pyrovae.runs.m2 import generative_error, test_error
+from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import add_run_arguments, start_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
             return encode_in_chunks(m1, x)[0][:, keep]
 
     test = load_dataset(args.dataset, "test", device=device)
-    x_test, y_test = binarize(test.x, 20_000), test.y
+    x_test, y_test = test_images(test.x, "dynamic"), test.y
     if args.limit is not None:
         x_test, y_test = x_test[: args.limit], y_test[: args.limit]
     shape = tuple(test.image_shape)

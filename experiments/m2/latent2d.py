@@ -1,6 +1,6 @@
 """The 2-D latent space of M2 beside an unsupervised VAE's, coloured by the true label.
 
-M2 with ``latent_dim=2`` is trained semi-supervised (``--labels`` labels, the rest unlabelled,
+M2 with ``latent_dim=2`` is trained semi-supervised (``--n-labelled`` labels, the rest unlabelled,
 validation-selected); its test images are placed at the mean of ``q(z | x, y_true)``. Since the
 label is a separate latent, z only has to hold the style: classes overlap in z. A VAE with a 2-D
 latent (``pyrovae.models.VAE``, same MLP width, trained on the same images without labels) must
@@ -22,30 +22,25 @@ from pathlib import Path
 import torch
 
 import pyrovae
-from experiments.common import (
-    add_run_arguments,
-    command_line,
-    evaluates,
-    parallel_options,
-    provenance,
-    start_run,
-    write_json,
-)
 from experiments.figures import save_latent_panels
-from experiments.m2.common import labelled_weight, prepare_data, test_error, train_m2
+from experiments.m2.common import train_m2
 from pyrovae.data import DynamicBinarized, load_dataset
 from pyrovae.infer import param_scope
 from pyrovae.models import VAE
-from pyrovae.models.m2 import M2
+from pyrovae.runs import m2 as m2_family
+from pyrovae.runs.launch import parallel_options
+from pyrovae.runs.m2 import test_error
+from pyrovae.runs.provenance import command_line, evaluates, provenance, write_json
+from pyrovae.runs.script import add_run_arguments, start_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="mnist")
-    p.add_argument("--labels", type=int, default=100)
-    p.add_argument("--validation", type=int, default=10000)
+    p.add_argument("--n-labelled", type=int, default=100)
+    p.add_argument("--n-validation", type=int, default=10000)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke)")
-    p.add_argument("--hidden", type=int, default=500)
+    p.add_argument("--hidden-sizes", type=int, nargs="+", default=[500])
     p.add_argument("--activation", default="softplus")
     p.add_argument("--lr", type=float, default=4e-4, help="M2's learning rate")
     p.add_argument("--labelled-weight", default="balanced",
@@ -62,33 +57,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train_vae(x_train: torch.Tensor, hidden: int, epochs: int, seed: int, out: Path,
+def train_vae(x_train: torch.Tensor, hidden_sizes: list[int], epochs: int, seed: int, out: Path,
               **parallel):
     torch.manual_seed(seed)
-    vae = VAE(data_dim=x_train.shape[1], latent_dim=2, hidden_sizes=[hidden])
+    vae = VAE(data_dim=x_train.shape[1], latent_dim=2, hidden_sizes=hidden_sizes)
     started = time.perf_counter()
     history = pyrovae.fit(vae, DynamicBinarized(x_train, seed), epochs=epochs, batch_size=100,
                           seed=seed, checkpoint_dir=out, device=x_train.device, **parallel)
     return vae, history, time.perf_counter() - started
 
 
+def options(args: argparse.Namespace) -> dict:
+    """The 2-D M2's options: the default preset with a 2-D z."""
+    return {**vars(args), "preset": None, "latent_dim": 2, "binarization": "dynamic"}
+
+
 def train_m2_2d(args: argparse.Namespace, data) -> dict:
     torch.manual_seed(args.seed)
-    m2 = M2(data_dim=data.x_test.shape[1], latent_dim=2, hidden_sizes=[args.hidden],
-            activation=args.activation, num_train=data.num_train,
-            labelled_weight=labelled_weight(args.labelled_weight, data.num_train, args.labels))
+    m2 = m2_family.build(options(args), data)
     return train_m2(
         m2, data, args.out / "m2", max_epochs=args.epochs, max_minutes=args.max_minutes,
         batch_size=100, labelled_batch_size=100, lr=args.lr, lr_decay=1.0, seed=args.seed,
         jit=False, device=args.device, parallel=parallel_options(args),
-        info=dict(labels=args.labels, command=command_line(), model_config=m2.config),
+        info=dict(labels=args.n_labelled, command=command_line(), model_config=m2.config),
     )
 
 
 def run(args: argparse.Namespace) -> dict:
     args.device = start_run(args)
-    data = prepare_data(args.dataset, args.labels, args.validation, args.seed, "dynamic",
-                        args.limit, device=args.device)
+    data = m2_family.data(options(args), device=args.device)
     if args.m2_checkpoint is None:
         m2_metrics = train_m2_2d(args, data)
     else:  # a 2-D M2 trained elsewhere (e.g. by experiments.m2.mnist --latent-dim 2)
@@ -101,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
         train = load_dataset(args.dataset, "train", device=args.device)
         x_train = train.x if args.limit is None else train.x[: args.limit]
         vae_epochs = args.epochs if args.vae_epochs is None else args.vae_epochs
-        vae, history, seconds = train_vae(x_train, args.hidden, vae_epochs, args.seed,
+        vae, history, seconds = train_vae(x_train, args.hidden_sizes, vae_epochs, args.seed,
                                           args.out / "vae", **parallel_options(args))
     if not evaluates():
         return {}
@@ -112,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
     x, y = data.x_test[: args.points], data.y_test[: args.points]
     with param_scope(best):
         m2_codes = best.encode(x, y)[0]
-    panels = [(f"M2, z = mean of q(z | x, y_true), {args.labels} labels "
+    panels = [(f"M2, z = mean of q(z | x, y_true), {args.n_labelled} labels "
                f"(test error {100 * m2_metrics['test_error']:.1f}%)", m2_codes)]
     keys = ("checkpoint", "test_error", "epochs_done", "best_epoch", "wall_seconds")
     metrics = dict(**provenance(args.device),

@@ -40,20 +40,15 @@ import time
 import torch
 
 import pyrovae
-from experiments.common import (
-    add_run_arguments,
-    evaluates,
-    parallel_options,
-    provenance,
-    save_checkpoint,
-    start_run,
-    write_json,
-)
-from pyrovae.data import DynamicBinarized, binarize, load_dataset
+from pyrovae.data import binarize
 from pyrovae.data.streams import active_dimensions
 from pyrovae.infer import TimeBudget
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
-from pyrovae.models import VAE
+from pyrovae.runs import vae as vae_family
+from pyrovae.runs.data import SEEDS, image_set
+from pyrovae.runs.launch import parallel_options
+from pyrovae.runs.provenance import evaluates, provenance, save_checkpoint, write_json
+from pyrovae.runs.script import add_run_arguments, start_run
 
 logger = logging.getLogger("m1")
 
@@ -74,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train on images binarised afresh every epoch, or on grey levels in "
                    "[0, 1] with the Bernoulli likelihood (allow_continuous; Kingma's input)")
     p.add_argument("--latent-dim", type=int, default=50)
-    p.add_argument("--hidden", type=int, nargs="+", default=[600, 600])
+    p.add_argument("--hidden-sizes", type=int, nargs="+", default=[600, 600])
     p.add_argument("--activation", default="softplus")
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--max-minutes", type=float, default=None, help="training budget (none)")
@@ -95,14 +90,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     device = start_run(args)
-    train = load_dataset(args.dataset, "train", device=device)
-    test = load_dataset(args.dataset, "test", device=device)
-    x, x_test = train.x[: args.limit], binarize(test.x[: args.limit], 20_000)
+    data = image_set(args.dataset, binarization=args.binarization, seed=args.seed,
+                     train_size=args.limit, test_size=args.limit, device=device)
+    x, x_test = data.train_x, data.test_x
     torch.manual_seed(args.seed)
     grey = args.binarization == "grey"
-    vae = VAE(data_dim=x.shape[1], latent_dim=args.latent_dim, hidden_sizes=args.hidden,
-              allow_continuous=grey,
-              activation=args.activation)
+    vae = vae_family.build(vars(args), data)
     started = time.perf_counter()
 
     def monitor(state):
@@ -112,8 +105,7 @@ def run(args: argparse.Namespace) -> dict:
                     test_elbo, minutes)
         return {"test_elbo": test_elbo}
 
-    stream = (x,) if grey else DynamicBinarized(x, args.seed)
-    history = pyrovae.fit(vae, stream, lr=args.lr, epochs=args.epochs,
+    history = pyrovae.fit(vae, data.train, lr=args.lr, epochs=args.epochs,
                           batch_size=args.batch_size, seed=args.seed, device=device,
                           callbacks=[monitor, TimeBudget(args.max_minutes)],
                           checkpoint_dir=args.out, resume=True, **parallel_options(args))
@@ -121,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
         return {}
     save_checkpoint(args.out / "m1.pt", vae)
     vae.eval()
-    keep, std = active_dimensions(vae, x if grey else binarize(x, 30_000 + args.seed),
+    keep, std = active_dimensions(vae, x if grey else binarize(x, SEEDS["m1_activity"] + args.seed),
                                   args.min_std)
     metrics = dict(**provenance(device), preset=args.preset,
                    model_config=vae.config, epochs_done=len(history.epochs),

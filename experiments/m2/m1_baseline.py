@@ -11,8 +11,8 @@ validation-selected network) and ``OUT/metrics.json`` (mean +- std over the seed
 
 Example (smoke)::
 
-    python -m experiments.m2.m1_baseline --m1 runs/m1_mnist/m1.pt --dataset digits --labels 20 \\
-        --validation 100 --epochs 3 --out /tmp/m1_baseline
+    python -m experiments.m2.m1_baseline --m1 runs/m1_mnist/m1.pt --dataset digits \\
+        --n-labelled 20 --n-validation 100 --epochs 3 --out /tmp/m1_baseline
 """
 
 from __future__ import annotations
@@ -26,20 +26,22 @@ import torch
 import torch.nn.functional as F
 
 import pyrovae
-from experiments.common import add_run_arguments, provenance, start_run, write_json
-from experiments.m2.common import mean_std, prepare_data
+from experiments.m2.common import mean_std
 from pyrovae.infer.classification import accuracy
 from pyrovae.models.networks import mlp
+from pyrovae.runs.data import semi_supervised_set
+from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import add_run_arguments, start_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--m1", type=Path, required=True, help="M1 VAE checkpoint (experiments.m2.m1)")
     p.add_argument("--dataset", default="mnist")
-    p.add_argument("--labels", type=int, nargs="+", default=[100])
+    p.add_argument("--n-labelled", type=int, nargs="+", default=[100])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--validation", type=int, default=10000)
-    p.add_argument("--hidden", type=int, nargs="+", default=[500])
+    p.add_argument("--n-validation", type=int, default=10000)
+    p.add_argument("--hidden-sizes", type=int, nargs="+", default=[500])
     p.add_argument("--activation", default="softplus")
     p.add_argument("--epochs", type=int, default=300, help="passes over the labelled set")
     p.add_argument("--batch-size", type=int, default=100)
@@ -56,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def train_classifier(data, args, seed: int) -> dict:
     torch.manual_seed(seed)
-    net = mlp([data.x_test.shape[1], *args.hidden, 10], args.activation).to(data.x_test.device)
+    net = mlp([data.x_test.shape[1], *args.hidden_sizes, 10], args.activation)
+    net = net.to(data.x_test.device)
 
     def classify(v):
         return net(v).argmax(-1)
@@ -86,12 +89,13 @@ def run(args: argparse.Namespace) -> dict:
     device = start_run(args)
     m1 = pyrovae.load_checkpoint(args.m1, map_location=device).eval()
     summary = dict(**provenance(device), by_labels={})
-    for n_labels in args.labels:
+    for n_labels in args.n_labelled:
         errors = []
         for seed in args.seeds:
-            data = prepare_data(args.dataset, n_labels, args.validation, seed,
-                                args.binarization, m1=m1, device=device,
-                                m1_min_std=args.m1_min_std)
+            data = semi_supervised_set(
+                args.dataset, n_labelled=n_labels, n_validation=args.n_validation, seed=seed,
+                binarization=args.binarization, m1=m1, device=device,
+                m1_min_std=args.m1_min_std)
             result = dict(labels=n_labels, seed=seed, binarization=args.binarization,
                           m1_min_std=args.m1_min_std, m1_dims_kept=data.m1_dims_kept,
                           **train_classifier(data, args, seed))

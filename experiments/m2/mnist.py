@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import statistics
 import time
 from pathlib import Path
@@ -31,18 +30,12 @@ from pathlib import Path
 import torch
 
 import pyrovae
-from experiments.common import (
-    add_run_arguments,
-    evaluates,
-    parallel_options,
-    provenance,
-    start_run,
-    write_json,
-)
 from experiments.figures import save_learning_curve
-from experiments.m2.common import labelled_weight, mean_std, prepare_data, train_m2
-from pyrovae.models.m2 import M2
-from pyrovae.models.m2_presets import PRESETS, m2_preset
+from experiments.m2.common import mean_std, train_m2
+from pyrovae.runs import m2 as m2_family
+from pyrovae.runs.launch import parallel_options
+from pyrovae.runs.provenance import evaluates, provenance, write_json
+from pyrovae.runs.script import add_run_arguments, start_run
 
 ANCHORS = {  # test error %, by number of labels
     "Kingma et al. 2014, M2": {100: 11.97, 600: 4.94, 1000: 3.60, 3000: 3.92},
@@ -52,38 +45,13 @@ ANCHORS = {  # test error %, by number of labels
 }
 
 
-def preset_defaults(name: str) -> dict:
-    """The command-line defaults that the preset ``name`` sets (flags given explicitly win)."""
-    preset = m2_preset(name)
-    model = preset.model
-    return dict(
-        binarization=preset.input, latent_dim=model["latent_dim"],
-        hidden=list(model["hidden_sizes"]), arch=model["arch"],
-        classifier_arch=model["classifier_arch"], activation=model["activation"],
-        alpha_factor=preset.alpha_factor, alpha_per_labelled=preset.alpha_per_labelled,
-        labelled_weight=str(model["labelled_weight"]), init_scale=model["init_scale"],
-        analytic_kl=model["analytic_kl"],
-        lr=preset.lr, adam_betas=list(preset.betas), batch_size=preset.batch_size,
-        labelled_batch_size=preset.labelled_batch_size,
-        batches_per_epoch=preset.batches_per_epoch, epochs=preset.epochs,
-    )
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=PRESETS, default=None,
-                   help="a paper's recipe (pyrovae.models.m2_presets): sets the defaults of the "
-                   "options below; options given explicitly override it")
     p.add_argument("--dataset", default="mnist")
-    p.add_argument("--labels", type=int, nargs="+", default=[100])
+    p.add_argument("--n-labelled", type=int, nargs="+", default=[100])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--validation", type=int, default=10000, help="held-out validation images")
+    p.add_argument("--n-validation", type=int, default=10000, help="held-out validation images")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (smoke)")
-    p.add_argument("--binarization", choices=["dynamic", "static", "grey", "none"],
-                   default="dynamic",
-                   help="training pixels binarised afresh every epoch, once, or kept as grey "
-                   "levels in [0, 1] ('grey' = 'none': the papers' input, scored by the "
-                   "Bernoulli likelihood with allow_continuous=True)")
     p.add_argument("--m1", type=Path, default=None,
                    help="M1 VAE checkpoint: train M2 on its codes (M1+M2; MLP networks only)")
     p.add_argument("--code-likelihood", choices=["gaussian_learned", "gaussian"],
@@ -93,32 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --m1: keep only M1's active dimensions, those whose posterior mean "
                    "varies across the unlabelled images with a std above this (Kingma et al.: "
                    "0.1); 0 keeps all")
-    p.add_argument("--latent-dim", type=int, default=50)
-    p.add_argument("--hidden", type=int, nargs="+", default=[500])
-    p.add_argument("--classifier-arch", choices=["mlp", "conv"], default="conv")
-    p.add_argument("--arch", choices=["mlp", "conv"], default="mlp")  # encoder and decoder
-    p.add_argument("--activation", default="relu")
-    p.add_argument("--alpha-factor", type=float, default=0.1, help="alpha = factor * N_train")
-    p.add_argument("--alpha-per-labelled", type=float, default=None,
-                   help="alpha = this * N_labelled instead (Pyro's aux-loss multiplier)")
-    p.add_argument("--analytic-kl", action=argparse.BooleanOptionalAction, default=False,
-                   help="KL(q(z|x,y) || p(z)) in closed form (M2's analytic_kl; Kingma's code)")
-    p.add_argument("--init-scale", type=float, default=None,
-                   help="redraw every parameter from N(0, s^2) after construction (std s; "
-                   "Kingma et al.: 1e-3); default: PyTorch's initialisation")
-    p.add_argument("--labelled-weight", default="1",
-                   help="weight w of the supervised bound: a number, or 'balanced' = N_u / N_l")
-    p.add_argument("--epochs", type=int, default=300, help="maximum epochs per run")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="time budget per run (default none); a later invocation with the same "
                    "--out resumes each run's last.pt")
-    p.add_argument("--batch-size", type=int, default=100, help="unlabelled images per step")
-    p.add_argument("--labelled-batch-size", type=int, default=100)
-    p.add_argument("--batches-per-epoch", type=int, default=None,
-                   help="cut the unlabelled and the labelled set into this many batches each "
-                   "(Kingma's scheme; overrides --batch-size/--labelled-batch-size)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--adam-betas", type=float, nargs=2, default=[0.9, 0.999])
     p.add_argument("--defer-test", action="store_true",
                    help="an invocation stopped by --max-minutes before --epochs reports no test "
                    "error (the test set is read once, when the run finishes; for runs resumed "
@@ -129,38 +74,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr-decay", type=float, default=1.0, help="lr factor per epoch")
     p.add_argument("--jit", action="store_true")
     add_run_arguments(p, out="runs/m2_mnist")
-    known, _ = p.parse_known_args(argv)
-    if known.preset is not None:
-        p.set_defaults(**preset_defaults(known.preset))
-    args = p.parse_args(argv)
-    if args.binarization == "none":
-        args.binarization = "grey"
-    return args
+    m2_family.add_options(p)
+    return argparse.Namespace(**m2_family.resolve(vars(p.parse_args(argv))))
 
 
 def run(args: argparse.Namespace) -> dict:
     device = start_run(args)
     m1 = pyrovae.load_checkpoint(args.m1, map_location=device).eval() if args.m1 else None
     summary = {}
-    for n_labels in args.labels:
+    for n_labels in args.n_labelled:
         for seed in args.seeds:
-            data = prepare_data(args.dataset, n_labels, args.validation, seed, args.binarization,
-                                args.limit, m1=m1, device=device, m1_min_std=args.m1_min_std)
+            options = {**vars(args), "n_labelled": n_labels, "seed": seed}
+            data = m2_family.data(options, m1=m1, device=device)
             torch.manual_seed(seed)
-            alpha = (args.alpha_per_labelled * n_labels if args.alpha_per_labelled is not None
-                     else args.alpha_factor * data.num_train)
-            model = M2(
-                data_dim=data.x_test.shape[1], num_classes=10, latent_dim=args.latent_dim,
-                hidden_sizes=args.hidden, classifier_arch=args.classifier_arch,
-                arch=args.arch,
-                activation=args.activation, alpha=alpha,
-                num_train=data.num_train,
-                labelled_weight=labelled_weight(args.labelled_weight, data.num_train, n_labels),
-                likelihood="bernoulli" if m1 is None else args.code_likelihood,
-                sigma=args.sigma, allow_continuous=m1 is None and args.binarization == "grey",
-                init_scale=args.init_scale, analytic_kl=args.analytic_kl,
-            )
-            batch_size, labelled_batch_size = batch_sizes(args, data.num_train, n_labels)
+            codes = {} if m1 is None else dict(likelihood=args.code_likelihood, sigma=args.sigma)
+            model = m2_family.build(options, data, **codes)
+            batch_size, labelled_batch_size = m2_family.batch_sizes(options, data.num_train)
             info = dict(labels=n_labels, seed=seed, **provenance(device),
                         num_train=data.num_train, alpha=model.alpha, model_config=model.config,
                         m1=str(args.m1) if args.m1 else None, m1_min_std=args.m1_min_std,
@@ -188,17 +117,6 @@ def run(args: argparse.Namespace) -> dict:
             write_json(args.out / "metrics.json", summary)
             (args.out / "table.md").write_text(table(summary))
     return summary
-
-
-def batch_sizes(args: argparse.Namespace, num_train: int, n_labels: int) -> tuple[int, int]:
-    """(unlabelled, labelled) images per step: fixed sizes, or both sets cut into
-    ``--batches-per-epoch`` batches (Kingma's scheme; 100 at 100 labels for his preset)."""
-    n = args.batches_per_epoch
-    if args.preset is not None and n == m2_preset(args.preset).batches_per_epoch:
-        return m2_preset(args.preset).batch_sizes(num_train - n_labels, n_labels)
-    if n is None:
-        return args.batch_size, args.labelled_batch_size
-    return math.ceil((num_train - n_labels) / n), math.ceil(n_labels / n)
 
 
 def finished_runs(out: Path) -> list[dict]:

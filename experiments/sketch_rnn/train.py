@@ -24,21 +24,13 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import (
-    add_device_argument,
-    add_parallel_arguments,
-    evaluates,
-    is_main,
-    parallel_options,
-    provenance,
-    resolve_device,
-    start_processes,
-    write_json,
-)
 from experiments.sketch_rnn.plots import save_interpolation, save_sketch_grid
 from pyrovae.data.sketches import SKETCH_DATASETS, load_sketches
 from pyrovae.infer import KLAnnealing, TimeBudget, fit
 from pyrovae.models.sketch_rnn import PEN_LOSSES, SketchRNN
+from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
+from pyrovae.runs.provenance import evaluates, is_main, provenance, write_json
+from pyrovae.runs.script import start_device
 
 TEMPERATURES = (0.1, 0.5, 1.0)
 
@@ -47,8 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="aaron_sheep", choices=sorted(SKETCH_DATASETS))
     p.add_argument("--out", default=None, help="output folder (default runs/sketch_rnn/DATASET)")
-    add_device_argument(p)
-    add_parallel_arguments(p)
+    add_device_options(p)
+    add_parallel_options(p)
     p.add_argument("--epochs", type=int, default=100, help="total epochs (default 100)")
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget of this run")
     p.add_argument("--batch-size", type=int, default=100)
@@ -102,8 +94,7 @@ def evaluate(model: SketchRNN, x, lengths, batch_size: int, seed: int = 0) -> di
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    device = resolve_device(args.device)
-    start_processes(args, device)
+    device = start_device(args)
     out = Path(args.out or f"runs/sketch_rnn/{args.dataset}")
     if is_main():
         out.mkdir(parents=True, exist_ok=True)

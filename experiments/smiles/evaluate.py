@@ -25,11 +25,13 @@ import pyro
 import torch
 from pyro import poutine
 
-from experiments.common import add_device_argument, provenance, resolve_device, write_json
 from pyrovae.data.smiles import load_smiles
 from pyrovae.infer import load_checkpoint, read_checkpoint
 from pyrovae.metrics import molecules as chem
 from pyrovae.models.free_bits import KL_FLOOR_SITE
+from pyrovae.runs.launch import add_device_options
+from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import start_device
 
 #: MOSES paper (Polykovskiy et al. 2020), Table 2, its character-level VAE ("CharVAE").
 MOSES_CHARVAE = {"validity": 0.977, "unique@10k": 0.998, "novelty": 0.695}
@@ -52,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
     parser.add_argument("--out", type=Path, default=Path("runs/smiles/eval"))
-    add_device_argument(parser)
+    add_device_options(parser)
     return parser.parse_args(argv)
 
 
@@ -116,7 +118,7 @@ def save_projection(path: Path, codes: np.ndarray, values: np.ndarray, label: st
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    device = resolve_device(args.device)
+    device = start_device(args)
     started = time.perf_counter()
     pyro.set_rng_seed(args.seed)
     payload = read_checkpoint(args.checkpoint, map_location="cpu")

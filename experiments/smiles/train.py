@@ -23,19 +23,12 @@ from pathlib import Path
 import pyro
 import torch
 
-from experiments.common import (
-    add_device_argument,
-    add_parallel_arguments,
-    evaluates,
-    parallel_options,
-    provenance,
-    resolve_device,
-    start_processes,
-    write_json,
-)
 from pyrovae.data.smiles import SmilesVocabulary, load_smiles
 from pyrovae.infer import KLAnnealing, TimeBudget, fit, read_checkpoint
 from pyrovae.models.smiles_vae import SMILESVAE
+from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
+from pyrovae.runs.provenance import evaluates, provenance, write_json
+from pyrovae.runs.script import start_device
 
 
 class SmilesChunks:
@@ -87,16 +80,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
     parser.add_argument("--out", type=Path, default=Path("runs/smiles/train"))
-    add_device_argument(parser)
-    add_parallel_arguments(parser)
+    add_device_options(parser)
+    add_parallel_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    device = resolve_device(args.device)
-    start_processes(args, device)
+    device = start_device(args)
     budget = TimeBudget(args.minutes)
     smiles = load_smiles("train", size=args.train_size, seed=args.seed, root=args.data_root)
     vocab = SmilesVocabulary.build(smiles)
@@ -138,7 +130,7 @@ def main(argv=None) -> None:
     summary_path = args.out / "train.json"
     runs = []
     if summary_path.exists():
-        from experiments.common import read_json
+        from pyrovae.runs.provenance import read_json
 
         runs = read_json(summary_path).get("invocations", [])
     runs.append({**provenance(device), "seconds": seconds})

@@ -22,12 +22,12 @@ from pathlib import Path
 import pyro
 import torch
 
-from experiments.common import add_device_argument, provenance, start_script, write_json
 from pyrovae import load_checkpoint
-from pyrovae.data import binarize, load_dataset
+from pyrovae.data import load_dataset
 from pyrovae.infer.anomaly import anomaly_scores, roc_auc
-
-TEST_BINARIZATION_SEED = 1234
+from pyrovae.runs.data import test_images
+from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import add_run_arguments, start_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,9 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-images", type=int, default=1000, help="first N test images")
     parser.add_argument("--num-samples", type=int, default=500, help="K for -log p(x)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/uses/anomaly")
-    add_device_argument(parser)
+    add_run_arguments(parser, out="runs/uses/anomaly", threads=1)
     return parser.parse_args(argv)
 
 
@@ -69,8 +67,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device, out = start_script(args, log=False)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoints)
-    data = {name: binarize(load_dataset(name, "test", root=args.data_root).x[: args.num_images],
-                           TEST_BINARIZATION_SEED).to(device) for name in checkpoints}
+    data = {name: test_images(load_dataset(name, "test", root=args.data_root).x[: args.num_images],
+                           "dynamic").to(device) for name in checkpoints}
     scores, aucs, table = {}, {}, {}
     for trained_on, path in checkpoints.items():
         model = load_checkpoint(path, map_location=device)

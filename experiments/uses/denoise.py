@@ -36,17 +36,12 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from experiments.common import (
-    add_run_arguments,
-    evaluates,
-    provenance,
-    start_script,
-    write_json,
-)
-from experiments.uses.impute import TEST_BINARIZATION_SEED
 from pyrovae import load_checkpoint
-from pyrovae.data import binarize, load_dataset
+from pyrovae.data import load_dataset
 from pyrovae.infer.denoising import denoise
+from pyrovae.runs.data import SEEDS, test_images
+from pyrovae.runs.provenance import evaluates, provenance, write_json
+from pyrovae.runs.script import add_run_arguments, start_script
 
 
 def median_filter(x: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
@@ -122,7 +117,7 @@ def main(argv=None) -> int:
         return 0
     model = load_checkpoint(args.checkpoint, map_location=device)
     test = load_dataset(args.dataset, "test", root=args.data_root)
-    clean = binarize(test.x[: args.num_images], TEST_BINARIZATION_SEED).to(device)
+    clean = test_images(test.x[: args.num_images], "dynamic").to(device)
     uniform = torch.rand(clean.shape, generator=torch.Generator().manual_seed(args.seed))
     uniform = uniform.to(device)
 
@@ -130,7 +125,7 @@ def main(argv=None) -> int:
                "dataset": args.dataset, "num_images": int(clean.shape[0]),
                "settings": {"num_samples": args.num_samples, "sample_chunk": args.sample_chunk,
                             "batch_size": args.batch_size, "seed": args.seed,
-                            "binarization_seed": TEST_BINARIZATION_SEED},
+                            "binarization_seed": SEEDS["test"]},
                "flip_probs": {}}
     shown = min(args.figure_images, clean.shape[0])
     figure_rows = {}

@@ -37,7 +37,6 @@ import numpy as np
 import pyro
 import torch
 
-from experiments.common import add_device_argument, provenance, start_script, write_json
 from pyrovae import load_checkpoint
 from pyrovae.data import binarize, load_dataset
 from pyrovae.infer.imputation import (
@@ -47,8 +46,9 @@ from pyrovae.infer.imputation import (
     make_mask,
     missing_log_likelihood,
 )
-
-TEST_BINARIZATION_SEED = 1234
+from pyrovae.runs.data import test_images
+from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import add_run_arguments, start_script
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, seed: int):
@@ -103,9 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classifier-train-size", type=int, default=10000)
     parser.add_argument("--figure-rows", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/uses/impute")
-    add_device_argument(parser)
+    add_run_arguments(parser, out="runs/uses/impute", threads=1)
     return parser.parse_args(argv)
 
 
@@ -138,7 +136,7 @@ def main(argv=None) -> int:
     model = load_checkpoint(args.checkpoint, map_location=device)
 
     test = load_dataset(args.dataset, "test", root=args.data_root)
-    x = binarize(test.x[: args.num_images], TEST_BINARIZATION_SEED).to(device)
+    x = test_images(test.x[: args.num_images], "dynamic").to(device)
     labels = test.y[: args.num_images].numpy()
     train = load_dataset(args.dataset, "train", root=args.data_root)
     started = time.perf_counter()

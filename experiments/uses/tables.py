@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.common import read_json
+from pyrovae.runs.provenance import read_json
 
 
 def impute_table(payloads: list[dict]) -> str:

@@ -15,50 +15,35 @@ from __future__ import annotations
 import argparse
 import time
 
-from experiments.common import (
-    add_device_argument,
-    add_parallel_arguments,
-    evaluates,
-    parallel_options,
-    provenance,
-    save_checkpoint,
-    start_script,
-    write_json,
-)
-from pyrovae.data import DynamicBinarized, load_dataset
 from pyrovae.infer import TimeBudget, fit
-from pyrovae.models.vae import VAE
+from pyrovae.runs import vae as vae_family
+from pyrovae.runs.launch import parallel_options
+from pyrovae.runs.provenance import evaluates, provenance, save_checkpoint, write_json
+from pyrovae.runs.script import add_run_arguments, start_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
-    parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[400])
-    parser.add_argument("--latent", type=int, default=20)
+    vae_family.add_options(parser)
+    parser.add_argument("--latent-dim", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs")
     parser.add_argument("--minutes", type=float, default=None, help="wall-time budget")
-    parser.add_argument("--train-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/uses/vae_mnist")
-    add_device_argument(parser)
-    add_parallel_arguments(parser)
+    add_run_arguments(parser, out="runs/uses/vae_mnist", threads=1)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device, out = start_script(args)
-    train = load_dataset(args.dataset, "train", root=args.data_root)
-    x = train.x[: args.train_size].to(device)
-    model = VAE(data_dim=x.shape[1], latent_dim=args.latent, hidden_sizes=args.hidden,
-                arch=args.arch).to(device)
+    data = vae_family.data({**vars(args), "test_size": 1}, root=args.data_root, device=device)
+    model = vae_family.build(vars(args), data)
     started = time.perf_counter()
-    history = fit(model, DynamicBinarized(x, args.seed), epochs=args.epochs,
+    history = fit(model, data.train, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   callbacks=[TimeBudget(args.minutes)], checkpoint_dir=out / "fit",
                   **parallel_options(args))
@@ -66,7 +51,7 @@ def main(argv=None) -> int:
     if not evaluates():
         return 0
     info = {**provenance(device), "dataset": args.dataset, "arch": args.arch,
-            "hidden": args.hidden, "latent": args.latent, "epochs": len(history.epochs),
+            "hidden": args.hidden_sizes, "latent": args.latent_dim, "epochs": len(history.epochs),
             "final_loss_per_example": history.epochs[-1]["loss_per_example"],
             "wall_seconds": wall}
     save_checkpoint(out / "vae.pt", model.cpu(), history=history.epochs, **info)

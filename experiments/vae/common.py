@@ -1,6 +1,7 @@
-"""Helpers shared by the VAE experiments: data, model options, time-budgeted training, metrics.
+"""Helpers shared by the VAE experiments: their options, time-budgeted training, records.
 
-Not a script: the modules of ``experiments.vae`` import it.
+The data, the model and the metrics come from the run layer (``pyrovae.runs.vae``), which the
+``pyrovae vae`` command shares. Not a script: the modules of ``experiments.vae`` import it.
 """
 
 from __future__ import annotations
@@ -13,27 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyro
-import torch
 
-from experiments.common import (
-    add_run_arguments,
-    command_line,
-    is_main,
-    parallel_options,
-    provenance,
-    save_checkpoint,
-    start_run,
-)
-from pyrovae.cli._train import channels_first
-from pyrovae.data import DynamicBinarized, binarize, load_dataset
 from pyrovae.infer import TimeBudget, fit
-from pyrovae.infer.evaluation import elbo_terms
 from pyrovae.models.networks import check_image_shape
 from pyrovae.models.vae import VAE
+from pyrovae.runs import vae as family
+from pyrovae.runs.data import COLOUR_DATASETS, ImageSet, channels_first
+from pyrovae.runs.launch import parallel_options
+from pyrovae.runs.provenance import command_line, provenance, save_checkpoint
+from pyrovae.runs.script import add_run_arguments, start_run
 
 logger = logging.getLogger("vae_experiments")
-TEST_BINARIZATION_SEED = 1234  # the one fixed stochastic binarisation of every test set
-COLOUR_DATASETS = ("svhn", "celeba")
 
 
 def setup(args: argparse.Namespace) -> Path:
@@ -43,10 +34,7 @@ def setup(args: argparse.Namespace) -> Path:
     args.device = start_run(args)
     pyro.enable_validation(bool(getattr(args, "validate", False)))
     pyro.set_rng_seed(args.seed)
-    out = Path(args.out)
-    if is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    return out
+    return Path(args.out)
 
 
 def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10) -> None:
@@ -55,19 +43,10 @@ def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10)
                         choices=["mnist", "fashion-mnist", "digits", *COLOUR_DATASETS],
                         help="svhn (32x32) and celeba (64x64) are colour images, never binarised")
     parser.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
-    parser.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden widths")
-    parser.add_argument("--activation", default="relu")
-    parser.add_argument("--likelihood", default="bernoulli",
-                        choices=["bernoulli", "gaussian", "gaussian_learned"],
-                        help="bernoulli: binarised grey images (colour images: their levels "
-                        "in [0, 1] as continuous targets); Gaussians: levels in [0, 1]")
-    parser.add_argument("--sigma", type=float, default=0.1, help="sigma of --likelihood gaussian")
+    family.add_options(parser)
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--train-size", type=int, default=None, help="first N training images")
-    parser.add_argument("--test-size", type=int, default=None, help="first N test images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validate", action="store_true", help="Pyro validation (slower)")
     add_run_arguments(parser, out, threads=1)
@@ -83,58 +62,23 @@ def script_parser(description: str, out: str, epochs: int, evaluation: bool = Tr
     return parser
 
 
-def run_header(args: argparse.Namespace, data: Data) -> dict:
+def run_header(args: argparse.Namespace, data: ImageSet) -> dict:
     """What every VAE script's metrics.json starts with: provenance, data set, architecture."""
     return dict(**provenance(args.device), dataset=data.name, arch=args.arch,
                 likelihood=args.likelihood)
 
 
-def trained_record(args: argparse.Namespace, data: Data, model: VAE, history: list[dict],
+def trained_record(args: argparse.Namespace, data: ImageSet, model: VAE, history: list[dict],
                    wall: float) -> dict:
     """One trained model's entry: its latent size, training history and time, test metrics."""
     return dict(latent_dim=model.latent_dim, epochs=len(history), train_seconds=wall,
                 history=history,
-                test=test_metrics(model, data, args.num_samples, args.eval_examples))
+                test=family.metrics(model, data.test_x, num_samples=args.num_samples,
+                                        eval_examples=args.eval_examples))
 
 
-class Data:
-    """Images for training and testing.
-
-    Binarised (default): a dynamically binarised training stream (``train``) and one fixed
-    stochastic binarisation of the test images. With ``binarized=False`` the grey levels in
-    [0, 1] are used as they are (for the Gaussian likelihoods). Colour images (``image_shape``
-    ``(3, H, W)``: SVHN, CelebA at ``image_size`` pixels a side) are never binarised: a coin
-    flip per channel would destroy the colours. ``train_x`` always holds the grey-level
-    training images. Every tensor is on ``device`` (default: the CPU).
-    """
-
-    def __init__(self, name: str, root=None, train_size=None, test_size=None, seed: int = 0,
-                 binarized: bool = True, device: torch.device | str | None = None,
-                 image_size: int = 64):
-        train, test = (
-            load_dataset(name, split, root=root, device=device, image_size=image_size, limit=size)
-            for split, size in [("train", train_size), ("test", test_size)]
-        )
-        self.name, self.image_shape = train.name, tuple(train.image_shape)
-        self.train_x, self.train_y = train.x, train.y
-        self.test_y = test.y
-        self.colour = len(self.image_shape) == 3
-        self.binarized = binarized = binarized and not self.colour
-        if binarized:
-            self.test_x = binarize(test.x, TEST_BINARIZATION_SEED)
-            self.train = DynamicBinarized(self.train_x, seed)
-        else:
-            self.test_x, self.train = test.x, self.train_x
-        self.data_dim = self.train_x.shape[1]
-
-    def train_images(self, epoch: int = 0) -> torch.Tensor:
-        """The training images as the model sees them in ``epoch``."""
-        return self.train.for_epoch(epoch)[0] if self.binarized else self.train_x
-
-
-def data_from_args(args: argparse.Namespace) -> Data:
-    return Data(args.dataset, args.data_root, args.train_size, args.test_size, args.seed,
-                binarized=args.likelihood == "bernoulli", device=args.device)
+def data_from_args(args: argparse.Namespace) -> ImageSet:
+    return family.data(vars(args), root=args.data_root, device=args.device)
 
 
 def refuse_datasets(args: argparse.Namespace, datasets, reason: str) -> None:
@@ -143,7 +87,7 @@ def refuse_datasets(args: argparse.Namespace, datasets, reason: str) -> None:
         raise SystemExit(f"error: --dataset {args.dataset}: {reason}")
 
 
-def arch_for(args: argparse.Namespace, data: Data) -> str:
+def arch_for(args: argparse.Namespace, data: ImageSet) -> str:
     """``--arch``, once the networks can take ``data``'s images (a one-line error if not)."""
     try:
         check_image_shape(args.arch, data.data_dim, channels_first(data.image_shape))
@@ -152,22 +96,11 @@ def arch_for(args: argparse.Namespace, data: Data) -> str:
     return args.arch
 
 
-def make_vae(args: argparse.Namespace, data: Data, latent_dim: int, **overrides) -> VAE:
-    """The script's VAE for ``data``: its image shape for the networks; Bernoulli on grey
-    levels (``allow_continuous``) where the images are not binarised."""
-    options = dict(
-        data_dim=data.data_dim,
-        latent_dim=latent_dim,
-        hidden_sizes=list(args.hidden),
-        arch=arch_for(args, data),
-        activation=args.activation,
-        likelihood=args.likelihood,
-        sigma=args.sigma,
-        image_shape=channels_first(data.image_shape),
-        allow_continuous=args.likelihood == "bernoulli" and not data.binarized,
-    )
-    options.update(overrides)
-    return VAE(**options).to(args.device)
+def make_vae(args: argparse.Namespace, data: ImageSet, latent_dim: int, **overrides) -> VAE:
+    """The script's VAE for ``data`` (``pyrovae.runs.vae.build``), once the networks can take
+    its images (a one-line error if not)."""
+    return family.build({**vars(args), "arch": arch_for(args, data), "latent_dim": latent_dim},
+                        data, **overrides)
 
 
 def burda_schedule(epoch: int) -> float:
@@ -177,19 +110,6 @@ def burda_schedule(epoch: int) -> float:
         start += 3**stage
         stage += 1
     return 10.0 ** (-stage / 7.0)
-
-
-def test_elbo_callback(module: VAE, x: torch.Tensor, every: int = 1, num_samples: int = 1):
-    """An ``fit`` callback: test ELBO and its terms on ``x`` every ``every`` epochs."""
-
-    def callback(info) -> dict:
-        if (info.epoch + 1) % every:
-            return {}
-        terms = elbo_terms(module, x, num_samples=num_samples).summary()
-        module.train()
-        return {f"test_{k}": v for k, v in terms.items()}
-
-    return callback
 
 
 def train(
@@ -233,7 +153,7 @@ def add_eval_args(parser: argparse.ArgumentParser, num_samples: int = 1000) -> N
 
 
 def train_vae(
-    args, data: Data, latent_dim: int, path: Path, objective: str = "elbo",
+    args, data: ImageSet, latent_dim: int, path: Path, objective: str = "elbo",
     num_particles: int = 1, **overrides,
 ):
     """Fit a VAE on ``data.train`` for ``args.epochs`` and save it to ``path``.
@@ -252,16 +172,3 @@ def train_vae(
     save_checkpoint(path, model, history=history.epochs, command=command_line(), wall_seconds=wall)
     logger.info("trained K=%d in %.0f s -> %s", latent_dim, wall, path)
     return model, history.epochs, wall
-
-
-def test_metrics(model: VAE, data: Data, num_samples: int, eval_examples: int) -> dict:
-    """Test ELBO terms (10 samples, all test images) and the K-sample NLL on the first
-    ``eval_examples`` test images (nats per image)."""
-    from pyrovae.infer.evaluation import evaluate
-
-    metrics = {"all_test": evaluate(model, data.test_x, num_samples=0, elbo_samples=10)}
-    if num_samples:
-        subset = data.test_x[:eval_examples]
-        metrics["subset"] = evaluate(model, subset, num_samples=num_samples, elbo_samples=10,
-                                     sample_chunk=max(1, min(num_samples, 500)), batch_size=100)
-    return metrics

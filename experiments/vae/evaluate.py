@@ -22,9 +22,10 @@ from pathlib import Path
 import pyro
 
 import pyrovae
-from experiments.common import add_run_arguments, provenance, start_run, write_json
-from experiments.vae.common import Data
 from pyrovae.infer.evaluation import evaluate
+from pyrovae.runs.data import image_set
+from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import add_run_arguments, start_run
 
 
 def main(argv=None) -> None:
@@ -50,9 +51,9 @@ def main(argv=None) -> None:
         model = pyrovae.load_checkpoint(path, map_location=device)
         binarized = model.config.get("likelihood", "bernoulli") == "bernoulli"
         if binarized not in data:
-            data[binarized] = Data(args.dataset, args.data_root, train_size=1,
-                                   test_size=args.test_size, binarized=binarized,
-                                   device=device)
+            data[binarized] = image_set(
+                args.dataset, binarization="dynamic" if binarized else "grey", train_size=1,
+                test_size=args.test_size, root=args.data_root, device=device)
         x = data[binarized].test_x
         model.check_data(x)
         pyro.set_rng_seed(args.seed)

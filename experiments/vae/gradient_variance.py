@@ -28,10 +28,10 @@ import pyro
 import torch
 from pyro.infer import Trace_ELBO
 
-from experiments.common import evaluates, write_json
 from experiments.figures import pyplot, save_figure
 from experiments.vae import common as vae
 from pyrovae.infer import param_scope
+from pyrovae.runs.provenance import evaluates, write_json
 
 ESTIMATORS = ("reparameterisation", "score_function")
 
@@ -119,7 +119,7 @@ def markdown(rows_by_stage: dict) -> str:
 def main(argv=None) -> None:
     parser = vae.script_parser(__doc__.splitlines()[0], out="runs/vae_gradient_variance", epochs=5,
                            evaluation=False)
-    parser.add_argument("--latent", type=int, default=20)
+    parser.add_argument("--latent-dim", type=int, default=20)
     parser.add_argument("--batch", type=int, default=100, help="images in the fixed batch")
     parser.add_argument("--draws", type=int, default=200, help="gradient draws per setting")
     parser.add_argument("--particles", type=int, nargs="+", default=[1, 10, 100])
@@ -129,14 +129,14 @@ def main(argv=None) -> None:
     x = data.test_x[: args.batch]
 
     pyro.set_rng_seed(args.seed)
-    trained, history, wall = vae.train_vae(args, data, args.latent, out / "model.pt")
+    trained, history, wall = vae.train_vae(args, data, args.latent_dim, out / "model.pt")
     if not evaluates():
         return
     after = compare(trained, score_function_twin(trained, args, data), x, args.particles,
                     args.draws)
     # The initial model again: the one train_vae started from (same seed, same construction).
     pyro.set_rng_seed(args.seed)
-    initial = vae.make_vae(args, data, args.latent)
+    initial = vae.make_vae(args, data, args.latent_dim)
     rows_by_stage = {
         "init": compare(initial, score_function_twin(initial, args, data), x, args.particles,
                         args.draws),
@@ -145,7 +145,8 @@ def main(argv=None) -> None:
     plot(rows_by_stage, out / "gradient_variance.png")
     (out / "table.md").write_text(markdown(rows_by_stage))
     write_json(out / "metrics.json", dict(
-        **vae.run_header(args, data), latent_dim=args.latent, batch=args.batch, draws=args.draws,
+        **vae.run_header(args, data), latent_dim=args.latent_dim, batch=args.batch,
+        draws=args.draws,
         epochs=len(history), train_seconds=wall, results=rows_by_stage,
     ))
 

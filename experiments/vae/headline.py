@@ -22,7 +22,7 @@ evaluates a stopped run too, for reports of how far a run got). On a GPU, with t
 step, each invocation fits in a 10-minute slot::
 
     python -m experiments.vae.headline --device cuda --compiled --objectives elbo iwae \
-        --iwae-k 50 --minutes 4.5 4.5 --eval-examples 10000 --num-samples 5000 \
+        --num-particles 50 --minutes 4.5 4.5 --eval-examples 10000 --num-samples 5000 \
         --out runs/vae_headline_full      # repeat until table.md shows both NLLs
 
 Example (smoke)::
@@ -39,14 +39,6 @@ import time
 
 import torch
 
-from experiments.common import (
-    command_line,
-    evaluates,
-    parallel_options,
-    provenance,
-    read_json,
-    write_json,
-)
 from experiments.figures import pyplot, save_figure
 from experiments.vae.common import (
     COLOUR_DATASETS,
@@ -56,10 +48,12 @@ from experiments.vae.common import (
     make_vae,
     refuse_datasets,
     setup,
-    test_elbo_callback,
     train,
 )
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
+from pyrovae.runs import vae as vae_family
+from pyrovae.runs.launch import parallel_options
+from pyrovae.runs.provenance import command_line, evaluates, provenance, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +61,11 @@ logger = logging.getLogger(__name__)
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, out="runs/vae_headline", epochs=3280)
-    parser.set_defaults(hidden=[200, 200], activation="tanh")
-    parser.add_argument("--latent", type=int, default=50)
+    parser.set_defaults(hidden_sizes=[200, 200], activation="tanh")
+    parser.add_argument("--latent-dim", type=int, default=50)
     parser.add_argument("--objectives", nargs="+", default=["elbo", "iwae"],
                         choices=["elbo", "meanfield", "iwae"])
-    parser.add_argument("--iwae-k", type=int, default=5, help="K of the IWAE training bound")
+    parser.add_argument("--num-particles", type=int, default=5, help="K of the IWAE training bound")
     parser.add_argument("--minutes", type=float, nargs="+", default=None,
                         help="training wall-time budget per objective (one value or one each); "
                         "a later run with the same --out resumes each objective's last.pt")
@@ -91,12 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def train_objective(args, data, objective: str, minutes, out, metrics: dict):
     """Train (or resume) one objective for its budget; its entry of ``metrics`` records the
     curve. Returns the model and its ``History``."""
-    model = make_vae(args, data, args.latent)
+    model = make_vae(args, data, args.latent_dim)
     model.check_data(data.test_x)
     entry = metrics["runs"].setdefault(objective, {})
     entry.update(
         objective=objective,
-        num_particles=args.iwae_k if objective == "iwae" else 1,
+        num_particles=args.num_particles if objective == "iwae" else 1,
         model_config=model.config,
         training_budget_minutes=minutes,
     )
@@ -123,7 +117,7 @@ def train_objective(args, data, objective: str, minutes, out, metrics: dict):
         seed=args.seed,
         **parallel_options(args),
         device=args.device,
-        callbacks=[test_elbo_callback(model, monitor, every=args.eval_every)],
+        callbacks=[vae_family.test_elbo_callback(monitor, every=args.eval_every)],
         config={"command": command_line()},
         compiled=args.compiled,
     )

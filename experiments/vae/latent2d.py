@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from experiments.common import evaluates, write_json
 from experiments.figures import save_image_grid, save_latent_scatter
 from experiments.vae import common as vae
+from pyrovae.runs.provenance import evaluates, write_json
 
 FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Boot"]

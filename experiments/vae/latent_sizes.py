@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from experiments.common import evaluates, write_json
 from experiments.figures import save_grids_side_by_side
 from experiments.vae import common as vae
+from pyrovae.runs.provenance import evaluates, write_json
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -16,16 +16,16 @@ References:
 
 Example::
 
-    python -m experiments.vae.visualise --epochs 10 --latent 20 --out results/vae/visualise
+    python -m experiments.vae.visualise --epochs 10 --latent-dim 20 --out results/vae/visualise
 """
 
 from __future__ import annotations
 
 import torch
 
-from experiments.common import evaluates, write_json
 from experiments.figures import save_image_rows
 from experiments.vae import common as vae
+from pyrovae.runs.provenance import evaluates, write_json
 
 
 def first_of_each_class(y: torch.Tensor, classes) -> list[int]:
@@ -53,7 +53,7 @@ def along(model, x_start: torch.Tensor, direction: torch.Tensor, scales) -> torc
 
 def main(argv=None) -> None:
     parser = vae.script_parser(__doc__.splitlines()[0], out="runs/vae_visualise", epochs=10)
-    parser.add_argument("--latent", type=int, default=20)
+    parser.add_argument("--latent-dim", type=int, default=20)
     parser.add_argument("--classes", type=int, nargs=2, default=[1, 7],
                         help="attribute direction from class a to class b (default 1 7)")
     parser.add_argument("--steps", type=int, default=10)
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
                         "directions this script shows; use svhn")
     out = vae.setup(args)
     data = vae.data_from_args(args)
-    model, history, wall = vae.train_vae(args, data, args.latent, out / "model.pt")
+    model, history, wall = vae.train_vae(args, data, args.latent_dim, out / "model.pt")
     if not evaluates():
         return
     shape = data.image_shape

@@ -30,6 +30,7 @@ from pyrovae.cli.faults import (
 )
 from pyrovae.infer.checkpoint import no_room
 from pyrovae.infer.distributed import global_rank
+from pyrovae.runs.launch import set_threads
 
 SUBCOMMANDS = (ppca, vae, m2, impute)
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=max(args.log_level, logging.INFO),
                         format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pyrovae").setLevel(args.log_level)
+    set_threads(getattr(args, "threads", None))
     try:
         refuse_unused_options(args, sys.argv[1:] if argv is None else argv)
         return args.run(args)

@@ -1,24 +1,21 @@
-"""What every ``pyrovae`` subcommand shares: option types that refuse bad values, the run
-options (``--device``, ``--seed``, ``--out``, ``--data-root``), the checks of an output folder
-before any work starts, the one-line messages for faults the user can fix, and the plumbing of
-the model families' ``train``/``resume``/``evaluate``/``sample`` (run folders, ``fit``,
-``train.json``, checkpoints, their parsers).
+"""What every ``pyrovae`` subcommand shares: its options (``--device``, ``--threads``,
+``--seed``, ``--data-root``), the one-line messages for faults the user can fix, and the
+plumbing of the model families' ``train``/``resume``/``evaluate``/``sample`` (``fit``,
+``train.json``, checkpoints, their parsers). The device, the processes, the run folders,
+provenance and JSON come from the run layer (`pyrovae.runs`), which the experiments share.
 
-Every message a user sees for a bad input is a `UsageError` (or an argparse error), which
-`pyrovae.cli.main` prints as one line ``pyrovae: error: ...`` with exit status 2.
+Every message a user sees for a bad input is a `UsageError` (the run layer's `RunError`, or an
+argparse error), which `pyrovae.cli.main` prints as one line ``pyrovae: error: ...`` with exit
+status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import json
 import logging
+import math
 import os
-import shlex
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +24,30 @@ from typing import Any, NamedTuple
 import torch
 
 from pyrovae.cli import arguments
-from pyrovae.cli._train import COLOUR_DATASETS, save_grid
 from pyrovae.infer import History, distributed, fit, load_checkpoint
 from pyrovae.infer.checkpoint import read_checkpoint
+from pyrovae.runs import folder
+from pyrovae.runs.data import COLOUR_DATASETS, channels_first
+from pyrovae.runs.launch import (
+    RunError,
+    add_device_options,
+    add_parallel_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    resolve_device,
+    start_processes,
+)
+from pyrovae.runs.provenance import command_line, write_json
+
+#: The program name written into reports' ``command``.
+PROGRAM = "pyrovae"
 
 logger = logging.getLogger(__name__)
 
 
-class UsageError(ValueError):
-    """A bad option or input the user can fix: printed as one line, exit status 2."""
+#: A bad option or input the user can fix: printed as one line, exit status 2.
+UsageError = RunError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,78 +57,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-# ---------------------------------------------------------------------------------- option types
-def _number(text: str, convert, noun: str, accept) -> int | float:
-    """``convert(text)`` if ``accept`` takes it, else an ``ArgumentTypeError`` saying it must be
-    ``noun`` (a rejected integer is shown as parsed, a rejected float as typed)."""
-    try:
-        value = convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {noun}, got {text!r}") from None
-    if not accept(value):
-        shown = value if isinstance(value, int) else text
-        raise argparse.ArgumentTypeError(f"must be {noun}, got {shown}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``0`` never means "all" or "none")."""
-    return _number(text, int, "a positive integer", lambda value: value >= 1)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _number(text, int, "a non-negative integer", lambda value: value >= 0)
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite float > 0."""
-    return _number(text, float, "a positive number", lambda value: 0 < value < float("inf"))
-
-
-# ---------------------------------------------------------------------------------- run options
-def add_parallel_options(parser: argparse.ArgumentParser, default: int | None = 1) -> None:
-    """``--devices`` and ``--num-nodes``: data-parallel training (default ``default``)."""
-    shown = "the run's" if default is None else default
-    parser.add_argument(
-        "--devices", type=positive_int, default=default,
-        help=f"processes per machine for data-parallel training, one per GPU with --device cuda "
-        f"(default {shown}); --batch-size is per process, so a step sees devices x num-nodes x "
-        "batch-size images; needs pip install 'pyrovae[lightning]'",
-    )
-    parser.add_argument(
-        "--num-nodes", type=positive_int, default=default,
-        help=f"machines, each running --devices processes (default {shown})",
-    )
-
-
-def start_processes(devices: int, num_nodes: int, device: torch.device) -> int:
-    """Launch (or join) the ``--devices``/``--num-nodes`` processes (this command runs again in
-    each); on ranks other than 0 nothing is printed and pyrovae logs warnings and errors only.
-    Returns this process's rank."""
-    if devices * num_nodes > 1 and device.index is not None:
-        raise UsageError(
-            f"--devices runs one process per GPU: give --device {device.type}, not {device}"
-        )
-    if devices * num_nodes > 1 and not logging.getLogger("pyrovae").isEnabledFor(logging.DEBUG):
-        with contextlib.suppress(ImportError):  # it sets its loggers' levels when imported
-            import lightning_fabric  # noqa: F401
-        logging.getLogger("lightning_fabric").setLevel(logging.WARNING)  # its banner: with -v
-    try:
-        rank = distributed.start_processes(devices, num_nodes, device)
-    except ImportError as err:
-        raise UsageError(str(err)) from None
-    if rank != 0:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-        logging.getLogger("pyrovae").setLevel(logging.WARNING)
-    return rank
-
-
 def add_device_seed(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", default=None,
-        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)",
-    )
+    """``--device``, ``--threads`` and ``--seed``."""
+    add_device_options(parser)
     parser.add_argument("--seed", type=arguments.seed, default=0, help="seed (default 0)")
 
 
@@ -130,85 +73,6 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         "--no-download", action="store_true",
         help="fail with a clear error instead of downloading missing data",
     )
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``--device`` as a ``torch.device``: default cuda when available; a GPU asked for on a
-    machine without one is a `UsageError`."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"--device {name} asked for a GPU, but this torch ({torch.__version__}) sees no "
-                "CUDA device; use --device cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(
-                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name}: only cpu and cuda are supported")
-    return device
-
-
-def check_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Create the folder ``path`` (and its parents) and prove a file can be written in it.
-
-    Called before any training, so a bad ``--out`` never costs a run.
-
-    Raises:
-        UsageError: ``path`` is empty, is a file, lies under a file, or is not writable.
-    """
-    if not str(path).strip():  # Path("") is the current folder
-        raise UsageError(f"{option} is empty; give a folder")
-    path = Path(path)
-    for parent in [path, *path.parents]:
-        if parent.exists() and not parent.is_dir():
-            where = "is" if parent == path else f"lies under {parent}, which is"
-            raise UsageError(f"{option} {path} {where} a file, not a folder; choose a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".pyrovae-write-test-"):
-            pass
-    except OSError as err:
-        raise UsageError(
-            f"{option} {path} is not writable ({err.strerror or err}); choose another folder"
-        ) from None
-    return path
-
-
-def check_writable_file(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Check that the file ``path`` can be written (its folder is created), before any work."""
-    if not str(path).strip():
-        raise UsageError(f"{option} is empty; give a file name")
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a file name such as samples.png")
-    check_writable_dir(path.parent if str(path.parent) else Path("."), option)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"{option} {path} is not writable; choose another file")
-    return path
-
-
-def command_line() -> str:
-    return "pyrovae " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
-def write_json(path: str | os.PathLike, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON atomically (a temporary file, then a rename); on
-    rank 0 only, under ``--devices``/``--num-nodes`` (the other ranks write nothing)."""
-    path = Path(path)
-    if distributed.global_rank() != 0:
-        return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------------------------- faults
@@ -254,46 +118,6 @@ def progress_enabled(args: argparse.Namespace) -> bool | None:
 
 
 # ---------------------------------------------------------------------------------- run folders
-OPTIONS_FILE = "options.json"
-RUN_FILES = ("last.pt", "previous.pt")  # options.json alone: a start that failed
-
-
-def start_run_folder(out: str | os.PathLike, command: str) -> Path:
-    """Check ``--out`` for a new training run: writable, and holding no earlier run (which
-    ``pyrovae ... resume --out`` continues), so two runs never mix in one folder."""
-    out = check_writable_dir(out)
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    if found:
-        raise UsageError(
-            f"--out {out} already holds a run ({', '.join(found)}): continue it with "
-            f"'pyrovae {command} resume --out {out}', or choose another --out"
-        )
-    return out
-
-
-def read_options(out: str | os.PathLike, command: str) -> dict[str, Any]:
-    """The options a run in ``out`` was started with (``options.json``, written by ``train``)."""
-    path = Path(out) / OPTIONS_FILE
-    if not path.is_file():
-        raise UsageError(
-            f"--out {out} holds no {command} run to resume ({path} is missing); start one with "
-            f"'pyrovae {command} train --out {out}'"
-        )
-    check_writable_dir(out)
-    try:
-        options = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not the JSON that train writes ({err})") from None
-    found = options.get("family") if isinstance(options, dict) else None
-    if found != command:
-        if found not in ("vae", "m2"):
-            raise UsageError(f"{path} names no run of 'pyrovae {command} train' to resume")
-        raise UsageError(f"--out {out} holds a run of 'pyrovae {found} train', not of 'pyrovae "
-                         f"{command} train': continue it with 'pyrovae {found} resume --out "
-                         f"{out}'")
-    return options
-
-
 #: The grey-level data sets (``impute`` takes these only).
 GREY_DATASETS = ("mnist", "fashion-mnist", "digits")
 #: The data sets the model families' ``train --dataset`` accepts: grey, then colour.
@@ -314,13 +138,15 @@ def add_family_parser(
     return parser, actions, train
 
 
-def add_train_basics(parser: argparse.ArgumentParser, out: str, epochs: int) -> None:
-    """``--epochs``, ``--batch-size``, ``--lr``, ``--out`` and the device, seed, data options."""
-    parser.add_argument("--epochs", type=positive_int, default=epochs,
-                        help=f"training epochs (default {epochs})")
-    parser.add_argument("--batch-size", type=positive_int, default=100,
-                        help="images per step and process (default 100)")
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam step (1e-3)")
+def add_train_basics(parser: argparse.ArgumentParser, out: str, epochs: int | None) -> None:
+    """``--epochs`` (unless ``epochs`` is None: the family declares it), ``--batch-size``,
+    ``--lr``, ``--out`` and the device, seed, data options."""
+    if epochs is not None:
+        parser.add_argument("--epochs", type=positive_int, default=epochs,
+                            help=f"training epochs (default {epochs})")
+        parser.add_argument("--batch-size", type=positive_int, default=100,
+                            help="images per step and process (default 100)")
+        parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam step (1e-3)")
     parser.add_argument("--out", default=out,
                         help=f"run folder: checkpoints, options.json, train.json (default {out})")
     add_device_seed(parser)
@@ -341,8 +167,7 @@ def add_resume_parser(
     parser.add_argument("--out", required=True, help="the run folder to continue")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="new total number of epochs (default: the run's)")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    add_device_options(parser)
     add_parallel_options(parser, default=None)
     add_data_options(parser)
     parser.set_defaults(run=functools.partial(resume_run, command=command, fit_run=fit_run),
@@ -378,7 +203,7 @@ def start_training(
     ``--num-nodes``. The processes of ``--devices`` start here; rank 0 checks ``--out``."""
     device = resolve_device(args.device)
     start_processes(args.devices, args.num_nodes, device)
-    out = distributed.main_first(start_run_folder, args.out, family)
+    out = distributed.main_first(folder.start_run_folder, args.out, family)
     keys = (*keys, "devices", "num_nodes")
     return out, {"family": family, **options, **{key: getattr(args, key) for key in keys}}
 
@@ -388,16 +213,18 @@ def resume_run(args: argparse.Namespace, command: str, fit_run: Callable[..., in
     ``--out`` was started with (``--epochs`` raises their total); the values the out-of-memory
     message names (``args.memory_options``) are set on ``args`` from them. ``--devices`` and
     ``--num-nodes`` default to the run's (the global batch must stay the same)."""
-    options = read_options(args.out, command)
+    options = folder.read_options(args.out, command)
     if args.epochs is not None:
         options["epochs"] = args.epochs
     for key in ("devices", "num_nodes"):
         given = getattr(args, key)
         options[key] = given if given is not None else options.get(key, 1)
     start_processes(options["devices"], options["num_nodes"], resolve_device(args.device))
+    distributed.main_first(folder.lock_run_folder, args.out)
     for option in args.memory_options:
         setattr(args, dest(option), options[dest(option)])
-    return fit_run(args, check_writable_dir(args.out), options, resume=True)
+    with folder.releasing(args.out):
+        return fit_run(args, Path(args.out), options, resume=True)
 
 
 def fit_run(
@@ -407,7 +234,7 @@ def fit_run(
     """Write ``options.json``, then ``fit`` ``model`` to ``data`` with the run's ``lr``,
     ``epochs`` and ``seed``, checkpoints in ``out`` and the options as ``config``; returns the
     history and the seconds this invocation took."""
-    write_json(out / OPTIONS_FILE, options)
+    write_json(out / folder.OPTIONS_FILE, options)
     started = time.perf_counter()
     history = fit(
         model, data, lr=options["lr"], epochs=options["epochs"], seed=options["seed"],
@@ -424,7 +251,7 @@ def write_train_report(
 ) -> Path:
     """``out/train.json``: the command, options, device, seconds, ``results`` and history."""
     return write_json(out / "train.json", {
-        "command": command_line(), "options": options, "device": str(device),
+        "command": command_line(PROGRAM), "options": options, "device": str(device),
         "seconds_this_invocation": seconds, **results, "history": history.epochs,
     })
 
@@ -443,7 +270,8 @@ def open_checkpoint(
     ``--checkpoint`` written by ``pyrovae FAMILY train``) and the model loaded on the device.
     With ``optional_out`` an empty ``--out`` means no file."""
     device = resolve_device(args.device)
-    out = None if optional_out and not args.out else check_writable_file(args.out)
+    out = None if optional_out and not args.out else folder.check_output_file(
+        args.out, inputs={"--checkpoint": args.checkpoint})
     options = training_options(read_checkpoint(args.checkpoint), args.checkpoint, family)
     return OpenedCheckpoint(device, out, options,
                             load_checkpoint(args.checkpoint, map_location=device))
@@ -459,7 +287,7 @@ def write_report(path: Path | None, args: argparse.Namespace, metrics: dict[str,
     """``evaluate --out``: the metrics as JSON with the command and checkpoint (and a line
     saying so); nothing without ``--out``."""
     if path:
-        write_json(path, {"command": command_line(), "checkpoint": str(args.checkpoint),
+        write_json(path, {"command": command_line(PROGRAM), "checkpoint": str(args.checkpoint),
                           **metrics})
         print(f"wrote {path}")
 
@@ -504,3 +332,38 @@ def add_sample_parser(
     parser.add_argument("--out", default=out, help=f"PNG file (default {out})")
     parser.set_defaults(run=run, memory_options=memory_options)
     return parser
+
+
+def save_grid(images: torch.Tensor, image_shape: tuple[int, ...], columns: int,
+              path: str | os.PathLike) -> Path:
+    """Tile ``images`` [N, D] (values in [0, 1]) into a grid ``columns`` wide; save a PNG.
+
+    ``image_shape`` is ``(H, W)`` or ``(1, H, W)`` for grey images (a grey-map PNG) and
+    ``(3, H, W)`` for colour ones, flattened channel-major (an RGB PNG); white lines part
+    the tiles.
+    """
+    channels, h, w = channels_first(image_shape)
+    if channels not in (1, 3):
+        raise ValueError(f"a grid shows grey or RGB images, got {channels} channels")
+    n = images.shape[0]
+    rows = math.ceil(n / columns)
+    canvas = torch.ones(rows * (h + 1) + 1, columns * (w + 1) + 1, channels)
+    for i, image in enumerate(images.detach().float().cpu().clamp(0, 1)):
+        r, c = divmod(i, columns)
+        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (
+            image.reshape(channels, h, w).permute(1, 2, 0)
+        )
+    path = Path(path)
+    if channels == 3:
+        from PIL import Image  # Pillow comes with matplotlib
+
+        pixels = canvas.mul(255).round().to(torch.uint8).numpy()
+        Image.fromarray(pixels, "RGB").save(path, format="PNG")
+        return path
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, never a window
+    import matplotlib.image
+
+    matplotlib.image.imsave(path, canvas[..., 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    return path

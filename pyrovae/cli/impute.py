@@ -18,11 +18,13 @@ import pyro
 import torch
 
 from pyrovae.cli import _common as common
-from pyrovae.cli._train import image_set, save_grid
 from pyrovae.data.mnist import canonical_name
 from pyrovae.infer import impute, load_checkpoint, make_mask, missing_log_likelihood
 from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.infer.imputation import METHODS, PATTERNS
+from pyrovae.runs.data import image_set
+from pyrovae.runs.folder import check_writable_dir
+from pyrovae.runs.provenance import command_line, write_json
 
 FAMILY = "vae"
 VAE_CLASS = "pyrovae.models.vae.VAE"
@@ -53,14 +55,15 @@ def checkpoint_dataset(checkpoint: dict, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
-    out = common.check_writable_dir(args.out)
+    out = check_writable_dir(args.out)
     dataset = checkpoint_dataset(read_checkpoint(args.checkpoint), args)
     if dataset not in common.GREY_DATASETS:
         raise common.UsageError(f"impute works on grey images, and {dataset} is in colour; "
                                 f"choose a VAE trained on {', '.join(common.GREY_DATASETS)}")
     model = load_checkpoint(args.checkpoint, map_location=device)
     data = image_set(
-        dataset, binarized=model.likelihood.name == "bernoulli", seed=args.seed,
+        dataset, binarization="dynamic" if model.likelihood.name == "bernoulli" else "grey",
+        seed=args.seed,
         train_size=1, test_size=args.num_images, root=args.data_root,
         download=not args.no_download, device=device,
     )
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     mean = float(log_lik.mean())
     stderr = float(log_lik.std() / n**0.5) if n > 1 else float("nan")
     report = {
-        "command": common.command_line(), "checkpoint": str(args.checkpoint),
+        "command": command_line(common.PROGRAM), "checkpoint": str(args.checkpoint),
         "dataset": data.name, "device": str(device), "mask": args.mask, "method": args.method,
         "num_images": n, "num_samples": args.num_samples, "num_sweeps": args.num_sweeps,
         "seed": args.seed, "missing_fraction": float((~observed).double().mean()),
@@ -105,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     rows = min(n, GRID_ROWS)
     shown = torch.where(observed, x, torch.full_like(x, MISSING_GREY))
     grid = torch.stack([shown[:rows], result.mean[:rows], x[:rows]], 1).flatten(0, 1)
-    save_grid(grid, data.image_shape, 3, out / GRID)
-    common.write_json(out / REPORT, report)
+    common.save_grid(grid, data.image_shape, 3, out / GRID)
+    write_json(out / REPORT, report)
     print(f"{args.method} on the {args.mask} mask: log-likelihood of the missing pixels "
           f"{mean:.3f} ± {stderr:.3f} nats/image ({n} images of {data.name}, "
           f"{report['missing_fraction']:.0%} missing); wrote {out / REPORT}, {out / GRID}")

@@ -18,15 +18,10 @@ from typing import Any
 import torch
 
 from pyrovae.cli import _common as common
-from pyrovae.cli._train import (
-    COLOUR_DATASETS,
-    channels_first,
-    m2_metrics,
-    semi_supervised_set,
-)
 from pyrovae.data.mnist import canonical_name
 from pyrovae.infer.classification import validation_callback
-from pyrovae.models.m2 import M2
+from pyrovae.runs import folder
+from pyrovae.runs import m2 as family
 
 logger = logging.getLogger(__name__)
 FAMILY = "m2"
@@ -36,32 +31,7 @@ DEFAULT_SPLIT = {"mnist": (100, 10_000), "fashion-mnist": (100, 10_000), "digits
                  "svhn": (1000, 10_000)}
 
 
-# ----------------------------------------------------------------- the model: one place to adapt
-def binarized(options: dict[str, Any]) -> bool:
-    """Whether the run's images are binarised: grey data only (M2's likelihood is Bernoulli)."""
-    return options["dataset"] not in COLOUR_DATASETS
-
-
-def build_m2(
-    options: dict[str, Any], data_dim: int, num_classes: int, num_train: int, image_shape
-) -> M2:
-    """The M2 the CLI trains, from its options (the one call of the constructor)."""
-    return M2(
-        data_dim=data_dim,
-        image_shape=channels_first(image_shape),
-        allow_continuous=not binarized(options),
-        num_classes=num_classes,
-        latent_dim=options["latent_dim"],
-        hidden_sizes=options["hidden_sizes"],
-        arch=options.get("arch", "mlp"),  # runs started before --arch: mlp
-        classifier_arch=options["classifier_arch"],
-        activation=options["activation"],
-        alpha=options["alpha_factor"] * num_train,
-        num_train=num_train,
-    )
-
-
-def m2_images(model: M2, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def m2_images(model, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Decoder means ``E[x | y, z]`` [N, D] (the one call of the decoder)."""
     return model.decode(z, y)
 
@@ -76,23 +46,20 @@ def train(args: argparse.Namespace) -> int:
         )
     n_labelled, n_validation = DEFAULT_SPLIT[dataset]
     out, options = common.start_training(
-        args, FAMILY, (
-            "limit", "latent_dim", "hidden_sizes", "arch", "classifier_arch", "activation",
-            "alpha_factor", "epochs", "batch_size", "labelled_batch_size", "lr", "seed",
-        ), dataset=dataset,
+        args, FAMILY, ("preset", "limit", "seed", *family.PRESET_OPTIONS), dataset=dataset,
         n_labelled=args.n_labelled if args.n_labelled is not None else n_labelled,
         n_validation=args.n_validation if args.n_validation is not None else n_validation,
     )
-    return _fit(args, out, options, resume=False)
+    options = family.resolve(options)
+    args.batch_size = options["batch_size"]  # the out-of-memory message names the values
+    args.labelled_batch_size = options["labelled_batch_size"]
+    with folder.releasing(out):
+        return _fit(args, out, options, resume=False)
 
 
 def _data(options: dict[str, Any], args: argparse.Namespace, device: torch.device):
-    return semi_supervised_set(
-        options["dataset"], n_labelled=options["n_labelled"],
-        n_validation=options["n_validation"], seed=options["seed"], limit=options["limit"],
-        root=args.data_root, download=not args.no_download, device=device,
-        binarized=binarized(options),
-    )
+    return family.data(options, root=args.data_root, download=not args.no_download,
+                       device=device)
 
 
 def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -> int:
@@ -100,14 +67,14 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
     data = _data(options, args, device)
     options["image_shape"] = list(data.image_shape)
     torch.manual_seed(options["seed"])
-    model = build_m2(options, data.x_test.shape[1], data.num_classes, data.num_train,
-                     data.image_shape)
+    model = family.build(options, data)
+    batch_size, labelled_batch_size = family.batch_sizes(options, data.num_train)
     history, seconds = common.fit_run(
         args, out, options, model, {"unlabelled": data.unlabelled, "labelled": data.labelled},
         device=device, resume=resume, objective="enum",
-        batch_size={"unlabelled": options["batch_size"],
-                    "labelled": options["labelled_batch_size"]},
+        batch_size={"unlabelled": batch_size, "labelled": labelled_batch_size},
         callbacks=[validation_callback(data.x_val, data.y_val)], select_metric="val_accuracy",
+        optimizer=family.optimizer(options),
     )
     best = history.best
     common.write_train_report(out, options, device, seconds, history, best_epoch=best["epoch"],
@@ -123,7 +90,7 @@ def evaluate(args: argparse.Namespace) -> int:
     data = _data(options, args, device)
     x, y = data.x_test[: args.test_size], data.y_test[: args.test_size]
     torch.manual_seed(args.seed)
-    metrics = m2_metrics(model, x, y, num_samples=args.num_samples,
+    metrics = family.metrics(model, x, y, num_samples=args.num_samples,
                          eval_examples=args.eval_examples)
     print(f"test error {100 * metrics['test_error']:.2f} % ({metrics['num_examples']} images); "
           f"unlabelled bound U(x) {metrics['elbo']:.3f} nats/image")
@@ -161,20 +128,8 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
                     help="validation images (default 10000; digits 200)")
     tr.add_argument("--limit", type=common.positive_int, default=None,
                     help="first N training and test images (default all)")
-    tr.add_argument("--latent-dim", type=common.positive_int, default=50, help="K (default 50)")
-    tr.add_argument("--hidden-sizes", type=common.positive_int, nargs="+", default=[500],
-                    help="hidden widths of every network (default 500)")
-    tr.add_argument("--arch", default="mlp", choices=["mlp", "conv"],
-                    help="networks of q(z|x,y) and p(x|y,z): mlp (default) or conv (e.g. 28x28 "
-                    "grey or 32x32 colour)")
-    tr.add_argument("--classifier-arch", default="mlp", choices=["mlp", "conv"],
-                    help="network of q(y|x): mlp (default) or conv")
-    tr.add_argument("--activation", default="softplus", help="nonlinearity (default softplus)")
-    tr.add_argument("--alpha-factor", type=common.positive_float, default=0.1,
-                    help="classifier weight alpha = factor x N_train (default 0.1)")
-    tr.add_argument("--labelled-batch-size", type=common.positive_int, default=100,
-                    help="labelled images per step (default 100)")
-    common.add_train_basics(tr, out="runs/m2", epochs=10)
+    family.add_options(tr)
+    common.add_train_basics(tr, out="runs/m2", epochs=None)
     tr.set_defaults(run=train, memory_options=("--batch-size", "--labelled-batch-size"))
 
     re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))

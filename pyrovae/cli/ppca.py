@@ -10,47 +10,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pyrovae.cli._common import (
-    add_data_options,
-    add_device_seed,
-    add_parallel_options,
-    check_writable_dir,
-    positive_float,
-    positive_int,
-    progress_enabled,
-    resolve_device,
-    start_processes,
-)
+from pyrovae.cli._common import add_data_options, add_device_seed, progress_enabled
 from pyrovae.data import load_dataset
 from pyrovae.infer import fit
 from pyrovae.infer.distributed import global_rank, main_first
 from pyrovae.models.pca import subspace_angle_degrees
 from pyrovae.models.ppca import PPCA, PPCAParams, fit_closed_form, log_marginal
+from pyrovae.runs.folder import check_writable_dir
+from pyrovae.runs.launch import (
+    add_parallel_options,
+    positive_float,
+    positive_int,
+    resolve_device,
+    start_processes,
+)
+from pyrovae.runs.provenance import command_line, machine_description
 
 logger = logging.getLogger(__name__)
-
-
-def machine_description(device: torch.device | str | None = None) -> dict[str, Any]:
-    """Where a number was measured: platform, CPU count, torch threads and version, the GPU."""
-    device = torch.device(device or "cpu")
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-    }
 
 
 def principal_axes(W: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
@@ -359,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, "test", root=args.data_root, download=False
     ).image_shape
     figures = save_figures(report, closed, model, image_shape, out)
-    report["command"] = "pyrovae " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report["command"] = command_line("pyrovae")
     report["figures"] = [f.name for f in figures]
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(

@@ -16,39 +16,15 @@ from typing import Any
 import torch
 
 from pyrovae.cli import _common as common
-from pyrovae.cli._train import COLOUR_DATASETS, channels_first, image_set, vae_metrics
 from pyrovae.data.mnist import canonical_name
-from pyrovae.infer.evaluation import elbo_terms
-from pyrovae.models.vae import VAE
+from pyrovae.runs import folder
+from pyrovae.runs import vae as family
 
 logger = logging.getLogger(__name__)
 FAMILY = "vae"
 
 
-# ----------------------------------------------------------------- the model: one place to adapt
-def binarized(options: dict[str, Any]) -> bool:
-    """Whether the run's images are binarised: for a Bernoulli likelihood on grey data only.
-    Colour images keep their grey levels, which the Bernoulli likelihood then scores as
-    continuous targets (``allow_continuous``)."""
-    return options["likelihood"] == "bernoulli" and options["dataset"] not in COLOUR_DATASETS
-
-
-def build_vae(options: dict[str, Any], data_dim: int, image_shape) -> VAE:
-    """The VAE the CLI trains, from its options (the one call of the constructor)."""
-    return VAE(
-        data_dim=data_dim,
-        image_shape=channels_first(image_shape),
-        allow_continuous=options["likelihood"] == "bernoulli" and not binarized(options),
-        latent_dim=options["latent_dim"],
-        hidden_sizes=options["hidden_sizes"],
-        arch=options["arch"],
-        activation=options["activation"],
-        likelihood=options["likelihood"],
-        sigma=options["sigma"],
-    )
-
-
-def vae_images(model: VAE, n: int, generator: torch.Generator) -> torch.Tensor:
+def vae_images(model, n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` decoder means ``E[x | z]``, ``z`` from the prior (the one call of the sampler)."""
     return model.sample(n, mean=True, generator=generator)
 
@@ -59,33 +35,25 @@ def train(args: argparse.Namespace) -> int:
         "latent_dim", "hidden_sizes", "arch", "activation", "likelihood", "sigma", "objective",
         "num_particles", "epochs", "batch_size", "lr", "train_size", "test_size", "eval_every",
         "seed",
-    ), dataset=canonical_name(args.dataset), image_size=args.image_size)
-    return _fit(args, out, options, resume=False)
+    ), dataset=canonical_name(args.dataset), image_size=args.image_size,
+        **family.model_options(vars(args)))
+    with folder.releasing(out):
+        return _fit(args, out, options, resume=False)
 
 
 def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -> int:
     device = common.resolve_device(args.device)
-    data = image_set(
-        options["dataset"], binarized=binarized(options), seed=options["seed"],
-        train_size=options["train_size"], test_size=options["test_size"], root=args.data_root,
-        download=not args.no_download, device=device, image_size=_image_size(options),
-    )
+    data = family.data(options, root=args.data_root, download=not args.no_download,
+                       device=device)
     options["image_shape"] = list(data.image_shape)
-    if options["likelihood"] == "bernoulli" and not binarized(options):
+    if options["likelihood"] == "bernoulli" and not data.binarized:
         logger.info("%s is in colour: its grey levels are not binarised; the Bernoulli "
                     "likelihood scores them as continuous targets (not a normalised density)",
                     data.name)
     torch.manual_seed(options["seed"])
-    model = build_vae(options, data.data_dim, data.image_shape)
+    model = family.build(options, data)
     model.check_data(data.test_x)
-    every, epochs = options["eval_every"], options["epochs"]
-
-    def test_elbo(end) -> dict[str, float]:
-        if (end.epoch + 1) % every and end.epoch + 1 != epochs:
-            return {}
-        value = elbo_terms(end.module, data.test_x).summary()["elbo"]
-        end.module.train()
-        return {"test_elbo": value}
+    test_elbo = family.test_elbo_callback(data.test_x, options["eval_every"], options["epochs"])
 
     history, seconds = common.fit_run(
         args, out, options, model, data.train, device=device, resume=resume,
@@ -102,13 +70,10 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
 def evaluate(args: argparse.Namespace) -> int:
     device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
     test_size = args.test_size if args.test_size is not None else options["test_size"]
-    data = image_set(
-        options["dataset"], binarized=binarized(options), seed=options["seed"],
-        train_size=1, test_size=test_size, root=args.data_root, download=not args.no_download,
-        device=device, image_size=_image_size(options),
-    )
+    data = family.data(options, train_size=1, test_size=test_size, root=args.data_root,
+                       download=not args.no_download, device=device)
     torch.manual_seed(args.seed)
-    metrics = vae_metrics(model, data.test_x, num_samples=args.num_samples,
+    metrics = family.metrics(model, data.test_x, num_samples=args.num_samples,
                           elbo_samples=args.elbo_samples, eval_examples=args.eval_examples)
     every = metrics["all_test"]
     print(f"test ELBO {every['elbo']:.3f} nats/image (reconstruction "
@@ -119,11 +84,6 @@ def evaluate(args: argparse.Namespace) -> int:
         print(common.nll_line(s["nll"], s["nll_stderr"], args.num_samples, s["num_examples"]))
     common.write_report(report_path, args, metrics)
     return 0
-
-
-def _image_size(options: dict[str, Any]) -> int:
-    """CelebA's side in pixels (runs started before the option existed: 64)."""
-    return options.get("image_size", 64)
 
 
 def sample(args: argparse.Namespace) -> int:
@@ -143,28 +103,12 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
         train_description="Train a VAE with pyrovae.fit; the run folder gets last.pt "
         "(resumable), options.json and train.json.",
     )
+    family.add_options(tr)
     tr.add_argument("--latent-dim", type=common.positive_int, default=20, help="K (default 20)")
-    tr.add_argument("--hidden-sizes", type=common.positive_int, nargs="+", default=[400],
-                    help="hidden widths of the encoder; the decoder mirrors them (default 400)")
-    tr.add_argument("--arch", default="mlp", choices=["mlp", "conv"],
-                    help="mlp (default) or conv (e.g. 28x28 grey, 32x32 or 64x64 colour)")
-    tr.add_argument("--image-size", type=int, default=64, choices=[32, 64],
-                    help="celeba only: pixels a side (default 64)")
-    tr.add_argument("--activation", default="relu", help="nonlinearity (default relu)")
-    tr.add_argument("--likelihood", default="bernoulli",
-                    choices=["bernoulli", "gaussian", "gaussian_learned"],
-                    help="bernoulli (default): dynamically binarised grey images, colour "
-                    "images as they are; Gaussians: grey levels")
-    tr.add_argument("--sigma", type=common.positive_float, default=0.1,
-                    help="noise of --likelihood gaussian (0.1)")
     tr.add_argument("--objective", default="elbo", choices=["elbo", "iwae"],
                     help="elbo (default) or iwae (with --num-particles K)")
     tr.add_argument("--num-particles", type=common.positive_int, default=1,
                     help="samples per image, vectorised (default 1)")
-    tr.add_argument("--train-size", type=common.positive_int, default=None,
-                    help="first N training images (default all)")
-    tr.add_argument("--test-size", type=common.positive_int, default=None,
-                    help="first N test images (default all)")
     tr.add_argument("--eval-every", type=common.positive_int, default=1,
                     help="epochs between test ELBO evaluations (default 1)")
     common.add_train_basics(tr, out="runs/vae", epochs=10)

@@ -220,7 +220,7 @@ class M2(ConfigurableModule):
             Kingma et al.'s released code draws its weights with ``init_w(1e-3)``, i.e.
             ``np.random.normal(0, 1e-3)``: a standard deviation of 1e-3 (variance 1e-6), which
             the paper writes ``N(0, 0.001)``; ``init_scale=1e-3`` reproduces it
-            ([`pyrovae.models.m2_presets`][]).
+            ([`pyrovae.runs.m2_presets`][]).
         analytic_kl: compute ``KL(q(z|x,y) || p(z))`` in closed form instead of from the sampled
             ``z`` (default False). See "Closed-form KL of z" in the module docstring.
         image_shape: ``(C, H, W)`` of the flattened images, e.g. ``(3, 32, 32)`` for SVHN

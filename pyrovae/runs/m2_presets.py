@@ -1,11 +1,21 @@
-"""Named training recipes for [`M2`][m2.M2]: the papers' settings, each stated.
+"""Named training recipes for [`M2`][pyrovae.models.m2.M2]: the papers' settings, each stated.
+Every M2 of a run, on the command line or in an experiment, is built through one of them
+(``pyrovae.runs.m2``: the run's options replace the preset's settings they name).
 
 A preset is a [`M2Preset`][]: the model's keyword arguments, the input (grey levels or
 binarised pixels), how the classifier weight ``alpha`` follows from the data sizes, the optimiser
 (Adam's learning rate and betas), the batches and the epochs. [`m2_preset`][] returns one by
 name, [`M2Preset.build`][] makes the model for a data set, [`M2Preset.batch_sizes`][] the
-(unlabelled, labelled) batch sizes; ``python -m experiments.m2.mnist --preset NAME`` runs one
-(every setting can still be overridden on the command line).
+(unlabelled, labelled) batch sizes; ``pyrovae m2 train --preset NAME`` and
+``python -m experiments.m2.mnist --preset NAME`` run one (every setting can still be overridden
+on the command line).
+
+``"pyrovae"`` — the default of both front ends: 50-D z, one hidden layer of 500 softplus units,
+MLP classifier, dynamically binarised pixels, ``alpha = 0.1 * N``, Adam at 1e-3, batches of 100
+unlabelled and 100 labelled images, 10 epochs (``pyrovae m2 train``'s defaults).
+
+``"conv_relu"`` — ``experiments.m2.mnist``'s default before the presets (the early pilots of
+``results/m2``): the same with a conv classifier, ReLU units and 300 epochs.
 
 ``"kingma2014"`` — Kingma, Rezende, Mohamed & Welling (2014) and their released code
 (github.com/dpkingma/nips14-ssl, ``learn_yz_x_ss.py`` and ``run_2layer_ssl.py``):
@@ -28,7 +38,7 @@ name, [`M2Preset.build`][] makes the model for a data set, [`M2Preset.batch_size
 
   Not reproduced: the code adds a N(0, 1) prior on the weights (a MAP term, added once per
   step), starts the log-variance weights and output biases at exactly 0, and at 100 labels its
-  M1+M2 uses 300 hidden units (this preset keeps 500; pass ``--hidden 300``). The code
+  M1+M2 uses 300 hidden units (this preset keeps 500; pass ``--hidden-sizes 300``). The code
   released is for M1+M2; for M2 on pixels the same settings are assumed.
 
 ``"pyro_ssvae"`` — Pyro's SS-VAE example (``examples/vae/ss_vae_M2.py``, the tutorial's run
@@ -52,15 +62,22 @@ References:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .m2 import M2
+from pyrovae.models.m2 import M2
+from pyrovae.runs.launch import RunError
+
+#: The model of the ``"pyrovae"`` preset, which every field of `M2Preset` defaults to.
+_PYROVAE_MODEL = dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
+                      activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
+                      allow_continuous=False, init_scale=None, analytic_kl=False)
 
 
 @dataclass(frozen=True)
 class M2Preset:
-    """One named recipe (see the module docstring for where each number comes from).
+    """One named recipe (see the module docstring for where each number comes from); every
+    setting defaults to the ``"pyrovae"`` preset's.
 
     Attributes:
         name: the preset's name.
@@ -83,15 +100,15 @@ class M2Preset:
 
     name: str
     reference: str
-    model: dict[str, Any]
-    input: str
-    alpha_factor: float | None
-    alpha_per_labelled: float | None
-    lr: float
-    betas: tuple[float, float]
-    batch_size: int
-    labelled_batch_size: int
-    epochs: int
+    model: dict[str, Any] = field(default_factory=lambda: dict(_PYROVAE_MODEL))
+    input: str = "dynamic"
+    alpha_factor: float | None = 0.1
+    alpha_per_labelled: float | None = None
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 100
+    labelled_batch_size: int = 100
+    epochs: int = 10
     batches_per_epoch: int | None = None
     batches_per_epoch_by_labels: dict[int, int] = field(default_factory=dict)
 
@@ -118,21 +135,19 @@ class M2Preset:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def replace(self, model: dict[str, Any] | None = None, **fields: Any) -> M2Preset:
+        """This recipe with ``fields`` and the model options ``model`` replaced."""
+        return replace(self, model={**self.model, **(model or {})}, **fields)
+
 
 _PRESETS = {
+    "pyrovae": M2Preset(name="pyrovae", reference="pyrovae m2 train's defaults"),
     "kingma2014": M2Preset(
         name="kingma2014",
         reference="Kingma et al. 2014 and github.com/dpkingma/nips14-ssl (learn_yz_x_ss.py)",
-        model=dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
-                   activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
-                   allow_continuous=True, init_scale=1e-3, analytic_kl=True),
+        model=dict(_PYROVAE_MODEL, allow_continuous=True, init_scale=1e-3, analytic_kl=True),
         input="grey",
-        alpha_factor=0.1,
-        alpha_per_labelled=None,
         lr=3e-4,
-        betas=(0.9, 0.999),
-        batch_size=100,
-        labelled_batch_size=100,
         batches_per_epoch=200,
         batches_per_epoch_by_labels={100: 100},
         epochs=3000,
@@ -140,9 +155,7 @@ _PRESETS = {
     "pyro_ssvae": M2Preset(
         name="pyro_ssvae",
         reference="Pyro examples/vae/ss_vae_M2.py (SS-VAE tutorial's example run)",
-        model=dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
-                   activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
-                   allow_continuous=True, init_scale=None, analytic_kl=False),
+        model=dict(_PYROVAE_MODEL, allow_continuous=True),
         input="grey",
         alpha_factor=None,
         alpha_per_labelled=46.0,
@@ -154,11 +167,15 @@ _PRESETS = {
     ),
 }
 
+_PRESETS["conv_relu"] = _PRESETS["pyrovae"].replace(
+    name="conv_relu", model=dict(classifier_arch="conv", activation="relu"), epochs=300,
+    reference="experiments.m2.mnist's default before presets (results/m2's early pilots)",
+)
 PRESETS = tuple(_PRESETS)
 
 
 def m2_preset(name: str) -> M2Preset:
     """The preset called ``name`` (one of `PRESETS`)."""
     if name not in _PRESETS:
-        raise ValueError(f"unknown M2 preset {name!r}; choose one of {PRESETS}")
+        raise RunError(f"unknown M2 preset {name!r}; choose one of {PRESETS}")
     return _PRESETS[name]
