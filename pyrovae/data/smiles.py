@@ -150,7 +150,8 @@ def load_smiles(
         size: ``None`` (default) for the whole split in file order, else ``size`` molecules drawn
             without replacement with ``seed`` (a fixed seed gives the same subset everywhere).
         seed: seed of the subset (default 0).
-        root, download: see [`ensure_moses`][].
+        root: data root (see [`ensure_moses`][]).
+        download: fetch a missing split (see [`ensure_moses`][]).
     """
     path = ensure_moses(split, root, download)
     smiles = _read_split(str(path.resolve()))
