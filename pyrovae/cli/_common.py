@@ -449,11 +449,11 @@ def write_report(path: Path | None, args: argparse.Namespace, metrics: dict[str,
 
 
 def write_samples(images: torch.Tensor, options: dict[str, Any], columns: int, out: Path,
-                  what: str) -> int:
+                  what: str, **labels: Any) -> int:
     """``sample``'s end: ``images`` [N, D] as a PNG grid ``columns`` wide at ``out`` (the
-    run's ``image_shape``: grey, or RGB for colour data), a line saying ``what`` was written,
-    exit status 0."""
-    save_grid(images, tuple(options["image_shape"]), columns, out)
+    run's ``image_shape``: grey, or RGB for colour data; ``labels``: ``title``,
+    ``row_labels``, ``col_labels``), a line saying ``what`` was written, exit status 0."""
+    save_grid(images, tuple(options["image_shape"]), columns, out, **labels)
     print(f"wrote {what} to {out}")
     return 0
 

@@ -9,7 +9,6 @@ trained model, and an image grid. The experiments in ``experiments/vae/common.py
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pyrovae.data.streams import SemiSupervisedData
 from pyrovae.infer import param_scope
 from pyrovae.infer.classification import accuracy
 from pyrovae.infer.evaluation import evaluate
+from pyrovae.plots import save_image_grid
 
 logger = logging.getLogger(__name__)
 
@@ -189,35 +189,16 @@ def m2_metrics(model, x: torch.Tensor, y: torch.Tensor, *, num_samples: int,
 
 
 def save_grid(images: torch.Tensor, image_shape: tuple[int, ...], columns: int,
-              path: str | os.PathLike) -> Path:
-    """Tile ``images`` [N, D] (values in [0, 1]) into a grid ``columns`` wide; save a PNG.
+              path: str | os.PathLike, **labels: Any) -> Path:
+    """Tile ``images`` [N, D] (values in [0, 1]) into a grid ``columns`` wide; save a PNG,
+    upscaled and labelled by [`pyrovae.plots.save_image_grid`][] (``labels``: ``title``,
+    ``row_labels``, ``col_labels``).
 
-    ``image_shape`` is ``(H, W)`` or ``(1, H, W)`` for grey images (a grey-map PNG) and
-    ``(3, H, W)`` for colour ones, flattened channel-major (an RGB PNG); white lines part
-    the tiles.
+    ``image_shape`` is ``(H, W)`` or ``(1, H, W)`` for grey images and ``(3, H, W)`` for colour
+    ones, flattened channel-major.
     """
-    channels, h, w = channels_first(image_shape)
+    channels, _, _ = channels_first(image_shape)
     if channels not in (1, 3):
         raise ValueError(f"a grid shows grey or RGB images, got {channels} channels")
-    n = images.shape[0]
-    rows = math.ceil(n / columns)
-    canvas = torch.ones(rows * (h + 1) + 1, columns * (w + 1) + 1, channels)
-    for i, image in enumerate(images.detach().float().cpu().clamp(0, 1)):
-        r, c = divmod(i, columns)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (
-            image.reshape(channels, h, w).permute(1, 2, 0)
-        )
-    path = Path(path)
-    if channels == 3:
-        from PIL import Image  # Pillow comes with matplotlib
-
-        pixels = canvas.mul(255).round().to(torch.uint8).numpy()
-        Image.fromarray(pixels, "RGB").save(path, format="PNG")
-        return path
-    import matplotlib
-
-    matplotlib.use("Agg")  # a file, never a window
-    import matplotlib.image
-
-    matplotlib.image.imsave(path, canvas[..., 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-    return path
+    return save_image_grid(path, images.detach().float().cpu().clamp(0, 1), image_shape,
+                           nrow=columns, **labels)

@@ -130,7 +130,9 @@ def sample(args: argparse.Namespace) -> int:
     device, out, options, model = common.open_checkpoint(args, FAMILY)
     generator = torch.Generator().manual_seed(args.seed)
     images = vae_images(model, args.num, generator)
-    return common.write_samples(images, options, args.columns, out, f"{args.num} samples")
+    return common.write_samples(
+        images, options, args.columns, out, f"{args.num} samples",
+        title=f"VAE samples: decoder means E[x|z], z ~ N(0, I) ({options['dataset']})")
 
 
 # ----------------------------------------------------------------- options
