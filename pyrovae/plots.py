@@ -131,7 +131,8 @@ def image_grid_figure(
         if labels is not None and len(labels) != count:
             raise ValueError(f"need {count} labels for {count} {what}, got {len(labels)}")
     # Light grey lines part the tiles (white would merge with white backgrounds).
-    grid = image_grid(arr, image_shape, nrow, padding, pad_value=0.15 if arr.ndim == 3 else 0.85)
+    grid = image_grid(images, image_shape, nrow, padding,
+                      pad_value=0.15 if arr.ndim == 3 else 0.85)
     plt = pyplot()
 
     if scale is None:
