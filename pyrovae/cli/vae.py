@@ -140,7 +140,9 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     """``pyrovae vae`` and its four subcommands; returns every parser (for ``-v``/``-q``)."""
     vae, actions, tr = common.add_family_parser(
         sub, FAMILY, help="train, resume, evaluate or sample a VAE",
-        description="A VAE (Kingma & Welling 2014) on binarised images.",
+        description="A VAE (Kingma & Welling 2014) on grey images (mnist, fashion-mnist, "
+        "digits; binarised for the Bernoulli likelihood) or colour ones (svhn, celeba; never "
+        "binarised).",
         train_help="train a VAE into a run folder",
         train_description="Train a VAE with pyrovae.fit; the run folder gets last.pt "
         "(resumable), options.json and train.json.",

@@ -121,7 +121,8 @@ def ensure_moses(
         path, url, expected, download=download,
         missing=lambda reason: (
             f"MOSES file {path} is missing ({reason}). Download {url} to that path, or set "
-            f"PYROVAE_DATA (or pass root=) to a folder holding {MOSES_FOLDER}/{file_name}."
+            f"PYROVAE_DATA (root= in Python, "
+            f"--data-root on the command line) to a folder holding {MOSES_FOLDER}/{file_name}."
         ),
     )
 

@@ -1,5 +1,6 @@
-"""``pyrovae ppca``'s experiment (`pyrovae.runs.ppca`) and its first-run behaviour: the exact
-ELBO in the report, a quiet progress display, and a default run that matches the closed form."""
+"""What a newcomer meets first (issue 25): ``pyrovae ppca`` (the README's first command, its
+experiment in `pyrovae.runs.ppca`) with the exact ELBO in its report, a quiet progress display
+and a default run that matches the closed form; help and error texts that fit the command line."""
 
 import io
 import json
@@ -95,3 +96,22 @@ def test_default_run_matches_the_closed_form():
     assert report["sigma2_relative_difference"] < 0.0033
     assert report["subspace_angle_degrees"] < 2.0
     assert 0 <= report["svi"]["elbo_gap"] < 5.0  # measured 1.5
+
+
+def test_vae_help_names_colour_data(capsys):
+    """``pyrovae vae --help`` does not say "binarised images" alone: colour data is never
+    binarised (issue 25)."""
+    from pyrovae.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["vae", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "colour" in text and "never binarised" in text
+
+
+def test_missing_data_names_the_command_line_option(tmp_path):
+    """On the command line the data error names --data-root, not Python's ``root=``."""
+    result = run_ppca("--dataset", "mnist", "--data-root", str(tmp_path), "--no-download")
+    assert result.returncode == 2
+    assert "--data-root on the command line" in result.stderr
+    assert "(or pass root=)" not in result.stderr
