@@ -115,3 +115,24 @@ def test_missing_data_names_the_command_line_option(tmp_path):
     assert result.returncode == 2
     assert "--data-root on the command line" in result.stderr
     assert "(or pass root=)" not in result.stderr
+
+
+def test_epoch_lines_come_back_after_ppca(tmp_path, capsys, caplog):
+    """``ppca`` turns the trainer's line per epoch off for its own run only."""
+    import logging
+
+    from pyrovae.cli import main
+
+    trainer = logging.getLogger("pyrovae.infer.trainer")
+    before = trainer.level
+    caplog.set_level(logging.INFO)
+    assert main(["ppca", "--epochs", "3", "--latent-dim", "2", "--out", str(tmp_path)]) == 0
+    assert trainer.level == before
+    assert "epoch 3/3: log p(x)" in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.name == "pyrovae.infer.trainer"]
+    # The same fit outside ppca logs its epochs (so the check above can fail).
+    from pyrovae.infer import fit
+    from pyrovae.models.ppca import PPCA
+
+    fit(PPCA(3, 1), torch.randn(10, 3), epochs=2, progress=False)
+    assert len([r for r in caplog.records if r.name == "pyrovae.infer.trainer"]) == 2

@@ -7,6 +7,7 @@ the progress (a bar on a terminal, a few lines otherwise) and prints the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -70,6 +71,18 @@ class EpochProgress:
             print(f"epoch {done}/{self.epochs}{shown}", file=self.stream, flush=True)
 
 
+@contextlib.contextmanager
+def epoch_lines_off():
+    """Raise the trainer's logger to WARNING for the block, then restore its level."""
+    trainer = logging.getLogger("pyrovae.infer.trainer")
+    level = trainer.level
+    trainer.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        trainer.setLevel(level)
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     """The ``ppca`` subcommand's options, on the subparsers ``sub`` of the top-level parser."""
     digits, mnist = DEFAULTS["digits"], DEFAULTS["mnist"]
@@ -131,26 +144,26 @@ def run(args: argparse.Namespace) -> int:
             setattr(args, name, value)
     callbacks = []
     if progress_enabled(args) is not False and global_rank() == 0:
-        # This progress replaces fit's line per epoch (-v brings those back).
-        if args.log_level > logging.DEBUG:
-            logging.getLogger("pyrovae.infer.trainer").setLevel(logging.WARNING)
         callbacks.append(EpochProgress(args.epochs, bar=sys.stderr.isatty()))
-    report, closed, model = compare_ppca(
-        dataset=args.dataset,
-        latent_dim=args.latent_dim,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        num_particles=args.num_particles,
-        root=args.data_root,
-        download=not args.no_download,
-        device=device,
-        eval_every=args.eval_every,
-        devices=args.devices,
-        num_nodes=args.num_nodes,
-        callbacks=callbacks,
-    )
+    # The progress above replaces fit's line per epoch (-v brings those back).
+    quiet_epochs = callbacks and args.log_level > logging.DEBUG
+    with epoch_lines_off() if quiet_epochs else contextlib.nullcontext():
+        report, closed, model = compare_ppca(
+            dataset=args.dataset,
+            latent_dim=args.latent_dim,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            num_particles=args.num_particles,
+            root=args.data_root,
+            download=not args.no_download,
+            device=device,
+            eval_every=args.eval_every,
+            devices=args.devices,
+            num_nodes=args.num_nodes,
+            callbacks=callbacks,
+        )
     if global_rank() != 0:  # rank 0 writes the report and figures
         return 0
     image_shape = load_dataset(

@@ -45,7 +45,7 @@ class PPCARunDefaults(NamedTuple):
 #: epoch; one particle from 0.05 ends 0.92 short too in 3000 epochs, at 6 ms per epoch (2000
 #: epochs end 5.4 short). The curve looks flat on a plot long before it is: the last nats, and
 #: degrees of subspace angle, come late, so the run keeps its length and drops particles.
-#: MNIST-sized sets use minibatches of 1000 (about 15 s per epoch on one CPU core).
+#: MNIST-sized sets use minibatches of 1000 (an epoch: 8.8 CPU-seconds, one thread).
 DEFAULTS = {
     "digits": PPCARunDefaults(3000, 0.05, None, 10, 1),
     "mnist": PPCARunDefaults(60, 0.01, 1000, 5, 4),
