@@ -136,3 +136,26 @@ def test_epoch_lines_come_back_after_ppca(tmp_path, capsys, caplog):
 
     fit(PPCA(3, 1), torch.randn(10, 3), epochs=2, progress=False)
     assert len([r for r in caplog.records if r.name == "pyrovae.infer.trainer"]) == 2
+
+
+def test_digits_run_uses_one_thread(tmp_path, monkeypatch, capsys):
+    """The digits fit runs on one thread unless OMP_NUM_THREADS says otherwise (two threads
+    cost 12x the CPU time on the shared 2-core machine)."""
+    from pyrovae.cli import main
+
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(2)
+        assert main(["-q", "ppca", "--epochs", "1", "--latent-dim", "2",
+                     "--out", str(tmp_path / "a")]) == 0
+        assert json.loads((tmp_path / "a" / "report.json").read_text())[
+            "machine"]["torch_threads"] == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert main(["-q", "ppca", "--epochs", "1", "--latent-dim", "2",
+                     "--out", str(tmp_path / "b")]) == 0
+        assert json.loads((tmp_path / "b" / "report.json").read_text())[
+            "machine"]["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(threads)

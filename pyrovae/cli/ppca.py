@@ -10,8 +10,11 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import sys
 from typing import IO
+
+import torch
 
 from pyrovae.cli._common import (
     add_data_options,
@@ -139,9 +142,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     start_processes(args.devices, args.num_nodes, device)
     out = main_first(check_writable_dir, args.out)
+    threads_given = getattr(args, "threads", None)
     for name, value in DEFAULTS[args.dataset]._asdict().items():
-        if getattr(args, name) is None:
+        if getattr(args, name, None) is None:
             setattr(args, name, value)
+    # A data set's default thread count gives way to the user's OMP_NUM_THREADS.
+    if threads_given is not None or (args.threads and "OMP_NUM_THREADS" not in os.environ):
+        torch.set_num_threads(args.threads)
     callbacks = []
     if progress_enabled(args) is not False and global_rank() == 0:
         callbacks.append(EpochProgress(args.epochs, bar=sys.stderr.isatty()))

@@ -30,13 +30,16 @@ __all__ = ["DEFAULTS", "PPCARunDefaults", "compare_ppca", "exact_elbo", "format_
 
 class PPCARunDefaults(NamedTuple):
     """A data set's defaults: SVI epochs, initial Adam step, batch size (``None``: all the
-    data), epochs between evaluations of the exact log-likelihood, ELBO samples per point."""
+    data), epochs between evaluations of the exact log-likelihood, ELBO samples per point,
+    torch threads."""
 
     epochs: int
     lr: float
     batch_size: int | None
     eval_every: int
     num_particles: int
+    #: torch threads (``None``: torch's default, one per core).
+    threads: int | None
 
 
 #: Per data set. Digits, full-batch with the cosine-decayed step (measured on the 2-core dev
@@ -45,11 +48,13 @@ class PPCARunDefaults(NamedTuple):
 #: epoch; one particle from 0.05 ends 0.92 short too in 3000 epochs, at 6 ms per epoch (2000
 #: epochs end 5.4 short). The curve looks flat on a plot long before it is: the last nats, and
 #: degrees of subspace angle, come late, so the run keeps its length and drops particles.
+#: Digits' steps are too small to share between threads: the whole command took 29 CPU-seconds
+#: with one thread and 353 with torch's default two, on the shared 2-core machine.
 #: MNIST-sized sets use minibatches of 1000 (an epoch: 8.8 CPU-seconds, one thread).
 DEFAULTS = {
-    "digits": PPCARunDefaults(3000, 0.05, None, 10, 1),
-    "mnist": PPCARunDefaults(60, 0.01, 1000, 5, 4),
-    "fashion-mnist": PPCARunDefaults(60, 0.01, 1000, 5, 4),
+    "digits": PPCARunDefaults(3000, 0.05, None, 10, 1, 1),
+    "mnist": PPCARunDefaults(60, 0.01, 1000, 5, 4, None),
+    "fashion-mnist": PPCARunDefaults(60, 0.01, 1000, 5, 4, None),
 }
 
 
