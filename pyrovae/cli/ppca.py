@@ -93,7 +93,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "ppca",
         help="fit PPCA by the closed form and by SVI, and compare them",
         description="Fit probabilistic PCA by its closed-form maximum-likelihood solution and by "
-        "SVI, print both log-likelihoods side by side, and write figures and a JSON report.",
+        "SVI, print both log-likelihoods side by side, and write figures and a JSON report. "
+        "Digits runs on one thread (its steps are too small to share) unless OMP_NUM_THREADS "
+        "is set.",
     )
     ppca.add_argument(
         "--dataset",
