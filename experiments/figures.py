@@ -4,6 +4,8 @@ Only numpy is imported at module level; matplotlib is imported inside the functi
 with the non-interactive ``Agg`` backend. Images are flattened ``[N, H*W]`` arrays or tensors
 with values in [0, 1]; ``image_shape`` gives ``(H, W)`` or ``(1, H, W)`` for grey images (drawn
 black on white) and ``(3, H, W)`` for colour ones (flattened channel-major, drawn in RGB).
+Image grids come from the library's [`pyrovae.plots`][], which the ``pyrovae`` command uses
+too: upscaled nearest-neighbour, with a title and row and column labels.
 
 Example::
 
@@ -18,6 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pyrovae import plots
+from pyrovae.plots import as_images, image_grid, to_numpy
+
+__all__ = ["as_images", "image_grid", "to_numpy"]  # re-exported for the scripts
+
 
 def pyplot():
     import matplotlib
@@ -28,27 +35,6 @@ def pyplot():
     return plt
 
 
-def to_numpy(images) -> np.ndarray:
-    """A float numpy copy of a tensor or array (detached, on the CPU)."""
-    if hasattr(images, "detach"):
-        images = images.detach().cpu().numpy()
-    return np.asarray(images, dtype=np.float32)
-
-
-def as_images(images, image_shape: Sequence[int] = (28, 28)) -> np.ndarray:
-    """Flattened images as ``[N, H, W]`` (grey: ``image_shape`` ``(H, W)`` or ``(1, H, W)``)
-    or ``[N, H, W, 3]`` (colour: ``(3, H, W)``, flattened channel-major), as ``imshow`` takes
-    them."""
-    shape = tuple(int(s) for s in image_shape)
-    if len(shape) == 3 and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) == 2:
-        return to_numpy(images).reshape(-1, *shape)
-    if len(shape) != 3 or shape[0] != 3:
-        raise ValueError(f"image_shape must be (H, W), (1, H, W) or (3, H, W), got {shape}")
-    return to_numpy(images).reshape(-1, *shape).transpose(0, 2, 3, 1)
-
-
 def show(ax, pixels: np.ndarray) -> None:
     """``imshow`` of a grid from `image_grid`: grey black on white (``gray_r``), colour as RGB."""
     if pixels.ndim == 2:
@@ -57,71 +43,22 @@ def show(ax, pixels: np.ndarray) -> None:
         ax.imshow(np.clip(pixels, 0.0, 1.0), interpolation="nearest")
 
 
-def image_grid(
-    images,
-    image_shape: Sequence[int] = (28, 28),
-    nrow: int | None = None,
-    padding: int = 2,
-    pad_value: float = 1.0,
-) -> np.ndarray:
-    """Tile images into one array (row-major, ``nrow`` images per row).
-
-    Args:
-        images: ``[N, D]`` flattened images with values in [0, 1] (tensor or array), or
-            ``[N, H, W]`` grey ones.
-        image_shape: ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)`` (default ``(28, 28)``).
-        nrow: images per row (default ``ceil(sqrt(N))``).
-        padding: pixels between images (default 2).
-        pad_value: value of the padding (default 1.0).
-
-    Returns:
-        ``[rows * (H + padding) + padding, nrow * (W + padding) + padding]`` float array for
-        grey images, with a last axis of 3 (RGB) for colour ones; missing cells of the last
-        row are filled with ``pad_value``.
-    """
-    arr = as_images(images, image_shape)
-    n, h, w = arr.shape[:3]
-    if n == 0:
-        raise ValueError("image_grid needs at least one image")
-    nrow = int(np.ceil(np.sqrt(n))) if nrow is None else int(nrow)
-    nrows = int(np.ceil(n / nrow))
-    grid = np.full(
-        (nrows * (h + padding) + padding, nrow * (w + padding) + padding, *arr.shape[3:]),
-        pad_value,
-        dtype=np.float32,
-    )
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + c * (w + padding)
-        grid[top : top + h, left : left + w] = arr[i]
-    return grid
-
-
 def save_image_grid(
     path: str | Path,
     images,
     image_shape: Sequence[int] = (28, 28),
     nrow: int | None = None,
     title: str | None = None,
-    scale: float = 0.35,
+    **labels,
 ) -> Path:
-    """Save :func:`image_grid` of ``images`` as a PNG (black digits on white: ``gray_r``).
+    """Save [`pyrovae.plots.save_image_grid`][] of ``images`` as a PNG: upscaled
+    nearest-neighbour, black on white, under ``title``, with ``labels`` (``row_labels``,
+    ``col_labels``, ``scale``). In a data-parallel run, rank 0 alone saves. Returns the path."""
+    from pyrovae.runs.provenance import is_main
 
-    ``scale`` is inches per image (default 0.35). Returns the path.
-    """
-    grid = image_grid(images, image_shape, nrow)
-    n = as_images(images, image_shape).shape[0]
-    nrow = int(np.ceil(np.sqrt(n))) if nrow is None else int(nrow)
-    ncols_rows = (nrow, int(np.ceil(n / nrow)))
-    plt = pyplot()
-    width = max(2.0, scale * ncols_rows[0])
-    height = max(2.0, scale * ncols_rows[1]) + 0.4 * bool(title)
-    fig, ax = plt.subplots(figsize=(width, height))
-    show(ax, grid)
-    ax.axis("off")
-    if title:
-        ax.set_title(title, fontsize=10)
-    return save_figure(fig, path)
+    if not is_main():
+        return Path(path)
+    return plots.save_image_grid(path, images, image_shape, nrow, title=title, **labels)
 
 
 def save_grids_side_by_side(

@@ -55,7 +55,7 @@ def test_ppca_digits_smoke(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["dataset"] == "digits" and report["n"] == 1437 and report["latent_dim"] == 3
     assert report["svi"]["log_likelihood"] <= report["closed_form"]["log_likelihood"]
-    assert report["svi"]["final_elbo"] <= report["svi"]["log_likelihood"] + 1.0
+    assert report["svi"]["elbo"] <= report["svi"]["log_likelihood"]  # exact: no noise
     for name in report["figures"]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["command"].startswith("pyrovae ppca")
@@ -126,11 +126,12 @@ def test_documented_examples_run(tmp_path, monkeypatch, capsys):
 
     import matplotlib.image
 
-    # 16 images of 8x8 in 4 columns with 1-pixel borders; M2: 10 classes x 4 per class
+    # 16 images of 8x8 in 4 columns with 2-pixel lines; M2: 10 classes x 4 per class; each
+    # image pixel drawn at least 3x3 (issue 25), plus the title and labels around the grid
     vae_grid = matplotlib.image.imread(tmp_path / "runs" / "vae_smoke" / "samples.png")
     m2_grid = matplotlib.image.imread(tmp_path / "runs" / "m2_smoke" / "samples.png")
-    assert vae_grid.shape[:2] == (4 * 9 + 1, 4 * 9 + 1)
-    assert m2_grid.shape[:2] == (10 * 9 + 1, 4 * 9 + 1)
+    assert vae_grid.shape[0] > 3 * (4 * 10 + 2) and vae_grid.shape[1] > 3 * (4 * 10 + 2)
+    assert m2_grid.shape[0] > 3 * (10 * 10 + 2) and m2_grid.shape[1] > 3 * (4 * 10 + 2)
 
 
 def test_progress_lines_by_default_and_quiet_with_q(tmp_path, capsys, caplog):
@@ -177,7 +178,8 @@ def test_impute_smoke(tmp_path):
     import matplotlib.image
 
     grid = matplotlib.image.imread(out / report["grid"])
-    assert grid.shape[:2] == (5 * 9 + 1, 3 * 9 + 1)  # 5 images x (observed, imputed, truth)
+    # one row of 5 images x (observed, imputed, truth), 8x8 pixels each drawn at least 3x3
+    assert grid.shape[0] > 3 * (10 + 2) and grid.shape[1] > 3 * (15 * 10 + 2)
 
 
 def test_impute_any_vae_checkpoint(tmp_path):
@@ -240,11 +242,19 @@ def test_colour_svhn_conv_vae_and_m2_smoke(tmp_path, capsys):
     png = tmp_path / "samples.png"
     assert main(["vae", "sample", "--checkpoint", str(run_dir / "last.pt"), "--num", "4",
                  "--columns", "2", "--seed", "3", "--out", str(png)]) == 0
-    grid = np.asarray(Image.open(png))
-    assert grid.shape == (2 * 33 + 1, 2 * 33 + 1, 3)  # 2 x 2 tiles of 32 + 1 white line
+    with Image.open(png) as image:
+        grid = np.asarray(image.convert("RGB")).astype(int)
+    # 2 x 2 tiles of 32 + 2-pixel lines, each pixel drawn 3 x 3 (32 px images: 96 px tiles)
+    assert grid.shape[0] > 3 * (2 * 34 + 2) and grid.shape[1] > 3 * (2 * 34 + 2)
     expected = model.sample(4, generator=torch_generator(3)).reshape(4, 3, 32, 32)
-    second_tile = grid[1:33, 34:66].transpose(2, 0, 1) / 255  # row 0, column 1: image 1
-    assert np.abs(second_tile - expected[1].numpy()).max() <= 0.5 / 255 + 1e-6
+    # Image 1 (row 0, column 1) is in the PNG, upscaled: find its top-left 3 x 3 block, then
+    # compare the whole tile (8-bit colours: within 1 of the model's value times 255).
+    tile = np.round(expected[1].numpy().transpose(1, 2, 0) * 255).repeat(3, 0).repeat(3, 1)
+    candidates = zip(*np.nonzero((np.abs(grid - tile[0, 0]) <= 1).all(-1)), strict=True)
+    assert any(
+        np.abs(grid[y : y + 96, x : x + 96] - tile).max() <= 1
+        for y, x in candidates if y + 96 <= grid.shape[0] and x + 96 <= grid.shape[1]
+    )
 
     m2_dir = tmp_path / "m2"
     assert main(["-q", "m2", "train", *data, "--arch", "conv", "--classifier-arch", "conv",
@@ -255,7 +265,9 @@ def test_colour_svhn_conv_vae_and_m2_smoke(tmp_path, capsys):
     assert m2.config["image_shape"] == [3, 32, 32] and m2.config["arch"] == "conv"
     assert main(["m2", "sample", "--checkpoint", str(m2_dir / "best.pt"), "--per-class", "2",
                  "--out", str(tmp_path / "m2.png")]) == 0
-    assert np.asarray(Image.open(tmp_path / "m2.png")).shape == (10 * 33 + 1, 2 * 33 + 1, 3)
+    with Image.open(tmp_path / "m2.png") as image:
+        height, width = image.size[1], image.size[0]
+    assert height > 3 * (10 * 34 + 2) and width > 3 * (2 * 34 + 2)
     capsys.readouterr()
 
 

@@ -4,8 +4,10 @@ the tutorial's code runs and says what the tutorial claims it says.
 (tests/test_docs_browser.py opens the built pages in headless Chromium, offline.)"""
 
 import importlib.util
+import json
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -81,13 +83,20 @@ needs_docs_extra = pytest.mark.skipif(
 )
 
 
-def build_site(out: Path) -> Path:
-    """``mkdocs build --strict`` into ``out``; fails the test with mkdocs' output if it fails."""
+def build_site(out: Path, config: Path = REPO / "mkdocs.yml") -> Path:
+    """``mkdocs build --strict`` of ``config`` into ``out``; fails the test, with mkdocs'
+    output, if the build fails or logs any warning.
+
+    Not ``--quiet``: it drops warnings before strict mode counts them, so a build with
+    warnings would pass.
+    """
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(out)],
+        cwd=config.parent, capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    warnings = [line for line in output.splitlines() if line.startswith(("WARNING", "ERROR"))]
+    assert result.returncode == 0 and not warnings, output
     return out
 
 
@@ -190,6 +199,73 @@ def test_mkdocs_build_strict(site):
     assert (site / "tutorial.html").exists()
     api = (site / "api" / "linear.html").read_text()
     assert 'id="pyrovae.models.factor_analysis.FactorAnalysis"' in api
+
+
+@needs_docs_extra
+def test_a_warning_fails_the_build(tmp_path):
+    """The build test can fail: a copy of the docs with one broken link (a warning, which
+    ``--strict`` makes an error) does not build."""
+    copy = tmp_path / "repo"
+    shutil.copytree(DOCS, copy / "docs")
+    config = (REPO / "mkdocs.yml").read_text()
+    # The API pages read the code from the checkout, not from the copy.
+    config = config.replace("paths: [.]", f"paths: [{json.dumps(str(REPO))}]")
+    assert str(REPO) in config
+    (copy / "mkdocs.yml").write_text(config)
+    faq = copy / "docs" / "faq.md"
+    faq.write_text(faq.read_text() + "\nSee [a page that is not there](no-such-page.md).\n")
+    with pytest.raises(AssertionError, match="no-such-page.md"):
+        build_site(tmp_path / "site", copy / "mkdocs.yml")
+
+
+def nav_pages(nav) -> set[str]:
+    """Every page file named in ``mkdocs.yml``'s ``nav`` (nested sections included)."""
+    if isinstance(nav, str):
+        return {nav}
+    if isinstance(nav, dict):
+        return set().union(*(nav_pages(v) for v in nav.values()))
+    return set().union(*(nav_pages(v) for v in nav))
+
+
+def test_every_page_is_reachable_from_the_index():
+    """Each ``docs/**/*.md`` page (not the folder's README) is in the nav or linked from the
+    index, so no page is built that a reader cannot find."""
+    yaml = pytest.importorskip("yaml")  # mkdocs' dependency
+    config = yaml.load((REPO / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    in_nav = nav_pages(config["nav"])
+    index = (DOCS / "index.md").read_text()
+    linked = {link.split("#")[0] for link in re.findall(r"\]\(([\w./-]+\.md)(?:#[\w-]*)?\)", index)}
+    pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")} - {"README.md"}
+    assert in_nav <= pages, f"nav names missing pages: {sorted(in_nav - pages)}"
+    assert pages <= in_nav | linked, f"unreachable pages: {sorted(pages - in_nav - linked)}"
+    assert linked <= pages, f"index links missing pages: {sorted(linked - pages)}"
+
+
+def test_index_lists_every_model_and_use():
+    """The index's model table and its "Where to start" list name SketchRNN, the SMILES VAE
+    and imputation (issue 25)."""
+    index = (DOCS / "index.md").read_text()
+    tables, start = index.split("## Where to start")
+    start = start.split("\n## ")[0]
+    table_rows = "\n".join(line for line in tables.splitlines() if line.startswith("|"))
+    for name in ("SketchRNN", "SMILES VAE", "Imputation"):
+        assert name in table_rows, f"{name} missing from the index's tables"
+        assert name.lower() in start.lower(), f"{name} missing from 'Where to start'"
+
+
+def test_load_checkpoint_is_shown_in_readme_and_tutorial():
+    assert "pyrovae.load_checkpoint(" in (REPO / "README.md").read_text()
+    # The tutorial shows the call from its tested code file.
+    assert "pyrovae.load_checkpoint(" in (TUTORIAL_CODE / "checkpoints.py").read_text()
+    assert '--8<-- "checkpoints.py:checkpoints"' in (DOCS / "tutorial.md").read_text()
+
+
+def test_checkpoints_tutorial():
+    out = run_tutorial("checkpoints")
+    # The reloaded model is a new object with the trained weights: the same encodings (its
+    # encoder is deterministic and runs the same float32 operations: exact).
+    assert out["reloaded"] is not out["model"] and not out["reloaded"].training
+    assert torch.equal(out["codes"], out["reloaded_codes"])
 
 
 @needs_docs_extra

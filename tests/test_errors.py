@@ -90,7 +90,7 @@ def places(tmp_path, monkeypatch):
         except RuntimeError as err:
             raise RuntimeError(f"{err}\n   Trace Shapes:") from err
 
-    monkeypatch.setattr("pyrovae.cli.ppca.fit", out_of_memory)
+    monkeypatch.setattr("pyrovae.runs.ppca.fit", out_of_memory)
     empty = tmp_path / "empty"
     empty.mkdir()
     best = tmp_path / "best"
@@ -209,7 +209,7 @@ def test_out_of_memory_is_recognised_through_pyro_and_cuda():
 
 @pytest.mark.parametrize("option", [dict(batch_size=0), dict(epochs=0), dict(eval_every=0)])
 def test_compare_ppca_refuses_zero_rather_than_meaning_all(option):
-    from pyrovae.cli.ppca import compare_ppca
+    from pyrovae.runs.ppca import compare_ppca
 
     with pytest.raises(ValueError, match="batch_size must be a positive|must be >= 1"):
         compare_ppca(**{"epochs": 1, **option})

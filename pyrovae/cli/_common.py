@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 from pyrovae.cli import arguments
 from pyrovae.infer import History, distributed, fit, load_checkpoint
 from pyrovae.infer.checkpoint import read_checkpoint
+from pyrovae.plots import save_image_grid
 from pyrovae.runs import folder
 from pyrovae.runs.data import COLOUR_DATASETS, channels_first
 from pyrovae.runs.launch import (
@@ -293,11 +293,11 @@ def write_report(path: Path | None, args: argparse.Namespace, metrics: dict[str,
 
 
 def write_samples(images: torch.Tensor, options: dict[str, Any], columns: int, out: Path,
-                  what: str) -> int:
+                  what: str, **labels: Any) -> int:
     """``sample``'s end: ``images`` [N, D] as a PNG grid ``columns`` wide at ``out`` (the
-    run's ``image_shape``: grey, or RGB for colour data), a line saying ``what`` was written,
-    exit status 0."""
-    save_grid(images, tuple(options["image_shape"]), columns, out)
+    run's ``image_shape``: grey, or RGB for colour data; ``labels``: ``title``,
+    ``row_labels``, ``col_labels``), a line saying ``what`` was written, exit status 0."""
+    save_grid(images, tuple(options["image_shape"]), columns, out, **labels)
     print(f"wrote {what} to {out}")
     return 0
 
@@ -335,35 +335,16 @@ def add_sample_parser(
 
 
 def save_grid(images: torch.Tensor, image_shape: tuple[int, ...], columns: int,
-              path: str | os.PathLike) -> Path:
-    """Tile ``images`` [N, D] (values in [0, 1]) into a grid ``columns`` wide; save a PNG.
+              path: str | os.PathLike, **labels: Any) -> Path:
+    """Tile ``images`` [N, D] (values in [0, 1]) into a grid ``columns`` wide; save a PNG,
+    upscaled and labelled by [`pyrovae.plots.save_image_grid`][] (``labels``: ``title``,
+    ``row_labels``, ``col_labels``).
 
-    ``image_shape`` is ``(H, W)`` or ``(1, H, W)`` for grey images (a grey-map PNG) and
-    ``(3, H, W)`` for colour ones, flattened channel-major (an RGB PNG); white lines part
-    the tiles.
+    ``image_shape`` is ``(H, W)`` or ``(1, H, W)`` for grey images and ``(3, H, W)`` for colour
+    ones, flattened channel-major.
     """
-    channels, h, w = channels_first(image_shape)
+    channels, _, _ = channels_first(image_shape)
     if channels not in (1, 3):
         raise ValueError(f"a grid shows grey or RGB images, got {channels} channels")
-    n = images.shape[0]
-    rows = math.ceil(n / columns)
-    canvas = torch.ones(rows * (h + 1) + 1, columns * (w + 1) + 1, channels)
-    for i, image in enumerate(images.detach().float().cpu().clamp(0, 1)):
-        r, c = divmod(i, columns)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (
-            image.reshape(channels, h, w).permute(1, 2, 0)
-        )
-    path = Path(path)
-    if channels == 3:
-        from PIL import Image  # Pillow comes with matplotlib
-
-        pixels = canvas.mul(255).round().to(torch.uint8).numpy()
-        Image.fromarray(pixels, "RGB").save(path, format="PNG")
-        return path
-    import matplotlib
-
-    matplotlib.use("Agg")  # a file, never a window
-    import matplotlib.image
-
-    matplotlib.image.imsave(path, canvas[..., 0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-    return path
+    return save_image_grid(path, images.detach().float().cpu().clamp(0, 1), image_shape,
+                           nrow=columns, **labels)

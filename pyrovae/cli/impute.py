@@ -30,8 +30,10 @@ FAMILY = "vae"
 VAE_CLASS = "pyrovae.models.vae.VAE"
 REPORT = "report.json"
 GRID = "imputation.png"
-#: Images shown in the grid (the first ones).
-GRID_ROWS = 16
+#: Images shown in the grid: the first 100 (all of them at the default --num-images).
+GRID_IMAGES = 100
+#: Images per row of the grid, each as three tiles: observed, imputed, truth.
+GRID_PER_ROW = 5
 #: The value a missing pixel is drawn with in the grid's "observed" column.
 MISSING_GREY = 0.5
 
@@ -105,10 +107,15 @@ def run(args: argparse.Namespace) -> int:
     if result.acceptance_rate is not None:
         report["acceptance_rate"] = float(result.acceptance_rate)
 
-    rows = min(n, GRID_ROWS)
+    k = min(n, GRID_IMAGES)
     shown = torch.where(observed, x, torch.full_like(x, MISSING_GREY))
-    grid = torch.stack([shown[:rows], result.mean[:rows], x[:rows]], 1).flatten(0, 1)
-    common.save_grid(grid, data.image_shape, 3, out / GRID)
+    grid = torch.stack([shown[:k], result.mean[:k], x[:k]], 1).flatten(0, 1)
+    per_row = min(k, GRID_PER_ROW)
+    common.save_grid(grid, data.image_shape, 3 * per_row, out / GRID,
+              title=f"{args.method} imputation, {args.mask} mask: {data.name} test images "
+              f"1-{k}{'' if k == n else f' of {n}'} (grey: missing)",
+              col_labels=["observed", "imputed", "truth"] * per_row,
+              row_labels=[f"{i + 1}-{min(i + per_row, k)}" for i in range(0, k, per_row)])
     write_json(out / REPORT, report)
     print(f"{args.method} on the {args.mask} mask: log-likelihood of the missing pixels "
           f"{mean:.3f} ± {stderr:.3f} nats/image ({n} images of {data.name}, "

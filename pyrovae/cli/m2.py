@@ -108,8 +108,11 @@ def sample(args: argparse.Namespace) -> int:
     z = torch.randn(columns, model.latent_dim, generator=generator)
     z = z.repeat(classes, 1).to(device)  # row c, column j: class c in style j
     y = torch.arange(classes, device=device).repeat_interleave(columns)
-    return common.write_samples(m2_images(model, y, z), options, columns, out,
-                                f"{classes} x {columns} samples (one row per class)")
+    return common.write_samples(
+        m2_images(model, y, z), options, columns, out,
+        f"{classes} x {columns} samples (one row per class)",
+        title="M2 samples: a class y per row, a style z ~ N(0, I) per column",
+        row_labels=[f"y = {c}" for c in range(classes)])
 
 
 # ----------------------------------------------------------------- options

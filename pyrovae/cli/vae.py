@@ -90,7 +90,9 @@ def sample(args: argparse.Namespace) -> int:
     device, out, options, model = common.open_checkpoint(args, FAMILY)
     generator = torch.Generator().manual_seed(args.seed)
     images = vae_images(model, args.num, generator)
-    return common.write_samples(images, options, args.columns, out, f"{args.num} samples")
+    return common.write_samples(
+        images, options, args.columns, out, f"{args.num} samples",
+        title=f"VAE samples: decoder means E[x|z], z ~ N(0, I) ({options['dataset']})")
 
 
 # ----------------------------------------------------------------- options
@@ -98,7 +100,9 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     """``pyrovae vae`` and its four subcommands; returns every parser (for ``-v``/``-q``)."""
     vae, actions, tr = common.add_family_parser(
         sub, FAMILY, help="train, resume, evaluate or sample a VAE",
-        description="A VAE (Kingma & Welling 2014) on binarised images.",
+        description="A VAE (Kingma & Welling 2014) on grey images (mnist, fashion-mnist, "
+        "digits; binarised for the Bernoulli likelihood) or colour ones (svhn, celeba; never "
+        "binarised).",
         train_help="train a VAE into a run folder",
         train_description="Train a VAE with pyrovae.fit; the run folder gets last.pt "
         "(resumable), options.json and train.json.",

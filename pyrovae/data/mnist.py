@@ -186,7 +186,8 @@ def _not_found(name: str, folder: Path, missing: list[str], reason: str) -> Data
         f"{name} files missing from {folder}: {', '.join(missing)} ({reason}). "
         f"The folder must hold all four files {', '.join(ALL_FILE_NAMES)}. Copy them there "
         f"(e.g. from a torchvision download, whose ROOT/{FOLDERS[name]}/raw has the same layout), "
-        f"or set PYROVAE_DATA (or pass root=) to a folder that contains {FOLDERS[name]}/raw."
+        f"or set PYROVAE_DATA (root= in Python, "
+        f"--data-root on the command line) to a folder that contains {FOLDERS[name]}/raw."
     )
 
 

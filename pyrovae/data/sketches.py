@@ -89,7 +89,8 @@ def sketch_file(
         path, SKETCH_URL + relative, expected, download=download,
         missing=lambda reason: (
             f"{path} is missing ({reason}). Copy {relative} from {SKETCH_URL} there, or set "
-            f"PYROVAE_DATA (or pass root=) to a folder that contains {FOLDER}/{relative}."
+            f"PYROVAE_DATA (root= in Python, "
+            f"--data-root on the command line) to a folder that contains {FOLDER}/{relative}."
         ),
     )
 

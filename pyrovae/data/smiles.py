@@ -121,7 +121,8 @@ def ensure_moses(
         path, url, expected, download=download,
         missing=lambda reason: (
             f"MOSES file {path} is missing ({reason}). Download {url} to that path, or set "
-            f"PYROVAE_DATA (or pass root=) to a folder holding {MOSES_FOLDER}/{file_name}."
+            f"PYROVAE_DATA (root= in Python, "
+            f"--data-root on the command line) to a folder holding {MOSES_FOLDER}/{file_name}."
         ),
     )
 
@@ -150,7 +151,8 @@ def load_smiles(
         size: ``None`` (default) for the whole split in file order, else ``size`` molecules drawn
             without replacement with ``seed`` (a fixed seed gives the same subset everywhere).
         seed: seed of the subset (default 0).
-        root, download: see [`ensure_moses`][].
+        root: data root (see [`ensure_moses`][]).
+        download: fetch a missing split (see [`ensure_moses`][]).
     """
     path = ensure_moses(split, root, download)
     smiles = _read_split(str(path.resolve()))

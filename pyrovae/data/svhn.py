@@ -50,7 +50,8 @@ def svhn_file(split: str, root: str | os.PathLike | None = None, download: bool 
         verify_stored=False,
         missing=lambda reason: (
             f"SVHN file {path} is missing ({reason}). Download {URL}{name} (md5 {md5}) into "
-            f"{folder}, or set PYROVAE_DATA (or pass root=) to a folder that contains {FOLDER}/"
+            f"{folder}, or set PYROVAE_DATA (root= in Python, "
+            f"--data-root on the command line) to a folder that contains {FOLDER}/"
         ),
     )
 
