@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_parallel_arguments(p)
     p.add_argument("--epochs", type=int, default=100, help="total epochs (default 100)")
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget of this run")
+    p.add_argument("--cpu-minutes", type=float, default=None,
+                   help="CPU-time budget of the whole run, all invocations (default: none)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--bucket-pool", type=int, default=50,
                    help="batches per length-sorted pool (default 50; 0: random batches)")
@@ -161,16 +163,20 @@ class StepDecay:
 
 class CpuClock:
     """A callback adding the CPU-seconds of every invocation so far (this process's, all
-    threads) to each epoch's row, continuing a resumed run's count."""
+    threads) to each epoch's row, continuing a resumed run's count; it stops the run once they
+    reach ``limit`` seconds (default: never)."""
 
-    def __init__(self) -> None:
-        self.mark = time.process_time()
+    def __init__(self, limit: float | None = None) -> None:
+        self.mark, self.limit = time.process_time(), limit
 
     def __call__(self, info) -> dict[str, float]:
         before = info.history.epochs[-1].get("cpu_seconds", 0.0) if info.history.epochs else 0.0
         now = time.process_time()
         total, self.mark = before + now - self.mark, now
-        return {"cpu_seconds": total}
+        row = {"cpu_seconds": total}
+        if self.limit is not None and total >= self.limit:
+            row["stop"] = True
+        return row
 
 
 def main(argv=None) -> None:
@@ -234,7 +240,7 @@ def main(argv=None) -> None:
         callbacks=[
             kl_annealing(kl_weight, args.kl_eta_min, args.kl_rate),
             test_curve,
-            CpuClock(),
+            CpuClock(None if args.cpu_minutes is None else 60 * args.cpu_minutes),
             TimeBudget(args.minutes),
         ],
         checkpoint_dir=out / "checkpoints",
