@@ -127,3 +127,71 @@ def test_latent_search_beats_the_training_set_within_its_budget():
     assert all(np.isfinite(s) for _, s in found["top3"])  # only valid outputs are reported
     baseline = random_search(decode, score, 2, search.decodes, seed=1)
     assert baseline.decodes == search.decodes
+
+
+# ----------------------------------------------------------------------------- the scripts
+def _script_env(root):
+    import os
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYROVAE_DATA=str(root), MPLBACKEND="Agg",
+               OMP_NUM_THREADS="1")
+    return REPO, env
+
+
+def _run(module, *args, root):
+    import subprocess
+    import sys
+
+    repo, env = _script_env(root)
+    subprocess.run([sys.executable, "-m", module, *args], cwd=repo, env=env, check=True,
+                   capture_output=True, timeout=300)
+
+
+def test_completion_script_smoke(tmp_path):
+    import json
+
+    from tests.test_sketch_rnn import sheep_root
+
+    root = sheep_root()
+    _run("experiments.sketch_rnn.train", "--out", str(tmp_path / "train"), "--device", "cpu",
+         "--train-limit", "20", "--test-limit", "4", "--epochs", "1", "--batch-size", "10",
+         "--latent-dim", "4", "--encoder-size", "8", "--decoder-size", "8",
+         "--num-mixtures", "2", "--max-length", "60", root=root)
+    out = tmp_path / "complete"
+    _run("experiments.sketch_rnn.complete", "--checkpoint",
+         str(tmp_path / "train" / "checkpoints" / "last.pt"), "--sketches", "2",
+         "--samples", "2", "--temperatures", "0.2", "0.5", "--out", str(out), "--device", "cpu",
+         root=root)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["completions"]) == {"encode/tau=0.2", "encode/tau=0.5", "prior/tau=0.2",
+                                           "prior/tau=0.5"}
+    assert all(v["n"] == 4 for v in metrics["completions"].values())
+    for name in ("completion_encode.png", "completion_prior.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_optimization_script_smoke(tmp_path):
+    import json
+
+    pytest.importorskip("rdkit")
+    from tests.test_smiles_vae import moses_root
+
+    root = moses_root()
+    train = tmp_path / "train"
+    _run("experiments.smiles.train", "--train-size", "200", "--epoch-size", "100",
+         "--batch-size", "50", "--latent", "3", "--hidden", "8", "--encoder-hidden", "4",
+         "--embedding", "4", "--epochs", "1", "--monitor-size", "20", "--device", "cpu",
+         "--out", str(train), root=root)
+    out = tmp_path / "optimize"
+    _run("experiments.smiles.optimize", "--checkpoint", str(train / "last.pt"), "--subset",
+         "60", "--starts", "3", "--steps", "20", "--record-every", "10",
+         "--predictor-epochs", "20", "--out", str(out), "--device", "cpu", root=root)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["latent_search"]["decodes"] == 3 * 2
+    assert result["random_prior_same_decodes"]["decodes"] == 6
+    assert result["training_subset"]["decodes"] <= 60
+    # every reported molecule is valid: its score is RDKit's, a finite number
+    for part in ("latent_search", "random_prior_same_decodes", "training_subset"):
+        assert all(np.isfinite(value) for _, value in result[part]["top10"])
