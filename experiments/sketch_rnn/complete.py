@@ -62,13 +62,13 @@ def main(argv=None) -> None:
             rows += [(x.unsqueeze(0), test.lengths[i:i + 1]),
                      (prefix.unsqueeze(0), torch.tensor([len(prefix)], device=device))]
             titles += [f"test sketch {i}", f"its first {args.strokes} strokes"]
-            kept += [length + 1, len(prefix) + 1]
+            kept += [length, len(prefix)]
             for tau in args.temperatures:
                 drawn, lengths = complete_sketch(model, prefix, latent, args.samples, tau,
                                                  generator=generator)
                 rows.append((drawn, lengths))
                 titles.append(f"z: {latent}, tau={tau}")
-                kept.append(len(prefix) + 1)
+                kept.append(len(prefix))
                 stats = summary.setdefault(f"{latent}/tau={tau}", {"drawn_rows": 0.0,
                                                                    "ended": 0.0, "n": 0})
                 stats["drawn_rows"] += float((lengths - len(prefix)).sum())
