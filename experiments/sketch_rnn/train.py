@@ -10,8 +10,12 @@ Batches hold sketches of similar length (:class:`pyrovae.data.buckets.LengthBuck
 to its longest sketch. After every epoch it evaluates the test set: the reconstruction loss in
 the project's definition (pen states scored up to each sketch's end row) and the paper's
 (pen states over all N_max steps), both per N_max as the paper's L_R, the KL, and the process's
-CPU-seconds so far. Then it draws, as vector strokes: samples from the prior, reconstructions of
-test sketches at several temperatures, and a latent interpolation between two test sketches.
+CPU-seconds so far. A model trained with the default ``--pen-loss sketch`` never sees the steps
+after a sketch's end, so its paper L_R is dominated by them: compare it with the paper only
+for ``--pen-loss padded`` (which forgoes most of the bucketing's saving, as every batch is
+then decoded over N_max steps). Then it draws, as vector strokes: samples from the prior,
+reconstructions of test sketches at several temperatures, and a latent interpolation between
+two test sketches.
 Re-running the same command resumes from ``OUT/checkpoints/last.pt`` (``--minutes`` bounds
 each invocation's wall time).
 
