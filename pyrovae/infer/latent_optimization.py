@@ -21,6 +21,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -77,9 +78,10 @@ def fit_property_predictor(
 ) -> tuple[PropertyPredictor, dict[str, float]]:
     """Fit a [`PropertyPredictor`][] to codes ``z`` [N, K] and values ``y`` [N] (full-batch Adam).
 
-    Rows with a non-finite ``y`` are dropped. A random ``validation`` fraction is held out and
-    the returned metrics are measured on it: ``{"validation_rmse", "validation_r2",
-    "train_size", "validation_size"}`` (R^2 = 1 - MSE / Var(y)).
+    Rows with a non-finite ``y`` are dropped. A random ``validation`` fraction is held out; the
+    returned predictor is the one of the epoch with the lowest validation error (early
+    stopping), and the metrics are measured there: ``{"validation_rmse", "validation_r2",
+    "train_size", "validation_size", "best_epoch"}`` (R^2 = 1 - MSE / Var(y)).
     """
     keep = torch.isfinite(y)
     z, y = z[keep].detach(), y[keep].detach().to(z.dtype)
@@ -95,17 +97,28 @@ def fit_property_predictor(
     predictor.y_mean.fill_(float(y[train].mean()))
     predictor.y_std.fill_(float(y[train].std()) or 1.0)
     optimizer = torch.optim.Adam(predictor.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
+
+    def validation_mse() -> float:
+        with torch.no_grad():
+            return float((predictor(z[val]) - y[val]).square().mean())
+
+    # early stopping on the held-out rows: a predictor that overfits the codes sends the
+    # ascent far outside them, where its values mean nothing
+    best_mse, best_state, best_epoch = validation_mse(), copy.deepcopy(predictor.state_dict()), 0
+    for epoch in range(1, epochs + 1):
         optimizer.zero_grad()
         error = (predictor(z[train]) - y[train]) / predictor.y_std
         error.square().mean().backward()
         optimizer.step()
+        mse = validation_mse()
+        if mse < best_mse:
+            best_mse, best_state, best_epoch = mse, copy.deepcopy(predictor.state_dict()), epoch
+    predictor.load_state_dict(best_state)
     predictor.eval()
-    with torch.no_grad():
-        mse = float((predictor(z[val]) - y[val]).square().mean())
-        variance = float(y[val].var()) if n_val > 1 else float("nan")
-    metrics = {"validation_rmse": math.sqrt(mse), "validation_r2": 1 - mse / variance,
-               "train_size": int(train.numel()), "validation_size": n_val}
+    variance = float(y[val].var()) if n_val > 1 else float("nan")
+    metrics = {"validation_rmse": math.sqrt(best_mse), "validation_r2": 1 - best_mse / variance,
+               "train_size": int(train.numel()), "validation_size": n_val,
+               "best_epoch": best_epoch}
     logger.info("property predictor: %s", metrics)
     return predictor, metrics
 
