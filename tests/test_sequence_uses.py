@@ -133,7 +133,7 @@ def test_latent_search_beats_the_training_set_within_its_budget():
 def _script_env(root):
     import os
 
-    from tests.conftest import REPO
+    from conftest import REPO
 
     env = dict(os.environ, PYTHONPATH=str(REPO), PYROVAE_DATA=str(root), MPLBACKEND="Agg",
                OMP_NUM_THREADS="1")
@@ -152,7 +152,7 @@ def _run(module, *args, root):
 def test_completion_script_smoke(tmp_path):
     import json
 
-    from tests.test_sketch_rnn import sheep_root
+    from test_sketch_rnn import sheep_root
 
     root = sheep_root()
     _run("experiments.sketch_rnn.train", "--out", str(tmp_path / "train"), "--device", "cpu",
@@ -176,7 +176,7 @@ def test_optimization_script_smoke(tmp_path):
     import json
 
     pytest.importorskip("rdkit")
-    from tests.test_smiles_vae import moses_root
+    from test_smiles_vae import moses_root
 
     root = moses_root()
     train = tmp_path / "train"
