@@ -421,7 +421,8 @@ def test_train_and_evaluate_scripts_run_and_resume(tmp_path):
     train = [sys.executable, "-m", "experiments.smiles.train", "--train-size", "120",
              "--epoch-size", "60", "--batch-size", "30", "--latent", "3", "--hidden", "8",
              "--encoder-hidden", "4", "--embedding", "4", "--kl-epochs", "2",
-             "--word-dropout", "0.25", "--free-bits", "2", "--device", "cpu", "--out", str(out)]
+             "--word-dropout", "0.25", "--free-bits", "2", "--monitor-size", "50",
+             "--device", "cpu", "--out", str(out)]
     for epochs in ("1", "2"):
         subprocess.run([*train, "--epochs", epochs], check=True, cwd=REPO, env=env,
                        capture_output=True, timeout=300)
@@ -429,6 +430,10 @@ def test_train_and_evaluate_scripts_run_and_resume(tmp_path):
     assert [row["epoch"] for row in summary["history"]] == [0, 1]
     assert len(summary["invocations"]) == 2
     assert summary["history"][1]["kl_weight_next"] == 1.0
+    for row in summary["history"]:  # the collapse watch on held-out molecules, every epoch
+        assert 0 <= row["active_units"] <= 3 and row["kl_per_example"] >= 0
+        assert row["collapsed"] == (row["active_units"] < 2 or row["kl_per_example"] < 1)
+    assert summary["invocations"][0]["cpu_seconds"] > 0
     # --seed fixes the initial weights too: a fresh run repeats the first epoch exactly.
     again = [*train[:-1], str(tmp_path / "again"), "--epochs", "1"]
     subprocess.run(again, check=True, cwd=REPO, env=env, capture_output=True, timeout=300)

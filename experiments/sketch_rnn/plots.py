@@ -54,3 +54,35 @@ def save_interpolation(path: Path, ends, decoded, title: str) -> Path:
     x_ends[:, ends[0].shape[1]:, 4] = 1.0
     row = (torch.cat([x_ends[:1], x, x_ends[1:]]), torch.cat([l_ends[:1], lengths, l_ends[1:]]))
     return save_sketch_grid(path, [row], ["test A | interpolation (tau=0.1) | test B"], title)
+
+
+def save_completion_grid(path: Path, rows, prefix_rows: list[int], titles, title: str) -> Path:
+    """Like [`save_sketch_grid`][], with the first ``prefix_rows[i]`` points of every sketch of
+    row ``i`` in black (what was given) and the rest in blue (what the model drew)."""
+    import matplotlib.pyplot as plt
+
+    decoded = [stroke5_to_stroke3(x, lengths) for x, lengths in rows]
+    ncols = max(len(r) for r in decoded)
+    fig, axes = plt.subplots(len(decoded), ncols, figsize=(1.6 * ncols, 1.7 * len(decoded)),
+                             squeeze=False)
+    for i, (sketches, label) in enumerate(zip(decoded, titles, strict=True)):
+        for j in range(ncols):
+            axes[i, j].axis("off")
+            if j < len(sketches):
+                _draw_split(axes[i, j], sketches[j], prefix_rows[i])
+        axes[i, 0].set_title(label, fontsize=8, loc="left")
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=100)
+
+
+def _draw_split(ax, sketch: np.ndarray, given: int) -> None:
+    points = np.cumsum(sketch[:, :2], axis=0)
+    lifted = sketch[:, 2] > 0.5
+    for start in range(len(points) - 1):
+        if lifted[start]:  # the pen is up between this point and the next
+            continue
+        colour = "black" if start + 1 < given else "tab:blue"
+        ax.plot(points[start:start + 2, 0], -points[start:start + 2, 1], color=colour,
+                linewidth=1.0)
+    ax.set_aspect("equal")
+    ax.axis("off")

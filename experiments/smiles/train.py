@@ -4,7 +4,26 @@ An "epoch" here is one pass over a chunk of ``--epoch-size`` molecules of the su
 epochs walk through the chunks in turn, so that the time budget, the checkpoints and the KL
 annealing (which act at epoch ends) come every few minutes on a CPU while training still sees
 every molecule of the subset once before any is repeated. Run it again with the same ``--out``
-to resume from ``last.pt``.
+to resume from ``last.pt``. Within an epoch, batches hold molecules of similar length
+(``pyrovae.data.buckets``), each cut to its longest molecule.
+
+Against posterior collapse (the code ignored by the decoder), three options:
+
+- a KL schedule with a cap: the KL weight rises linearly from ``--kl-start`` to ``--kl-cap``
+  over ``--kl-epochs`` epochs and stays there. **Scale**: our loss is per molecule, the token
+  log-likelihoods *summed* over the molecule plus ``kl_weight`` times its KL in nats (weight 1:
+  the negative ELBO). MOSES's CharVAE averages the token cross-entropy over tokens and adds
+  ``w`` times the KL per molecule, so its ``w`` is ``w * L`` here, with L the mean number of
+  predicted tokens per molecule (``--kl-cap-per-token w`` converts with the subset's L: MOSES's
+  final 0.05 is 0.05 * 36.4 = 1.82 on our scale for 100 000 molecules drawn with seed 0, more
+  than the ELBO's 1);
+- free bits (``--free-bits``, nats per molecule, see ``pyrovae.models.free_bits``);
+- word dropout (``--word-dropout``).
+
+After every epoch the guide's KL per molecule and its active units on ``--monitor-size``
+held-out molecules (MOSES test split) go into the history, and a warning is logged when the
+code has collapsed (``pyrovae.infer.collapse.CollapseMonitor``: fewer than 2 active units or
+less than 1 nat per molecule).
 
     python -m experiments.smiles.train --train-size 100000 --minutes 40 --out runs/smiles/main
 
@@ -23,12 +42,16 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyrovae.data.buckets import bucketed_batches
 from pyrovae.data.smiles import SmilesVocabulary, load_smiles
 from pyrovae.infer import KLAnnealing, TimeBudget, fit, read_checkpoint
+from pyrovae.infer.collapse import CollapseMonitor
 from pyrovae.models.smiles_vae import SMILESVAE
 from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, write_json
 from pyrovae.runs.script import start_device
+
+logger = logging.getLogger(__name__)
 
 
 class SmilesChunks:
@@ -42,10 +65,26 @@ class SmilesChunks:
     def __len__(self) -> int:
         return self.chunk
 
-    def for_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows(self, epoch: int) -> slice:
         start = (epoch % self.count) * self.chunk
-        rows = slice(start, start + self.chunk)
+        return slice(start, start + self.chunk)
+
+    def for_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self._rows(epoch)
         return self.tokens[rows], self.lengths[rows]
+
+
+class BucketedChunks(SmilesChunks):
+    """`SmilesChunks` whose batches (``fit`` uses ``batches``) hold molecules of similar
+    length: [`pyrovae.data.buckets.bucketed_batches`][] within each epoch's chunk."""
+
+    def __init__(self, tokens, lengths, chunk: int, batch_size: int, pool: int = 50) -> None:
+        super().__init__(tokens, lengths, chunk)
+        self.batch_size, self.pool = batch_size, pool
+
+    def batches(self, seed: int, epoch: int) -> list[torch.Tensor]:
+        return bucketed_batches(self.lengths[self._rows(epoch)], self.batch_size, seed, epoch,
+                                self.pool)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,7 +108,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kl-start", type=float, default=0.1,
                         help="KL weight of the first epoch (default 0.1)")
     parser.add_argument("--kl-epochs", type=int, default=5,
-                        help="epochs over which the KL weight rises to 1 (default 5)")
+                        help="epochs over which the KL weight rises to its cap (default 5)")
+    parser.add_argument("--kl-cap", type=float, default=1.0,
+                        help="the KL weight's final value on our per-molecule loss (default 1: "
+                             "the ELBO); see the module docstring for MOSES's scale")
+    parser.add_argument("--kl-cap-per-token", type=float, default=None,
+                        help="the cap on MOSES's token-mean scale, converted with the subset's "
+                             "mean tokens per molecule (overrides --kl-cap)")
+    parser.add_argument("--bucket-pool", type=int, default=50,
+                        help="batches per length-sorted pool (default 50; 0: random batches)")
+    parser.add_argument("--monitor-size", type=int, default=1000,
+                        help="held-out test molecules for the per-epoch KL and active units "
+                             "(default 1000; 0: none)")
     parser.add_argument("--word-dropout", type=float, default=0.0,
                         help="probability of replacing each decoder input by <pad> while "
                              "training (Bowman et al. 2016; default 0: none)")
@@ -98,26 +148,47 @@ def main(argv=None) -> None:
         saved = read_checkpoint(last)["model_config"]["tokens"]
         if saved != vocab.tokens:
             raise SystemExit(f"error: {last} was trained with another vocabulary; use a new --out")
+    mean_tokens = float(lengths.float().mean())  # predicted tokens per molecule, with <eos>
+    cap = args.kl_cap
+    if args.kl_cap_per_token is not None:
+        cap = args.kl_cap_per_token * mean_tokens
+        logger.info("KL cap %g per token-mean = %.4f per molecule (%.2f tokens per molecule)",
+                    args.kl_cap_per_token, cap, mean_tokens)
+    kl_start = min(args.kl_start, cap)
     # fit seeds only its own loop: the initial weights are drawn here, so seed them too (runs
     # before this line started from unseeded weights and cannot be repeated exactly).
     pyro.set_rng_seed(args.seed)
     model = SMILESVAE(
         vocab.tokens, latent_dim=args.latent, embedding_dim=args.embedding,
         hidden_size=args.hidden, encoder_hidden_size=args.encoder_hidden,
-        num_layers=args.layers, kl_weight=args.kl_start,
+        num_layers=args.layers, kl_weight=kl_start,
         word_dropout=args.word_dropout, kl_floor=args.kl_floor,
     )
+    # linear from kl_start to the cap over --kl-epochs, the cap held after
+    callbacks = [KLAnnealing(kl_start / cap, epochs=args.kl_epochs, weight=cap)]
+    if args.monitor_size > 0:
+        held_out = [s for s in load_smiles("test", size=args.monitor_size, seed=args.seed,
+                                           root=args.data_root) if vocab.covers(s)]
+        held_tokens, held_lengths = (t.to(device) for t in vocab.encode(held_out))
+        callbacks.append(CollapseMonitor(lambda m: m.encode((held_tokens, held_lengths))))
+    callbacks.append(budget)
+    if args.bucket_pool > 0:
+        stream = BucketedChunks(tokens, lengths, args.epoch_size, args.batch_size,
+                                args.bucket_pool)
+    else:
+        stream = SmilesChunks(tokens, lengths, args.epoch_size)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     history = fit(
         model,
-        SmilesChunks(tokens, lengths, args.epoch_size),
+        stream,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         clip_norm=args.clip_norm,
         device=device,
         seed=args.seed,
-        callbacks=[KLAnnealing(args.kl_start, epochs=args.kl_epochs), budget],
+        callbacks=callbacks,
         checkpoint_dir=args.out,
         checkpoint_every=args.checkpoint_every,
         resume=True,
@@ -133,12 +204,15 @@ def main(argv=None) -> None:
         from pyrovae.runs.provenance import read_json
 
         runs = read_json(summary_path).get("invocations", [])
-    runs.append({**provenance(device), "seconds": seconds})
+    runs.append({**provenance(device), "seconds": seconds,
+                 "cpu_seconds": time.process_time() - cpu_started})
     write_json(summary_path, {
         "invocations": runs,
         "train_size": args.train_size,
         "vocabulary": vocab.tokens,
         "max_tokens": int(lengths.max()) - 1,
+        "mean_predicted_tokens": mean_tokens,
+        "kl_cap_per_molecule": cap,
         "history": history.epochs,
         "checkpoint": history.last_checkpoint,
     })

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, "test", root=args.data_root, download=False
     ).image_shape
     figures = save_figures(report, closed, model, image_shape, out)
-    report["command"] = command_line()
+    report["command"] = command_line("pyrovae")
     report["figures"] = [f.name for f in figures]
     write_json(out / "report.json", report)
     print(

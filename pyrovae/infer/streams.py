@@ -7,7 +7,9 @@ called as ``model(*tensors, subsample=idx)`` on the whole tensors with a LongTen
 indices, and selects the rows inside its data plate. Shuffling is a deterministic function of
 ``(seed, epoch, stream)``, so a resumed run sees the same batches as an uninterrupted one.
 NumPy arrays are accepted and converted: floating arrays to the model's floating-point dtype,
-integer arrays to int64.
+integer arrays to int64. A source that also has ``batches(seed, epoch) -> list of LongTensors``
+(such as [`pyrovae.data.buckets.LengthBuckets`][], batches of similar-length sequences) chooses
+its own index batches; they too must depend only on ``(seed, epoch)``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ class Stream:
             self.size = self._static[0].shape[0]
         if self.size == 0:
             raise ValueError(f"data stream '{name}' is empty")
+
+    def planned_batches(self, seed: int, epoch: int) -> list[torch.Tensor] | None:
+        """The source's own index batches for the epoch, on the device; None if it has none."""
+        source = getattr(self, "_source", None)
+        if source is None or not hasattr(source, "batches"):
+            return None
+        return [b.to(self.device) for b in source.batches(seed, epoch)]
 
     def tensors(self, epoch: int) -> tuple[torch.Tensor | None, ...]:
         if self._static is not None:
@@ -127,7 +136,9 @@ def _generator(seed: int, epoch: int, stream: int, cycle: int) -> torch.Generato
 class BatchPlan:
     """The index batches of one epoch for every stream.
 
-    The largest stream sets the number of steps: ``ceil(N / B)`` (``floor`` with ``drop_last``).
+    The largest stream sets the number of steps: ``ceil(N / B)`` (``floor`` with ``drop_last``),
+    or the number of its own batches if its source plans them (``batches(seed, epoch)``, which
+    ``drop_last`` and ``B`` do not change; a smaller stream's planned batches are cycled).
     Smaller streams cycle through fresh permutations as often as needed, with batch size
     ``min(B, N_stream)``, so 100 labelled images pair with any number of unlabelled batches.
 
@@ -151,9 +162,16 @@ class BatchPlan:
         self.rank, self.world_size = rank, world_size
         main = max(range(len(streams)), key=lambda i: streams[i].size)
         n, b = streams[main].size, batch_sizes[main]
+        planned = [s.planned_batches(seed, epoch) for s in streams]
         self.num_steps = n // b if drop_last and n >= b else -(-n // b)
+        if planned[main] is not None:
+            self.num_steps = len(planned[main])
         self.batches: list[list[torch.Tensor]] = []
         for i, (stream, size) in enumerate(zip(streams, batch_sizes, strict=True)):
+            own = planned[i]
+            if own is not None:
+                self.batches.append([own[k % len(own)] for k in range(self.num_steps)])
+                continue
             size = min(size, stream.size)
             needed = self.num_steps * size
             cycles = -(-needed // stream.size)

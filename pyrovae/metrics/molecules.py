@@ -25,6 +25,7 @@ __all__ = [
     "internal_diversity",
     "molecule_property",
     "novelty",
+    "penalized_logp",
     "reconstruction_accuracy",
     "uniqueness",
     "validity",
@@ -147,11 +148,35 @@ def reconstruction_accuracy(inputs: Sequence[str], outputs: Sequence[str]) -> fl
     return hits / len(inputs)
 
 
+def penalized_logp(molecule) -> float:
+    """``logP - SA - ring penalty`` of an RDKit molecule (Gómez-Bombarelli et al. 2018).
+
+    Crippen logP, minus the synthetic-accessibility score (Ertl & Schuffenhauer 2009, 1 easy to
+    10 hard; RDKit's Contrib ``sascorer``), minus ``max(0, largest ring size - 6)``. The terms
+    are not normalised (later papers, e.g. the junction-tree VAE, divide each by its spread in
+    the ZINC training set; their numbers are on another scale).
+    """
+    import os
+    import sys
+
+    from rdkit.Chem import Crippen, RDConfig
+
+    folder = os.path.join(RDConfig.RDContribDir, "SA_Score")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    import sascorer
+
+    rings = [len(ring) for ring in molecule.GetRingInfo().AtomRings()]
+    penalty = max(0, max(rings, default=0) - 6)
+    return Crippen.MolLogP(molecule) - sascorer.calculateScore(molecule) - penalty
+
+
 def molecule_property(smiles: Sequence[str], name: str = "logp") -> np.ndarray:
-    """``"logp"`` (Crippen) or ``"qed"`` of each string; NaN for an invalid one."""
+    """``"logp"`` (Crippen), ``"qed"`` or ``"penalized_logp"`` (see [`penalized_logp`][]) of
+    each string; NaN for an invalid one."""
     from rdkit.Chem import QED, Crippen
 
-    functions = {"logp": Crippen.MolLogP, "qed": QED.qed}
+    functions = {"logp": Crippen.MolLogP, "qed": QED.qed, "penalized_logp": penalized_logp}
     if name not in functions:
         raise ValueError(f"unknown property {name!r}; choose one of {sorted(functions)}")
     values = []

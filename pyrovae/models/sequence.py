@@ -17,7 +17,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 
-__all__ = ["masked_sequence", "reverse_within_length", "step_mask"]
+__all__ = ["masked_sequence", "reverse_within_length", "step_mask", "trim_to_longest"]
 
 
 def step_mask(lengths: torch.Tensor, num_steps: int) -> torch.Tensor:
@@ -47,3 +47,18 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     if x.dim() == 3:
         index = index.unsqueeze(-1).expand_as(x)
     return x.gather(1, index)
+
+
+def trim_to_longest(x: torch.Tensor, lengths: torch.Tensor, extra: int = 1) -> torch.Tensor:
+    """``x`` [N, T, ...] cut to its first ``min(T, max(lengths) + extra)`` steps.
+
+    A batch of short sequences then costs its own length, not the padded T (with
+    [`pyrovae.data.buckets.LengthBuckets`][] batches hold sequences of similar length). It
+    reads ``max(lengths)`` on the host; while a CUDA graph is being captured it returns ``x``
+    whole, since a captured graph replays one shape for every batch.
+    """
+    if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return x
+    if lengths.numel() == 0:
+        return x
+    return x[:, : min(x.shape[1], int(lengths.max()) + extra)]

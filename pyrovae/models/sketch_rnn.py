@@ -19,7 +19,7 @@ from torch import nn
 
 from .base import ConfigurableModule, check_positive_int, data_plate, draw, take
 from .free_bits import check_kl_floor, kl_floor_factor
-from .sequence import masked_sequence, reverse_within_length, step_mask
+from .sequence import masked_sequence, reverse_within_length, step_mask, trim_to_longest
 
 __all__ = ["PEN_LOSSES", "SketchRNN", "bivariate_normal_log_prob"]
 
@@ -273,7 +273,8 @@ class SketchRNN(ConfigurableModule):
         self._check(x, lengths)
         with data_plate(x, subsample):
             lengths_b = take(lengths, subsample)
-            x_b = self._clean(take(x, subsample), lengths_b)
+            # the rows after the longest sketch's end row are masked everywhere: not computed
+            x_b = self._clean(trim_to_longest(take(x, subsample), lengths_b), lengths_b)
             with poutine.scale(scale=self.kl_weight):
                 z = pyro.sample("z", self.prior(x))
             offsets, pen = self.step_distributions(self._decode_teacher_forced(z, x_b))
@@ -296,7 +297,8 @@ class SketchRNN(ConfigurableModule):
         self._check(x, lengths)
         with data_plate(x, subsample):
             lengths_b = take(lengths, subsample)
-            loc, scale = self.encoder(self._clean(take(x, subsample), lengths_b), lengths_b)
+            x_b = trim_to_longest(take(x, subsample), lengths_b)
+            loc, scale = self.encoder(self._clean(x_b, lengths_b), lengths_b)
             with poutine.scale(scale=self.kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
         kl_floor_factor(loc, scale, self.kl_floor, self.kl_weight, x.shape[0])

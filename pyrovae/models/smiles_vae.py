@@ -32,7 +32,7 @@ from pyrovae.data.smiles import SmilesVocabulary
 
 from .base import ConfigurableModule, DataError, check_once, check_positive_int, data_plate, take
 from .free_bits import check_kl_floor, kl_floor_factor
-from .sequence import masked_sequence, reverse_within_length, step_mask
+from .sequence import masked_sequence, reverse_within_length, step_mask, trim_to_longest
 
 
 class SMILESVAE(ConfigurableModule):
@@ -206,7 +206,9 @@ class SMILESVAE(ConfigurableModule):
         """``tokens`` [N, T] long and ``lengths`` [N] long, the whole data; ``subsample`` rows."""
         self._check_inputs(tokens, lengths)
         with data_plate(tokens, subsample):
-            tb, lb = take(tokens, subsample), take(lengths, subsample)
+            lb = take(lengths, subsample)
+            # columns after the longest molecule's <eos> are masked everywhere: not computed
+            tb = trim_to_longest(take(tokens, subsample), lb)
             zeros = self._like().new_zeros(self.latent_dim)
             with poutine.scale(scale=self.kl_weight):
                 z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))
@@ -221,7 +223,8 @@ class SMILESVAE(ConfigurableModule):
         free-bits factor if ``kl_floor > 0``."""
         self._check_inputs(tokens, lengths)
         with data_plate(tokens, subsample):
-            loc, scale = self._guide_params(take(tokens, subsample), take(lengths, subsample))
+            lb = take(lengths, subsample)
+            loc, scale = self._guide_params(trim_to_longest(take(tokens, subsample), lb), lb)
             with poutine.scale(scale=self.kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
         kl_floor_factor(loc, scale, self.kl_floor, self.kl_weight, tokens.shape[0])
