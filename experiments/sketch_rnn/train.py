@@ -43,6 +43,7 @@ from pyrovae.data.sketches import SKETCH_DATASETS
 from pyrovae.infer import fit
 from pyrovae.models.sketch_rnn import PEN_LOSSES
 from pyrovae.runs import sketch as family
+from pyrovae.runs.curves import write_curves
 from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
 from pyrovae.runs.provenance import evaluates, is_main, provenance, write_json
 from pyrovae.runs.script import start_device
@@ -139,6 +140,7 @@ def main(argv=None) -> None:
         },
     )
     family.save_figures(model, sketches, out, args.dataset, args.seed)
+    write_curves(out, history.epochs, f"SketchRNN on {args.dataset}")
     print(f"{len(history.epochs)} epochs, {wall:.0f} s; final {final}; wrote {out}")
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from pyrovae.infer import TimeBudget, fit, read_checkpoint
 from pyrovae.runs import smiles as family
+from pyrovae.runs.curves import write_curves
 from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, write_json
 from pyrovae.runs.script import start_device
@@ -152,6 +153,7 @@ def main(argv=None) -> None:
         "history": history.epochs,
         "checkpoint": history.last_checkpoint,
     })
+    write_curves(args.out, history.epochs, f"SMILES VAE on {args.train_limit} MOSES molecules")
     final = history.epochs[-1] if history.epochs else {}
     print(f"epochs {len(history.epochs)}, loss/example {final.get('loss_per_example')}, "
           f"{seconds:.0f} s; wrote {summary_path}")
