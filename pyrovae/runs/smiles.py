@@ -71,7 +71,7 @@ class SmilesChunks:
 
 class BucketedChunks(SmilesChunks):
     """`SmilesChunks` whose batches (``fit`` uses ``batches``) hold molecules of similar
-    length: [`pyrovae.data.buckets.bucketed_batches`][] within each epoch's chunk."""
+    length: `pyrovae.data.buckets.bucketed_batches` within each epoch's chunk."""
 
     def __init__(self, tokens, lengths, chunk: int, batch_size: int, pool: int = 50) -> None:
         super().__init__(tokens, lengths, chunk)
