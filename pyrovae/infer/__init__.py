@@ -5,6 +5,7 @@ from .callbacks import EpochEnd, History, TimeBudget
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .classification import accuracy, error_rate, validation_callback
 from .denoising import denoise
+from .dreg import DReGImportanceWeightedELBO
 from .graph_safe import (
     GraphSafeELBO,
     GraphSafeEnumELBO,
@@ -22,6 +23,7 @@ from .trainer import NonFiniteLossError, fit
 __all__ = [
     "CheckpointError",
     "CheckpointWarning",
+    "DReGImportanceWeightedELBO",
     "EpochEnd",
     "GraphSafeELBO",
     "GraphSafeEnumELBO",

@@ -72,6 +72,7 @@ def make_objective(
     jit: bool = False,
     max_plate_nesting: int | None = 1,
     graph_safe: bool = False,
+    dreg: bool = False,
 ):
     """Build an objective with a ``differentiable_loss(model, guide, *args, **kwargs)`` method.
 
@@ -88,14 +89,23 @@ def make_objective(
             by running the model).
         graph_safe: the same objective computed without host syncs, for CUDA graphs
             ([`pyrovae.infer.graph_safe`][]; default False). ``"iwae"`` is graph-safe as is.
+        dreg: for ``"iwae"`` only, the doubly reparameterised encoder gradient
+            ([`pyrovae.infer.dreg.DReGImportanceWeightedELBO`][]: the same loss value, a
+            lower-variance gradient for the guide; default False).
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    if dreg and name != "iwae":
+        raise ValueError(f"dreg=True is an option of the 'iwae' objective, not of {name!r}")
     if name == "iwae":
         if jit:
             raise ValueError("jit=True is not supported for the 'iwae' objective")
+        if dreg:
+            from .dreg import DReGImportanceWeightedELBO
+
+            return DReGImportanceWeightedELBO(num_particles)
         return ImportanceWeightedELBO(num_particles)
     if graph_safe:
         return _graph_safe(name, num_particles, vectorize_particles, jit, max_plate_nesting)
