@@ -6,6 +6,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_
 from .classification import accuracy, error_rate, validation_callback
 from .denoising import denoise
 from .dreg import DReGImportanceWeightedELBO
+from .evaluation import held_out_bound_callback
 from .graph_safe import (
     GraphSafeELBO,
     GraphSafeEnumELBO,
@@ -16,11 +17,13 @@ from .importance import importance_log_likelihood, log_importance_weights
 from .imputation import impute, make_mask, missing_log_likelihood
 from .objectives import ImportanceWeightedELBO, make_objective
 from .resume import CheckpointWarning
+from .schedules import BurdaSchedule, burda_adam
 from .scope import param_scope
 from .step import SubsampleWarning
 from .trainer import NonFiniteLossError, fit
 
 __all__ = [
+    "BurdaSchedule",
     "CheckpointError",
     "CheckpointWarning",
     "DReGImportanceWeightedELBO",
@@ -33,10 +36,12 @@ __all__ = [
     "NonFiniteLossError",
     "accuracy",
     "anomaly_scores",
+    "burda_adam",
     "denoise",
     "error_rate",
     "fit",
     "forbid_host_sync",
+    "held_out_bound_callback",
     "importance_log_likelihood",
     "impute",
     "load_checkpoint",
