@@ -19,11 +19,14 @@ model, with two changes that act on the gradient only:
 * ``log q`` is evaluated on the sample with the guide distribution's parameters detached, so
   phi reaches the loss through ``z`` alone;
 * the sample the model and ``log q`` see is a copy of ``z`` whose incoming gradient is multiplied
-  by ``w~_k`` on the way back (a tensor hook, set once the weights are known). The loss's own
-  gradient with respect to ``log w_k`` is ``w~_k`` (the softmax of ``logsumexp``), so the path
-  to phi carries ``w~_k^2`` while the decoder, which never passes through ``z``, keeps ``w~_k``.
+  by ``w~_k`` on the way back ([`_ScaleGradient`][], reading a buffer that the forward pass fills
+  once the weights are known). The loss's own gradient with respect to ``log w_k`` is ``w~_k``
+  (the softmax of ``logsumexp``), so the path to phi carries ``w~_k^2`` while the decoder, which
+  never passes through ``z``, keeps ``w~_k``.
 
-No value is read back to the host, so the objective is graph-safe like IWAE's.
+No value is read back to the host, so the objective is graph-safe like IWAE's; and the scaling is
+an autograd function rather than a tensor hook, so a TorchScript trace keeps it:
+[`JitDReGImportanceWeightedELBO`][] (``fit(..., dreg=True, jit=True)``) is the compiled form.
 
 Scope: one latent guide site, reparameterised (the VAE's ``z``). With several sites a later
 site's distribution may depend on an earlier sample, and detaching its parameters would cut that
@@ -48,7 +51,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, MultivariateNormal
 
 from .importance import PARTICLE_PLATE, _data_frame, _site_log_prob
-from .objectives import ImportanceWeightedELBO
+from .objectives import ImportanceWeightedELBO, JitCompiled
 
 
 class DReGImportanceWeightedELBO(ImportanceWeightedELBO):
@@ -70,18 +73,13 @@ class DReGImportanceWeightedELBO(ImportanceWeightedELBO):
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
         k = self.num_particles
-        weights: list[torch.Tensor] = []  # the normalised weights, known after the forward pass
-
-        def scale_by_weight(grad: torch.Tensor) -> torch.Tensor:
-            w = weights[0]
-            return grad * w.reshape(*w.shape, *([1] * (grad.dim() - w.dim())))
-
         with pyro.plate(PARTICLE_PLATE, k, dim=-2):
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             site = _the_latent_site(guide_trace)
-            z = site["value"].clone()  # its own node, so the hook scales this path only
-            if z.requires_grad:
-                z.register_hook(scale_by_weight)
+            value = site["value"]
+            # Filled below once the weights are known; read by the backward pass.
+            weights = value.new_empty(value.shape[: value.dim() - site["fn"].event_dim])
+            z = _ScaleGradient.apply(site["value"], weights)
             site["value"] = z
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
                 *args, **kwargs
@@ -95,9 +93,38 @@ class DReGImportanceWeightedELBO(ImportanceWeightedELBO):
                 log_w = log_w + _site_log_prob(node, k, batch, "model")
         log_q = stop_gradient(site["fn"]).log_prob(z)
         log_w = log_w - _site_log_prob(dict(site, unscaled_log_prob=log_q), k, batch, "guide")
-        weights.append(torch.softmax(log_w.detach(), 0))
+        normalised = torch.softmax(log_w.detach(), 0)
+        weights.copy_(normalised)
         bound = torch.logsumexp(log_w, 0) - math.log(k)
         return -bound.sum() * ((data.full_size or data.size) / data.size)
+
+
+class JitDReGImportanceWeightedELBO(JitCompiled, DReGImportanceWeightedELBO):
+    """[`DReGImportanceWeightedELBO`][] compiled with Pyro's JIT
+    (see [`JitCompiled`][objectives.JitCompiled]).
+
+    Args:
+        num_particles: K, importance samples per data point (default 5).
+    """
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity on ``z`` whose backward multiplies the gradient by ``weights`` [K, M].
+
+    ``weights`` is filled in place *after* this op runs (the weights need the model's output),
+    so it is kept on ``ctx`` rather than saved for backward, whose version check would refuse
+    the later write.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.weights = weights
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w = ctx.weights
+        return grad * w.reshape(*w.shape, *([1] * (grad.dim() - w.dim()))), None
 
 
 def _the_latent_site(guide_trace) -> dict:

@@ -46,30 +46,27 @@ class ImportanceWeightedELBO:
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
 
-class JitImportanceWeightedELBO(ImportanceWeightedELBO):
-    """[`ImportanceWeightedELBO`][] compiled with Pyro's JIT (``pyro.ops.jit.trace``).
+class JitCompiled:
+    """Mixin: the objective's ``differentiable_loss`` compiled with Pyro's JIT (``pyro.ops.jit``).
 
-    The first call per model/guide traces the guide, the model and the bound into one TorchScript
-    graph; later calls run that graph, without Pyro's per-site Python work (messenger stacks,
-    ``PyroModule`` parameter statements), which at batch 20 is a large share of a small VAE's
-    step. As with Pyro's ``JitTrace_ELBO`` the model must have static structure and take every
-    tensor positionally (``fit(..., jit=True)`` does this); a new input shape compiles a new
-    graph (``fit`` drops the last short batch when ``jit``). The compiled graph draws its noise
-    with other kernels than the eager code, so the same seed gives other (equally distributed)
-    samples. Not graph-safe: a CUDA graph needs the eager objective.
-
-    Args:
-        num_particles: K, the number of importance samples per data point (default 5).
+    The first call per model/guide pair and input shapes traces the guide, the model and the
+    bound into one TorchScript graph; later calls run that graph, without Pyro's per-site Python
+    work (messenger stacks, ``PyroModule`` parameter statements), which at batch 20 is a large
+    share of a small VAE's step. As with Pyro's ``JitTrace_ELBO`` the model must have static
+    structure and take every tensor positionally (``fit(..., jit=True)`` does this); a new input
+    shape compiles a new graph, since a trace bakes in the N/M scale (``fit`` drops the last short
+    batch when ``jit``). The compiled graph draws its noise with other kernels than the eager
+    code, so the same seed gives other (equally distributed) samples. Not graph-safe: a CUDA
+    graph needs the eager objective.
     """
 
     graph_safe = False
 
     def __init__(self, num_particles: int = 5) -> None:
         super().__init__(num_particles)
-        self._compiled: dict[tuple[int, int], Callable] = {}
+        self._compiled: dict[tuple, Callable] = {}
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
-        # One graph per model/guide pair and per input shapes: a trace bakes in the N/M scale.
         shapes = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else None for a in args)
         key = (id(model), id(guide), shapes)
         if key not in self._compiled:
@@ -77,12 +74,20 @@ class JitImportanceWeightedELBO(ImportanceWeightedELBO):
 
             @pyro.ops.jit.trace(ignore_warnings=True)
             def loss(*args, **kwargs):
-                return ImportanceWeightedELBO.differentiable_loss(
-                    weakself(), model, guide, *args, **kwargs
+                return super(JitCompiled, weakself()).differentiable_loss(
+                    model, guide, *args, **kwargs
                 )
 
             self._compiled[key] = loss
         return self._compiled[key](*args, **kwargs)
+
+
+class JitImportanceWeightedELBO(JitCompiled, ImportanceWeightedELBO):
+    """[`ImportanceWeightedELBO`][] compiled with Pyro's JIT (see [`JitCompiled`][]).
+
+    Args:
+        num_particles: K, the number of importance samples per data point (default 5).
+    """
 
 
 class _NothingToEnumerateIsFine:
@@ -142,18 +147,15 @@ def make_objective(
     if dreg and name != "iwae":
         raise ValueError(f"dreg=True is an option of the 'iwae' objective, not of {name!r}")
     if name == "iwae":
-        if jit and (dreg or graph_safe):
-            raise ValueError(
-                "jit=True is not supported for 'iwae' with dreg=True (a traced graph keeps no "
-                "gradient hook) or graph_safe=True"
-            )
-        if jit:
-            return JitImportanceWeightedELBO(num_particles)
+        if jit and graph_safe:
+            raise ValueError("graph_safe=True and jit=True exclude each other")
         if dreg:
-            from .dreg import DReGImportanceWeightedELBO
+            from .dreg import DReGImportanceWeightedELBO, JitDReGImportanceWeightedELBO
 
-            return DReGImportanceWeightedELBO(num_particles)
-        return ImportanceWeightedELBO(num_particles)
+            return (JitDReGImportanceWeightedELBO if jit else DReGImportanceWeightedELBO)(
+                num_particles
+            )
+        return (JitImportanceWeightedELBO if jit else ImportanceWeightedELBO)(num_particles)
     if graph_safe:
         return _graph_safe(name, num_particles, vectorize_particles, jit, max_plate_nesting)
     classes = {
