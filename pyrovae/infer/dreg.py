@@ -19,7 +19,7 @@ model, with two changes that act on the gradient only:
 * ``log q`` is evaluated on the sample with the guide distribution's parameters detached, so
   phi reaches the loss through ``z`` alone;
 * the sample the model and ``log q`` see is a copy of ``z`` whose incoming gradient is multiplied
-  by ``w~_k`` on the way back ([`_ScaleGradient`][], reading a buffer that the forward pass fills
+  by ``w~_k`` on the way back (an autograd function reading a buffer that the forward pass fills
   once the weights are known). The loss's own gradient with respect to ``log w_k`` is ``w~_k``
   (the softmax of ``logsumexp``), so the path to phi carries ``w~_k^2`` while the decoder, which
   never passes through ``z``, keeps ``w~_k``.
