@@ -26,6 +26,8 @@ def test_full_schedule_is_the_papers_epoch_for_epoch():
 
 
 @pytest.mark.parametrize("epochs, lengths", [
+    (8, [1] * 8),
+    (9, [1, 1, 1, 1, 1, 1, 2, 1]),
     (300, [1, 1, 1, 2, 7, 22, 67, 199]),
     (1000, [1, 1, 3, 8, 25, 74, 222, 666]),
 ])

@@ -29,9 +29,11 @@ class BurdaSchedule:
 
     With ``epochs = E`` stage i lasts ``L_i = max(1, round(3^i * E / 3280))`` epochs for
     i < 7, and the last stage takes the rest, ``E - sum_{i<7} L_i``, so the stages fill exactly E
-    epochs. At E = 3280 this is Burda et al.'s schedule epoch for epoch. Epochs past E stay in the
-    last stage. Use it as ``fit(..., lr=1e-3, lr_schedule=BurdaSchedule(E), epochs=E)``; its
-    ``repr`` names E, so a resumed run checks that the schedule is the same.
+    epochs (for E close to 8, where the rounding leaves the last stage nothing, the longest
+    earlier stages give up an epoch each until it has one). At E = 3280 this is Burda et al.'s
+    schedule epoch for epoch. Epochs past E stay in the last stage. Use it as
+    ``fit(..., lr=1e-3, lr_schedule=BurdaSchedule(E), epochs=E)``; its ``repr`` names E, so a
+    resumed run checks that the schedule is the same.
 
     Args:
         epochs: E, the epochs the eight stages fill (default 3280, the paper's); at least 8.
@@ -42,8 +44,9 @@ class BurdaSchedule:
             raise ValueError(f"epochs must be an integer >= {BURDA_STAGES}, got {epochs!r}")
         self.epochs = epochs
         lengths = [max(1, round(3**i * epochs / BURDA_EPOCHS)) for i in range(BURDA_STAGES - 1)]
-        if sum(lengths) >= epochs:
-            raise ValueError(f"{epochs} epochs leave no room for the last stage")
+        while sum(lengths) >= epochs:  # only for E near 8: the last stage needs an epoch too
+            longest = max(range(len(lengths)), key=lengths.__getitem__)
+            lengths[longest] -= 1
         self.stage_lengths = [*lengths, epochs - sum(lengths)]
         # The first epoch of every stage after the first.
         self._starts = list(itertools.accumulate(self.stage_lengths))[:-1]
