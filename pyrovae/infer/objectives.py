@@ -68,7 +68,7 @@ class JitCompiled:
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
         shapes = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else None for a in args)
-        key = (id(model), id(guide), shapes)
+        key = (_identity(model), _identity(guide), shapes)
         if key not in self._compiled:
             weakself = weakref.ref(self)
 
@@ -80,6 +80,14 @@ class JitCompiled:
 
             self._compiled[key] = loss
         return self._compiled[key](*args, **kwargs)
+
+
+def _identity(fn: Callable):
+    # A bound method is a new object at every attribute access (``vae.model``): key it by its
+    # instance and function, or every call would compile anew.
+    if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
+        return id(fn.__self__), id(fn.__func__)
+    return id(fn)
 
 
 class JitImportanceWeightedELBO(JitCompiled, ImportanceWeightedELBO):
