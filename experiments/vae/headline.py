@@ -31,8 +31,8 @@ Example (smoke)::
         --eval-examples 20 --num-samples 50 --out /tmp/vae_headline
 
 ``--recipe burda-compressed`` (issue 23) sets the defaults of the options above to Burda et al.'s
-schedule compressed into ``--epochs`` (default 300: at the 20 CPU-seconds per epoch measured in a
-20-epoch pilot on the shared 2-core machine, validation included, 1.7 CPU-hours on one core):
+schedule compressed into ``--epochs`` (default 300: at the 21 CPU-seconds per epoch measured in a
+20-epoch pilot on the shared 2-core machine, validation included, 1.75 CPU-hours on one core):
 IWAE k = 5 with DReG gradients, JIT-compiled, batch 20, Adam eps 1e-4, ``BurdaSchedule(epochs)``;
 the last 1000 training images are held out (binarised once) and the epoch with the best held-out
 K = 50 bound is kept (``best.pt``) and evaluated, on all 10000 test images with K = 5000. It
