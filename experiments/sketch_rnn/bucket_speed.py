@@ -18,10 +18,10 @@ from pathlib import Path
 import pyro
 import torch
 
-from experiments.common import provenance, write_json
 from pyrovae.data.buckets import bucketed_batches
 from pyrovae.data.sketches import load_sketches
 from pyrovae.models import SketchRNN
+from pyrovae.runs.provenance import provenance, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -23,11 +23,13 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import add_device_argument, provenance, resolve_device, write_json
 from experiments.sketch_rnn.plots import save_completion_grid
 from pyrovae.data.sketches import SKETCH_DATASETS, load_sketches
 from pyrovae.infer import load_checkpoint
 from pyrovae.infer.sketch_completion import complete_sketch, first_strokes
+from pyrovae.runs.launch import add_device_options
+from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import start_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,13 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.1, 0.3, 0.6])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/sketch_rnn/complete"))
-    add_device_argument(p)
+    add_device_options(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = start_device(args)
     started = time.perf_counter()
     model = load_checkpoint(args.checkpoint, map_location=device).eval()
     test = load_sketches(args.dataset, "test", max_length=model.max_length,

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import provenance, write_json
 from experiments.sketch_rnn.bucket_speed import time_steps
 from pyrovae.data.buckets import bucketed_batches
 from pyrovae.data.smiles import SmilesVocabulary, load_smiles
 from pyrovae.models.smiles_vae import SMILESVAE
+from pyrovae.runs.provenance import provenance, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:

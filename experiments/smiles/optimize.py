@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.common import add_device_argument, provenance, resolve_device, write_json
 from experiments.smiles.evaluate import save_interpolation
 from pyrovae.data.smiles import load_smiles
 from pyrovae.infer import load_checkpoint, read_checkpoint
@@ -38,6 +37,9 @@ from pyrovae.infer.latent_optimization import (
     random_search,
 )
 from pyrovae.metrics import molecules as chem
+from pyrovae.runs.launch import add_device_options
+from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import start_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,13 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
     p.add_argument("--out", type=Path, default=Path("runs/smiles/optimize"))
-    add_device_argument(p)
+    add_device_options(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = start_device(args)
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     trained = (read_checkpoint(args.checkpoint).get("fit_config") or {}).get("user") or {}

@@ -37,8 +37,14 @@ class LossOptions:
     jit: bool = False
     validate: bool | str = "first"
     compiled: bool = False
+    dreg: bool = False
 
     def __post_init__(self) -> None:
+        if self.dreg and self.objective != "iwae":
+            raise ValueError(
+                f"dreg=True needs objective='iwae' (the doubly reparameterised IWAE gradient), "
+                f"got objective={self.objective!r}"
+            )
         if self.compiled and self.jit:
             raise ValueError("compiled=True and jit=True exclude each other: choose one")
         if not (isinstance(self.validate, bool) or self.validate == "first"):

@@ -56,6 +56,7 @@ def fit(
     guide: Callable | None = None,
     objective: str | Any = "elbo",
     num_particles: int = 1,
+    dreg: bool = False,
     vectorize_particles: bool = True,
     max_plate_nesting: int | None = 1,
     jit: bool = False,
@@ -98,10 +99,15 @@ def fit(
         objective: ``"elbo"`` (default), ``"meanfield"``, ``"enum"``, ``"iwae"``, or an object
             with ``differentiable_loss`` (see [`pyrovae.infer.make_objective`][]).
         num_particles: samples per data point, vectorised (default 1; K for ``"iwae"``).
+        dreg: with ``objective="iwae"``, the doubly reparameterised gradient for the guide
+            (Tucker et al. 2019; [`pyrovae.infer.dreg`][]): the same bound, a lower-variance
+            encoder gradient (default False).
         vectorize_particles: draw particles in one vectorised pass (default True).
         max_plate_nesting: given to Pyro's ELBO (default 1: pyrovae's data plate at dim=-1;
             ``None`` lets Pyro find it by running the model).
-        jit: compile the loss with Pyro's JIT (default False; static models only).
+        jit: compile the loss with Pyro's JIT (default False; static models only). For
+            ``"iwae"`` (with or without ``dreg``) this removes Pyro's per-step Python work, most
+            of a small VAE's overhead over plain PyTorch at batch 20 (benchmarks/batch20.py).
         compiled: train with [`CompiledStep`][compiled.CompiledStep] and a graph-safe
             objective (``make_objective(..., graph_safe=True)``, no host sync in the loss): on
             CUDA the whole step (loss, backward, capturable Adam) is captured once per batch
@@ -177,7 +183,7 @@ def fit(
     groups = dict(
         loss=LossOptions(
             objective, num_particles, vectorize_particles, max_plate_nesting, jit, validate,
-            compiled,
+            compiled, dreg,
         ),
         optimisation=Optimisation(optimizer, lr, lr_schedule, clip_norm),
         schedule=Schedule(epochs, batch_size, drop_last, seed, device),
@@ -247,7 +253,7 @@ class _Run:
         if isinstance(objective, str):
             objective = make_objective(
                 objective, loss.num_particles, loss.vectorize_particles, loss.jit,
-                loss.max_plate_nesting, graph_safe=loss.compiled,
+                loss.max_plate_nesting, graph_safe=loss.compiled, dreg=loss.dreg,
             )
         elif loss.compiled and not getattr(objective, "graph_safe", False):
             raise ValueError(
