@@ -75,12 +75,9 @@ def options(args: argparse.Namespace) -> dict:
 def train_m2_2d(args: argparse.Namespace, data) -> dict:
     torch.manual_seed(args.seed)
     m2 = m2_family.build(options(args), data)
-    return train_m2(
-        m2, data, args.out / "m2", max_epochs=args.epochs, max_minutes=args.max_minutes,
-        batch_size=100, labelled_batch_size=100, lr=args.lr, lr_decay=1.0, seed=args.seed,
-        jit=False, device=args.device, parallel=parallel_options(args),
-        info=dict(labels=args.n_labelled, command=command_line(), model_config=m2.config),
-    )
+    info = dict(labels=args.n_labelled, command=command_line(), model_config=m2.config)
+    return train_m2(m2, data, args.out / "m2", options(args), device=args.device,
+                    minutes=args.max_minutes, info=info)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -48,11 +48,9 @@ from experiments.vae.common import (
     make_vae,
     refuse_datasets,
     setup,
-    train,
 )
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
 from pyrovae.runs import vae as vae_family
-from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import command_line, evaluates, provenance, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -102,24 +100,13 @@ def train_objective(args, data, objective: str, minutes, out, metrics: dict):
         entry["curve"] = rows
         write_json(out / "metrics.json", metrics)
 
-    history, wall = train(
-        model,
-        data.train,
-        epochs=args.epochs,
-        minutes=minutes,
-        checkpoint_dir=out / objective,
-        on_epoch=on_epoch,
-        objective=objective,
-        num_particles=entry["num_particles"],
-        lr=args.lr,
-        lr_schedule=burda_schedule if args.lr_schedule == "burda" else None,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        **parallel_options(args),
-        device=args.device,
+    history, wall = vae_family.train(
+        model, data, {**vars(args), "objective": objective,
+                      "num_particles": entry["num_particles"]},
+        device=args.device, out=out / objective, resume=True, minutes=minutes, on_epoch=on_epoch,
         callbacks=[vae_family.test_elbo_callback(monitor, every=args.eval_every)],
-        config={"command": command_line()},
-        compiled=args.compiled,
+        lr_schedule=burda_schedule if args.lr_schedule == "burda" else None,
+        config={"command": command_line()}, compiled=args.compiled,
     )
     entry["train_wall_seconds"] = entry.get("train_wall_seconds", 0.0) + wall
     entry["complete"] = len(history.epochs) >= args.epochs
