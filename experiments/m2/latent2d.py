@@ -31,7 +31,7 @@ from pyrovae.runs import m2 as m2_family
 from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.m2 import test_error
 from pyrovae.runs.provenance import command_line, evaluates, provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -126,4 +126,4 @@ if __name__ == "__main__":
     # Denormal floats appear late in training and slow CPU steps down (a late 2-D M2
     # checkpoint: 0.14 s -> 0.10 s per 100-image step with flushing); flush them to zero.
     torch.set_flush_denormal(True)
-    run(parse_args())
+    run_script(lambda: run(parse_args()))

@@ -48,7 +48,7 @@ from pyrovae.runs import vae as vae_family
 from pyrovae.runs.data import SEEDS, image_set
 from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, save_checkpoint, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 logger = logging.getLogger("m1")
 
@@ -139,4 +139,4 @@ def run(args: argparse.Namespace) -> dict:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_flush_denormal(True)
-    run(parse_args())
+    run_script(lambda: run(parse_args()))

@@ -31,7 +31,7 @@ from pyrovae.infer.classification import accuracy
 from pyrovae.models.networks import mlp
 from pyrovae.runs.data import semi_supervised_set
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,4 +110,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    run_script(lambda: run(parse_args()))

@@ -33,7 +33,7 @@ from experiments.figures import save_learning_curve
 from experiments.m2.common import mean_std, train_m2
 from pyrovae.runs import m2 as m2_family
 from pyrovae.runs.provenance import evaluates, provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 ANCHORS = {  # test error %, by number of labels
     "Kingma et al. 2014, M2": {100: 11.97, 600: 4.94, 1000: 3.60, 3000: 3.92},
@@ -176,4 +176,4 @@ if __name__ == "__main__":
     # Denormal floats appear late in training and slow CPU steps down (a late 2-D M2
     # checkpoint: 0.14 s -> 0.10 s per 100-image step with flushing); flush them to zero.
     torch.set_flush_denormal(True)
-    run(parse_args())
+    run_script(lambda: run(parse_args()))

@@ -19,7 +19,7 @@ from pyrovae.infer import TimeBudget, fit
 from pyrovae.runs import vae as vae_family
 from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, save_checkpoint, write_json
-from pyrovae.runs.script import add_run_arguments, start_script
+from pyrovae.runs.script import add_run_arguments, run_script, start_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

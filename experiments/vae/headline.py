@@ -52,6 +52,7 @@ from experiments.vae.common import (
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
 from pyrovae.runs import vae as vae_family
 from pyrovae.runs.provenance import command_line, evaluates, provenance, read_json, write_json
+from pyrovae.runs.script import run_script
 
 logger = logging.getLogger(__name__)
 
@@ -242,4 +243,4 @@ def markdown_table(metrics: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
