@@ -16,7 +16,6 @@ References:
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from pyrovae.data import DynamicBinarized, load_dataset
 from pyrovae.infer import param_scope
 from pyrovae.models import VAE
 from pyrovae.runs import m2 as m2_family
-from pyrovae.runs.launch import parallel_options
+from pyrovae.runs import vae as vae_family
 from pyrovae.runs.m2 import test_error
 from pyrovae.runs.provenance import command_line, evaluates, provenance, write_json
 from pyrovae.runs.script import add_run_arguments, run_script, start_run
@@ -57,14 +56,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train_vae(x_train: torch.Tensor, hidden_sizes: list[int], epochs: int, seed: int, out: Path,
-              **parallel):
-    torch.manual_seed(seed)
-    vae = VAE(data_dim=x_train.shape[1], latent_dim=2, hidden_sizes=hidden_sizes)
-    started = time.perf_counter()
-    history = pyrovae.fit(vae, DynamicBinarized(x_train, seed), epochs=epochs, batch_size=100,
-                          seed=seed, checkpoint_dir=out, device=x_train.device, **parallel)
-    return vae, history, time.perf_counter() - started
+def train_vae(x_train: torch.Tensor, args: argparse.Namespace, epochs: int, out: Path):
+    torch.manual_seed(args.seed)
+    vae = VAE(data_dim=x_train.shape[1], latent_dim=2, hidden_sizes=args.hidden_sizes)
+    options = {**vars(args), "epochs": epochs, "batch_size": 100, "lr": 1e-3}
+    history, seconds = vae_family.train(vae, DynamicBinarized(x_train, args.seed), options,
+                                        device=x_train.device, out=out)
+    return vae, history, seconds
 
 
 def options(args: argparse.Namespace) -> dict:
@@ -95,8 +93,7 @@ def run(args: argparse.Namespace) -> dict:
         train = load_dataset(args.dataset, "train", device=args.device)
         x_train = train.x if args.limit is None else train.x[: args.limit]
         vae_epochs = args.epochs if args.vae_epochs is None else args.vae_epochs
-        vae, history, seconds = train_vae(x_train, args.hidden_sizes, vae_epochs, args.seed,
-                                          args.out / "vae", **parallel_options(args))
+        vae, history, seconds = train_vae(x_train, args, vae_epochs, args.out / "vae")
     if not evaluates():
         return {}
     if args.m2_checkpoint is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import pyro
@@ -19,7 +18,7 @@ from pyrovae.models.vae import VAE
 from pyrovae.runs import vae as family
 from pyrovae.runs.data import COLOUR_DATASETS, ImageSet, channels_first
 from pyrovae.runs.provenance import command_line, provenance, save_checkpoint
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, start_script
 
 logger = logging.getLogger("vae_experiments")
 
@@ -27,11 +26,10 @@ logger = logging.getLogger("vae_experiments")
 def setup(args: argparse.Namespace) -> Path:
     """Logging, threads, validation (off unless ``--validate``), seeds and ``args.device`` (a
     ``torch.device`` afterwards); returns ``args.out``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    args.device = start_run(args)
+    args.device, out = start_script(args)
     pyro.enable_validation(bool(getattr(args, "validate", False)))
     pyro.set_rng_seed(args.seed)
-    return Path(args.out)
+    return out
 
 
 def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10) -> None:
@@ -123,7 +121,7 @@ def train_vae(args, data: ImageSet, latent_dim: int, path: Path):
     model = make_vae(args, data, latent_dim)
     model.check_data(data.test_x)
     options = {**vars(args), "objective": "elbo", "num_particles": 1}
-    history, wall = family.train(model, data, options, device=args.device)
+    history, wall = family.train(model, data.train, options, device=args.device)
     save_checkpoint(path, model, history=history.epochs, command=command_line(), wall_seconds=wall)
     logger.info("trained K=%d in %.0f s -> %s", latent_dim, wall, path)
     return model, history.epochs, wall

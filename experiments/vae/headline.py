@@ -102,7 +102,7 @@ def train_objective(args, data, objective: str, minutes, out, metrics: dict):
         write_json(out / "metrics.json", metrics)
 
     history, wall = vae_family.train(
-        model, data, {**vars(args), "objective": objective,
+        model, data.train, {**vars(args), "objective": objective,
                       "num_particles": entry["num_particles"]},
         device=args.device, out=out / objective, resume=True, minutes=minutes, on_epoch=on_epoch,
         callbacks=[vae_family.test_elbo_callback(monitor, every=args.eval_every)],

@@ -57,7 +57,7 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
 
     common.write_json(out / folder.OPTIONS_FILE, options)
     history, seconds = family.train(
-        model, data, options, device=device, out=out, resume=resume, callbacks=[test_elbo],
+        model, data.train, options, device=device, out=out, resume=resume, callbacks=[test_elbo],
         config=options, progress=common.progress_enabled(args),
     )
     final = next((r["test_elbo"] for r in reversed(history.epochs) if "test_elbo" in r), None)

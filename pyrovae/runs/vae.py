@@ -98,21 +98,22 @@ def build(options: dict[str, Any], data: ImageSet, **overrides: Any) -> VAE:
 
 
 def train(
-    model: VAE, data: ImageSet, options: dict[str, Any], *, device: torch.device,
+    model: VAE, stream: Any, options: dict[str, Any], *, device: torch.device,
     out: Path | None = None, resume: bool = False, minutes: float | None = None,
     callbacks=(), on_epoch: Callable[[list[dict]], None] | None = None, **fit_options: Any,
 ) -> tuple[History, float]:
     """The one training loop of a VAE run (``pyrovae vae train``/``resume`` and every
-    ``experiments/vae`` script): ``fit`` on ``data.train`` with ``options``' ``epochs``,
-    ``batch_size``, ``lr``, ``seed``, ``objective``, ``num_particles``, ``devices`` and
-    ``num_nodes``; checkpoints in ``out`` (continued from ``out/last.pt`` with ``resume``);
-    stopped by ``TimeBudget(minutes)``. ``on_epoch(rows)`` gets the history rows so far after
-    every epoch and at the end; ``fit_options``: ``fit``'s other arguments. Returns the
-    ``History`` (earlier invocations' epochs included) and this invocation's seconds."""
+    ``experiments`` script that trains a VAE): ``fit`` on ``stream`` (an `ImageSet`'s
+    ``train``) with ``options``' ``epochs``, ``batch_size``, ``lr``, ``seed``, ``objective``,
+    ``num_particles``, ``devices`` and ``num_nodes``; checkpoints in ``out`` (continued from
+    ``out/last.pt`` with ``resume``); stopped by ``TimeBudget(minutes)``. ``on_epoch(rows)``
+    gets the history rows so far after every epoch and at the end; ``fit_options``: ``fit``'s
+    other arguments. Returns the ``History`` (earlier invocations' epochs included) and this
+    invocation's seconds."""
     started = time.perf_counter()
     report = [lambda end: on_epoch([*end.history.epochs, end.row])] if on_epoch else []
     history = fit(
-        model, data.train, epochs=options["epochs"], batch_size=options["batch_size"],
+        model, stream, epochs=options["epochs"], batch_size=options["batch_size"],
         lr=options["lr"], seed=options["seed"], objective=options.get("objective", "elbo"),
         num_particles=options.get("num_particles", 1), device=device,
         devices=options.get("devices") or 1, num_nodes=options.get("num_nodes") or 1,
