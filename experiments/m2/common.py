@@ -8,7 +8,6 @@ The data, the model (through its preset), the training loop and the metrics come
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -77,24 +76,10 @@ def train_m2(
         status=(f"finished {epochs} epochs" if done >= epochs
                 else f"stopped by the time budget ({minutes} min) after {done}"),
     )
-    if not evaluates():
-        return metrics  # without a test error: rank 0 tests
-    if done < epochs and not test_when_stopped:
-        metrics.pop("test_error", None)
-        write_json(out / "metrics.json", metrics)
-        return metrics
-    best = pyrovae.load_checkpoint(out / "best.pt", map_location=data.x_test.device)
-    metrics["test_error"] = m2_family.test_error(best, data.x_test, data.y_test)
-    metrics["time_to_best_seconds"] = sum(
-        row["seconds"] for row in metrics["curve"][: metrics["best_epoch"] + 1]
-    )
-    write_json(out / "metrics.json", metrics)
+    if evaluates() and (done >= epochs or test_when_stopped):  # rank 0 tests
+        best = pyrovae.load_checkpoint(out / "best.pt", map_location=data.x_test.device)
+        metrics["test_error"] = m2_family.test_error(best, data.x_test, data.y_test)
+        metrics["time_to_best_seconds"] = sum(
+            row["seconds"] for row in metrics["curve"][: metrics["best_epoch"] + 1])
+    write_json(out / "metrics.json", metrics)  # on rank 0 only
     return metrics
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var)

@@ -30,7 +30,7 @@ import torch
 
 import pyrovae
 from experiments.figures import save_learning_curve
-from experiments.m2.common import mean_std, train_m2
+from experiments.m2.common import train_m2
 from pyrovae.runs import m2 as m2_family
 from pyrovae.runs.provenance import evaluates, provenance, write_json
 from pyrovae.runs.script import add_run_arguments, run_script, start_run
@@ -128,7 +128,8 @@ def summarise(runs: list[dict], device: torch.device) -> dict:
     by_labels = {}
     for n in sorted({r["labels"] for r in runs}):
         mine = [r for r in runs if r["labels"] == n]
-        mean, std = mean_std([100 * r["test_error"] for r in mine])
+        errors = [100 * r["test_error"] for r in mine]
+        mean, std = statistics.mean(errors), statistics.stdev(errors) if len(errors) > 1 else 0.0
         by_labels[n] = dict(
             test_error_percent_mean=mean, test_error_percent_std=std,
             seeds=[r["seed"] for r in mine],
