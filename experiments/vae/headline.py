@@ -59,14 +59,13 @@ from experiments.vae.common import (
     make_vae,
     refuse_datasets,
     setup,
-    train,
 )
 from pyrovae.data import DynamicBinarized, binarize
 from pyrovae.infer import BurdaSchedule, burda_adam, held_out_bound_callback, read_checkpoint
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
 from pyrovae.runs import vae as vae_family
-from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import command_line, evaluates, provenance, read_json, write_json
+from pyrovae.runs.script import run_script
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ logger = logging.getLogger(__name__)
 # rest are fit options and the held-out validation set.
 RECIPES = {
     "burda-compressed": dict(
-        defaults=dict(epochs=300, batch_size=20, objectives=["iwae"], iwae_k=5, lr=1e-3,
+        defaults=dict(epochs=300, batch_size=20, objectives=["iwae"], num_particles=5, lr=1e-3,
                       eval_examples=10000, num_samples=5000),
         fit=dict(dreg=True, jit=True, optimizer=burda_adam),
         validation_size=1000, validation_samples=50,
@@ -165,23 +164,13 @@ def train_objective(args, data, objective: str, minutes, out, metrics: dict, val
         entry["curve"] = rows
         write_json(out / "metrics.json", metrics)
 
-    history, wall = train(
-        model,
-        data.train,
-        epochs=args.epochs,
-        minutes=minutes,
-        checkpoint_dir=out / objective,
-        on_epoch=on_epoch,
-        objective=objective,
-        num_particles=entry["num_particles"],
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        **parallel_options(args),
-        device=args.device,
-        config={"command": command_line()},
-        **dict(options, callbacks=[vae_family.test_elbo_callback(monitor, every=args.eval_every),
-                                   *options["callbacks"]]),
+    history, wall = vae_family.train(
+        model, data.train, {**vars(args), "objective": objective,
+                            "num_particles": entry["num_particles"]},
+        device=args.device, out=out / objective, resume=True, minutes=minutes, on_epoch=on_epoch,
+        callbacks=[vae_family.test_elbo_callback(monitor, every=args.eval_every),
+                   *options.pop("callbacks")],
+        config={"command": command_line()}, **options,
     )
     entry["train_wall_seconds"] = entry.get("train_wall_seconds", 0.0) + wall
     entry["complete"] = len(history.epochs) >= args.epochs
@@ -323,4 +312,4 @@ def markdown_table(metrics: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
