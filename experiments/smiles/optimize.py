@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         return chem.molecule_property(smiles, args.property)
 
     def decode(z):
-        return model.decode(z, greedy=True)
+        return model.generate_smiles(z, greedy=True)
 
     codes = torch.cat([model.encode(subset[i:i + 500])[0] for i in range(0, len(subset), 500)])
     values = score(subset)
