@@ -45,6 +45,7 @@ CONFIG_KEYS = (
     "clip_norm",
     "batch_size",
     "seed",
+    "precision",
 )
 #: Keys whose change makes the current epoch's batches differ, so a run resumed mid-epoch
 #: restarts that epoch.
@@ -67,12 +68,13 @@ class RunState:
 def run_config(
     *, model: dict, data: dict[str, int], objective: Any, num_particles: int, optimizer: Any,
     lr: float, lr_schedule: Any, clip_norm: float | None, batch_size: list[int], seed: int,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The run's settings that a resumed run is compared against (JSON-able values)."""
     return dict(
         model=model,
         data=data,
-        objective=objective.__class__.__name__,
+        objective=getattr(objective, "config_name", objective.__class__.__name__),
         num_particles=num_particles,
         optimizer=_name(optimizer),
         lr=lr,
@@ -80,6 +82,7 @@ def run_config(
         clip_norm=clip_norm,
         batch_size=list(batch_size),
         seed=seed,
+        precision=precision,
     )
 
 
