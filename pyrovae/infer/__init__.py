@@ -17,6 +17,7 @@ from .objectives import ImportanceWeightedELBO, make_objective
 from .resume import CheckpointWarning
 from .scope import param_scope
 from .step import SubsampleWarning
+from .sum_and_sample import SumAndSampleELBO
 from .trainer import NonFiniteLossError, fit
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "roc_auc",
     "save_checkpoint",
     "SubsampleWarning",
+    "SumAndSampleELBO",
     "TimeBudget",
     "validation_callback",
 ]

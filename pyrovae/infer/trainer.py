@@ -95,7 +95,9 @@ def fit(
             ``for_epoch(epoch)`` and ``__len__``, or a mapping ``name -> one of those`` whose
             streams each give one batch per step (M2's labelled and unlabelled data).
         guide: the guide function, when ``model`` is a function (parameters from ``pyro.param``).
-        objective: ``"elbo"`` (default), ``"meanfield"``, ``"enum"``, ``"iwae"``, or an object
+        objective: ``"elbo"`` (default), ``"meanfield"``, ``"enum"``, ``"iwae"``,
+            ``"sum_and_sample"`` (unbiased for ``"enum"`` at k + 1 = 4 of the C values: give
+            ``SumAndSampleELBO(topk=k)`` for another k), or an object
             with ``differentiable_loss`` (see [`pyrovae.infer.make_objective`][]).
         num_particles: samples per data point, vectorised (default 1; K for ``"iwae"``).
         vectorize_particles: draw particles in one vectorised pass (default True).
