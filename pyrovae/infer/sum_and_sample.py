@@ -14,9 +14,13 @@ reparameterised, so the estimate's expectation is the exact enumerated ELBO, whi
 the top k are (the split depends on ``q`` alone, not on the draw). Its gradient is unbiased too:
 the summed terms are differentiated exactly, the sampled term with the score function of
 ``q(y'|x)`` (weight ``q(R) q(y')/q(y')``, whose value is ``q(R)`` and whose gradient is
-``q(R) grad log q(y')``). With ``k + 1`` passes instead of C it is about C/(k+1) times cheaper
-in the encoder and decoder. Dropping the sampled term (plain top-k truncation) is biased and
-must not be used.
+``q(R) grad log q(y')``). The score function's terms are centred on a baseline per data point,
+the q-weighted mean of ``f`` over the summed classes: without it ``f``'s size (the image's
+log-likelihood, hundreds of nats) multiplies the score function's noise, and an M2 trained on it
+learned to classify far more slowly than with exact enumeration (68.7 % validation error after
+one epoch at 3000 labels, against 11.2 %). With ``k + 1`` passes instead of C it is about
+C/(k+1) times cheaper in the encoder and decoder. Dropping the sampled term (plain top-k
+truncation) is biased and must not be used.
 
 [`SumAndSampleELBO`][] follows [`GraphSafeEnumELBO`][pyrovae.infer.graph_safe.GraphSafeEnumELBO]:
 the guide site marked ``infer={"enumerate": "parallel"}`` (M2's ``y``, through
@@ -134,22 +138,50 @@ class SumAndSampleELBO(_TraceObjective):
                 f"sum-and-sample supports one enumerated guide site, got {[n for n, _ in chosen]}"
             )
         y_name, y_site = chosen[0]
-        weights = _weights(y_site)
+        weights = _weights(y_site)  # [k+1, 1, ..., *batch]
         dim = -1 - self.max_plate_nesting
-
-        def expect(term: torch.Tensor) -> torch.Tensor:
-            if term.dim() < -dim or term.shape[dim] == 1:
-                return term.sum()  # independent of the enumerated value
-            return (weights * torch.where(weights > 0, term, term.new_zeros(()))).sum()
-
-        elbo = 0.0
-        for _, site in _sample_sites(model_trace):
-            elbo = elbo + expect(site["log_prob"])
+        # f(y) per data point: the terms that depend on y, summed down to the weights' shape;
+        # the others enter unweighted.
+        dependent, independent = 0.0, 0.0
+        terms = [(site["log_prob"], 1.0) for _, site in _sample_sites(model_trace)]
         for name, site in _sample_sites(guide_trace):
             if name != y_name:
                 _require_rsample(site, "sum-and-sample")
-            elbo = elbo - expect(site["log_prob"])
-        return elbo, elbo
+            terms.append((site["log_prob"], -1.0))
+        for term, sign in terms:
+            if term.dim() < -dim or term.shape[dim] == 1:
+                independent = independent + sign * term.sum()
+            else:
+                dependent = dependent + sign * _sum_to(term, weights.shape)
+        if not isinstance(dependent, torch.Tensor):
+            return independent, independent
+        dependent = torch.where(weights > 0, dependent, dependent.new_zeros(()))
+        elbo = independent + (weights * dependent).sum()
+        num_summed = y_site["infer"][_KEY]["summed"]
+        if num_summed == weights.shape[0]:  # every class summed: exact, nothing sampled
+            return elbo, elbo
+        # A baseline b per data point cuts the sampled term's score-function variance without
+        # bias: the weights sum to 1, so b * grad(sum_y w_y) has expectation b * grad(1) = 0
+        # for any b that does not depend on the draw. b is the q-weighted mean of f over the
+        # summed classes (f is of the order of the data's log-likelihood, hundreds of nats
+        # times N/M, while f's differences between classes are far smaller).
+        summed = weights[:num_summed].detach()
+        baseline = ((summed * dependent[:num_summed].detach()).sum(0)
+                    / summed.sum(0).clamp_min(torch.finfo(summed.dtype).tiny))
+        total = weights.sum(0)
+        surrogate = elbo - (baseline * (total - total.detach())).sum()
+        return elbo, surrogate
+
+
+def _sum_to(term: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``term`` summed over the dimensions where ``shape`` has size 1 (nested plates)."""
+    if term.dim() != len(shape):
+        raise ValueError(
+            f"a log-density of shape {list(term.shape)} does not match the enumerated site's "
+            f"{list(shape)}: is max_plate_nesting right?"
+        )
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and term.shape[i] != 1)
+    return term.sum(dims, keepdim=True) if dims else term
 
 
 def _weights(site: dict) -> torch.Tensor:
