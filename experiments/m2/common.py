@@ -151,6 +151,8 @@ def train_m2(
     test_curve: bool = False,
     test_when_stopped: bool = True,
     parallel: dict | None = None,
+    objective: str = "enum",
+    precision: str = "fp32",
 ) -> dict:
     """One ``pyrovae.fit`` (resumed from ``out/last.pt`` when there is one) for ``max_epochs``
     epochs or until ``TimeBudget(max_minutes)`` stops it, writing ``out/metrics.json`` after
@@ -164,6 +166,8 @@ def train_m2(
     does not read the test set at all (a run resumed in many invocations then reads it once).
     Only where ``experiments.common.evaluates`` (rank 0) is the test set read.
     ``parallel``: ``fit``'s ``devices`` and ``num_nodes`` (``experiments.common.parallel_options``).
+    ``objective`` and ``precision``: ``fit``'s (``"enum"`` or ``"sum_and_sample"``; ``"fp32"`` or
+    ``"bf16"``).
     """
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +201,8 @@ def train_m2(
         callbacks.append(test_callback)
     optimizer = "adam" if tuple(betas) == (0.9, 0.999) else AdamWithBetas(tuple(betas))
     history = pyrovae.fit(
-        model, streams, objective="enum", jit=jit, lr=lr, optimizer=optimizer,
+        model, streams, objective=objective, precision=precision, jit=jit, lr=lr,
+        optimizer=optimizer,
         lr_schedule=f"exponential:{lr_decay}" if lr_decay != 1 else None,
         epochs=max_epochs, batch_size=sizes, seed=seed, device=device,
         callbacks=[*callbacks, report, TimeBudget(max_minutes)],

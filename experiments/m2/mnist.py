@@ -66,6 +66,7 @@ def preset_defaults(name: str) -> dict:
         lr=preset.lr, adam_betas=list(preset.betas), batch_size=preset.batch_size,
         labelled_batch_size=preset.labelled_batch_size,
         batches_per_epoch=preset.batches_per_epoch, epochs=preset.epochs,
+        objective=preset.objective, precision=preset.precision, threads=preset.threads,
     )
 
 
@@ -128,6 +129,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "protocol looks at the test set once, for the selected model)")
     p.add_argument("--lr-decay", type=float, default=1.0, help="lr factor per epoch")
     p.add_argument("--jit", action="store_true")
+    p.add_argument("--objective", choices=["enum", "sum_and_sample"], default="enum",
+                   help="exact enumeration of the labels, or sum-and-sample (top 3 summed, one "
+                   "sampled; unbiased, cheaper)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fit's precision: bf16 autocast for the networks")
     add_run_arguments(p, out="runs/m2_mnist")
     known, _ = p.parse_known_args(argv)
     if known.preset is not None:
@@ -166,7 +172,8 @@ def run(args: argparse.Namespace) -> dict:
                         m1=str(args.m1) if args.m1 else None, m1_min_std=args.m1_min_std,
                         m1_dims_kept=data.m1_dims_kept,
                         m1_num_dims_kept=None if m1 is None else len(data.m1_dims_kept),
-                        preset=args.preset,
+                        preset=args.preset, objective=args.objective,
+                        precision=args.precision,
                         binarization=args.binarization, lr=args.lr, adam_betas=args.adam_betas,
                         batch_size=batch_size, labelled_batch_size=labelled_batch_size)
             run_dir = args.out / f"labels{n_labels}_seed{seed}"
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> dict:
                 lr_decay=args.lr_decay, seed=seed, jit=args.jit, info=info, device=device,
                 betas=tuple(args.adam_betas), test_curve=args.test_curve,
                 test_when_stopped=not args.defer_test, parallel=parallel_options(args),
+                objective=args.objective, precision=args.precision,
             )
             if not evaluates():
                 continue  # the next fit needs every rank; only rank 0 reports
