@@ -7,7 +7,8 @@ in how an epoch's steps are cut:
 
 * ``joint`` (what ``fit`` and the ``pyro_ssvae`` preset do): every step adds an unlabelled
   batch and a labelled batch, each scaled by N/M (an unbiased estimate of the whole objective);
-  N_u / 200 steps per epoch, the labelled set cycled.
+  N_u / 200 steps per epoch, the labelled set cycled (``--labelled-batch-size 13`` at 3000
+  labels: about once per epoch).
 * ``alternating`` (Pyro's ``examples/vae/ss_vae_M2.py``): (N_u + N_l) / 200 steps per epoch,
   every 16th a labelled batch (its bound plus the classifier term), the others unlabelled
   batches; each step's loss is its batch's sum, unscaled, as Pyro's SVI steps are.
@@ -47,6 +48,10 @@ def main() -> int:
     p.add_argument("--objective", default="sum_and_sample",
                    help="'enum' or 'sum_and_sample' (top-3 summed, one sampled)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--labelled-batch-size", type=int, default=None,
+                   help="joint: labelled images per step (default the preset's 200, which "
+                   "cycles the labelled set N_u/N_l times per epoch; N_l * 200 / N_u visits it "
+                   "once per epoch, as Kingma's scheme)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--cpu-minutes", type=float, default=10.0,
                    help="stop before an epoch that would pass this much process CPU time")
@@ -84,6 +89,7 @@ def main() -> int:
         return objective.differentiable_loss(model.model, model.guide, xl[idx], yl[idx])
 
     batch = preset.batch_size
+    labelled_batch = args.labelled_batch_size or preset.labelled_batch_size
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out = args.out.open("w")
     labelled_order = torch.empty(0, dtype=torch.long)
@@ -95,9 +101,10 @@ def main() -> int:
         u_batches = torch.randperm(xu.shape[0]).split(batch)
         if args.scheme == "joint":
             for iu in u_batches:
-                if labelled_order.numel() < batch:
+                if labelled_order.numel() < labelled_batch:
                     labelled_order = torch.cat([labelled_order, torch.randperm(xl.shape[0])])
-                il, labelled_order = labelled_order[:batch], labelled_order[batch:]
+                il = labelled_order[:labelled_batch]
+                labelled_order = labelled_order[labelled_batch:]
                 step(lambda iu=iu, il=il: unlabelled(iu, True) + labelled(il, True))
         else:
             l_batches = list(torch.randperm(xl.shape[0]).split(batch))
@@ -120,7 +127,7 @@ def main() -> int:
         model.eval()
         error = float((model.classify(data.x_val) != data.y_val).double().mean())
         model.train()
-        row = dict(scheme=args.scheme, epoch=epoch + 1, val_error_percent=100 * error,
+        row = dict(scheme=args.scheme, labelled_batch_size=labelled_batch, epoch=epoch + 1, val_error_percent=100 * error,
                    epoch_cpu_seconds=last_epoch_cpu,
                    cpu_seconds=time.process_time() - started, objective=args.objective,
                    precision=args.precision, labels=args.labels, seed=args.seed)
