@@ -127,7 +127,8 @@ def main() -> int:
         model.eval()
         error = float((model.classify(data.x_val) != data.y_val).double().mean())
         model.train()
-        row = dict(scheme=args.scheme, labelled_batch_size=labelled_batch, epoch=epoch + 1, val_error_percent=100 * error,
+        row = dict(scheme=args.scheme, labelled_batch_size=labelled_batch, epoch=epoch + 1,
+                   val_error_percent=100 * error,
                    epoch_cpu_seconds=last_epoch_cpu,
                    cpu_seconds=time.process_time() - started, objective=args.objective,
                    precision=args.precision, labels=args.labels, seed=args.seed)
