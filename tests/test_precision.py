@@ -105,3 +105,22 @@ def test_fp32_is_the_default_and_unchanged():
 def test_bad_precision_is_a_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         fit(VAE(784, 5, hidden_sizes=(20,)), binary_images(10), epochs=1, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_on_cuda_matches_fp32():
+    module, objective, args = small_m2_unlabelled()
+    module, args = module.cuda(), tuple(a.cuda() for a in args)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        module.zero_grad(set_to_none=True)
+        pyro.set_rng_seed(1)
+        with autocast_networks(module, torch.device("cuda"), precision):
+            loss = objective.differentiable_loss(module.model, module.guide, *args)
+        loss.backward()
+        results[precision] = (loss.detach(), torch.cat([p.grad.flatten() for p in
+                                                        module.parameters()]))
+    (loss32, grad32), (loss16, grad16) = results["fp32"], results["bf16"]
+    # The tolerances of test_bf16_loss_and_gradient_match_fp32, for the same reasons.
+    assert float((loss16 - loss32).abs() / loss32.abs()) < 1e-3
+    assert 0 < float((grad16 - grad32).norm() / grad32.norm()) < 0.1
