@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from experiments.common import command_line, machine  # noqa: E402
+
 from pyrovae import fit  # noqa: E402
 from pyrovae.data import DynamicBinarized, binarize, load_dataset  # noqa: E402
 from pyrovae.infer import make_objective, param_scope  # noqa: E402

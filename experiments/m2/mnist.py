@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> dict:
                         m1=str(args.m1) if args.m1 else None, m1_min_std=args.m1_min_std,
                         m1_dims_kept=data.m1_dims_kept,
                         m1_num_dims_kept=None if m1 is None else len(data.m1_dims_kept),
-                        preset=args.preset,
+                        preset=args.preset, objective=args.objective,
+                        precision=args.precision,
                         binarization=args.binarization, lr=args.lr, adam_betas=args.adam_betas,
                         batch_size=batch_size, labelled_batch_size=labelled_batch_size)
             run_dir = args.out / f"labels{n_labels}_seed{seed}"

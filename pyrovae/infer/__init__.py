@@ -20,6 +20,7 @@ from .resume import CheckpointWarning
 from .schedules import BurdaSchedule, burda_adam
 from .scope import param_scope
 from .step import SubsampleWarning
+from .sum_and_sample import SumAndSampleELBO
 from .trainer import NonFiniteLossError, fit
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "roc_auc",
     "save_checkpoint",
     "SubsampleWarning",
+    "SumAndSampleELBO",
     "TimeBudget",
     "validation_callback",
 ]

@@ -13,7 +13,7 @@ import torch
 
 from .importance import log_weights_and_scale
 
-OBJECTIVES = ("elbo", "meanfield", "enum", "iwae")
+OBJECTIVES = ("elbo", "meanfield", "enum", "iwae", "sum_and_sample")
 
 
 class ImportanceWeightedELBO:
@@ -127,15 +127,17 @@ def make_objective(
     max_plate_nesting: int | None = 1,
     graph_safe: bool = False,
     dreg: bool = False,
+    topk: int = 3,
 ):
     """Build an objective with a ``differentiable_loss(model, guide, *args, **kwargs)`` method.
 
     Args:
         name: ``"elbo"`` (``Trace_ELBO``, Monte-Carlo KL), ``"meanfield"``
             (``TraceMeanField_ELBO``, analytic KL where one is registered), ``"enum"``
-            (``TraceEnum_ELBO``: sites marked for enumeration are summed out exactly) or
-            ``"iwae"`` ([`ImportanceWeightedELBO`][] with K = ``num_particles``;
-            [`JitImportanceWeightedELBO`][] with ``jit``).
+            (``TraceEnum_ELBO``: sites marked for enumeration are summed out exactly),
+            ``"sum_and_sample"`` (the enumerated site's top ``topk`` values summed, one more
+            sampled; see ``topk``) or ``"iwae"`` ([`ImportanceWeightedELBO`][] with
+            K = ``num_particles``; [`JitImportanceWeightedELBO`][] with ``jit``).
         num_particles: samples per data point (default 1).
         vectorize_particles: draw the particles in one vectorised pass (default True).
         jit: use Pyro's JIT-compiled variant (``JitTrace_ELBO`` etc.; default False). The model
@@ -147,6 +149,10 @@ def make_objective(
         dreg: for ``"iwae"`` only, the doubly reparameterised encoder gradient
             ([`pyrovae.infer.dreg.DReGImportanceWeightedELBO`][]: the same loss value, a
             lower-variance gradient for the guide; default False).
+        topk: for ``"sum_and_sample"``
+            ([`SumAndSampleELBO`][pyrovae.infer.sum_and_sample.SumAndSampleELBO]: the
+            enumerated site's ``topk`` most probable values summed exactly, one more drawn
+            from the rest; unbiased for ``"enum"``), the values summed (default 3).
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
@@ -154,6 +160,14 @@ def make_objective(
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     if dreg and name != "iwae":
         raise ValueError(f"dreg=True is an option of the 'iwae' objective, not of {name!r}")
+    if name == "sum_and_sample":
+        if jit or graph_safe:
+            raise ValueError("the 'sum_and_sample' objective runs eagerly: no jit or graph_safe")
+        if max_plate_nesting is None:
+            raise ValueError("'sum_and_sample' needs max_plate_nesting (it places the choices)")
+        from .sum_and_sample import SumAndSampleELBO
+
+        return SumAndSampleELBO(topk, num_particles, max_plate_nesting)
     if name == "iwae":
         if jit and graph_safe:
             raise ValueError("graph_safe=True and jit=True exclude each other")

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .precision import check_precision
+
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
@@ -38,8 +40,14 @@ class LossOptions:
     validate: bool | str = "first"
     compiled: bool = False
     dreg: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
+        if self.precision != "fp32" and (self.compiled or self.jit):
+            raise ValueError(
+                f"precision={self.precision!r} runs eagerly: it excludes compiled=True and jit=True"
+            )
         if self.dreg and self.objective != "iwae":
             raise ValueError(
                 f"dreg=True needs objective='iwae' (the doubly reparameterised IWAE gradient), "

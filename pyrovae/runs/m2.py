@@ -35,7 +35,8 @@ MODEL_OPTIONS = ("latent_dim", "hidden_sizes", "arch", "classifier_arch", "activ
 RECIPE_OPTIONS = {"binarization": "input", "alpha_factor": "alpha_factor",
                   "alpha_per_labelled": "alpha_per_labelled", "lr": "lr", "adam_betas": "betas",
                   "batch_size": "batch_size", "labelled_batch_size": "labelled_batch_size",
-                  "epochs": "epochs", "batches_per_epoch": "batches_per_epoch"}
+                  "epochs": "epochs", "batches_per_epoch": "batches_per_epoch",
+                  "objective": "objective", "precision": "precision"}
 PRESET_OPTIONS = (*MODEL_OPTIONS, *RECIPE_OPTIONS)
 
 
@@ -71,6 +72,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "into this many batches each (Kingma's scheme; overrides the batch sizes)")
     add("--lr", type=positive_float, help="Adam's learning rate")
     add("--adam-betas", type=float, nargs=2, help="Adam's betas")
+    add("--objective", choices=["enum", "sum_and_sample"], help="the labels summed out exactly, "
+        "or sum-and-sample (top 3 summed, one more sampled: unbiased, cheaper)")
+    add("--precision", choices=["fp32", "bf16"], help="fit's precision (bf16: autocast)")
 
 
 def preset_options(name: str) -> dict[str, Any]:
@@ -177,7 +181,8 @@ def train(
     on_epoch: Callable[[Any], None] | None = None, **fit_options: Any,
 ) -> tuple[History, float]:
     """The one training loop of an M2 run (``pyrovae m2 train``/``resume`` and the
-    ``experiments/m2`` scripts): ``fit`` with the ``"enum"`` objective on the unlabelled and
+    ``experiments/m2`` scripts): ``fit`` with the recipe's objective (``"enum"`` or
+    ``"sum_and_sample"``) and precision on the unlabelled and
     labelled streams, the recipe's batch sizes, Adam betas, ``lr``, ``epochs`` and ``seed``
     (``options`` resolved against their preset), ``lr_decay`` per epoch (default 1), ``jit``,
     ``devices`` and ``num_nodes``; the validation accuracy after every epoch selects
@@ -190,7 +195,8 @@ def train(
     decay = options.get("lr_decay", 1.0)
     started = time.perf_counter()
     history = fit(
-        model, {"unlabelled": data.unlabelled, "labelled": data.labelled}, objective="enum",
+        model, {"unlabelled": data.unlabelled, "labelled": data.labelled},
+        objective=options["objective"], precision=options["precision"],
         jit=options.get("jit", False), lr=options["lr"], optimizer=optimizer(options),
         lr_schedule=f"exponential:{decay}" if decay != 1 else None, epochs=options["epochs"],
         batch_size={"unlabelled": unlabelled, "labelled": labelled}, seed=options["seed"],
