@@ -72,6 +72,19 @@ class PlainVAE(nn.Module):
         )
         return -scale * elbo.sum()
 
+    def iwae_loss(self, xb: torch.Tensor, scale: float, num_particles: int) -> torch.Tensor:
+        """The K-sample importance-weighted bound's loss, K particles in one batch dimension."""
+        h = self.body(xb)
+        loc, sd = self.loc(h), F.softplus(self.raw_scale(h)) + 1e-4
+        z = loc + sd * torch.randn((num_particles, *loc.shape), dtype=loc.dtype, device=loc.device)
+        log_w = (
+            bernoulli_log_prob(xb, self.decoder(z))
+            + normal_log_prob(z, 0.0, 1.0)
+            - normal_log_prob(z, loc, sd)
+        )
+        bound = torch.logsumexp(log_w, 0) - math.log(num_particles)
+        return -scale * bound.sum()
+
 
 class PlainPPCA(nn.Module):
     """PPCA with the amortised linear-Gaussian guide, as ``pyrovae.models.PPCA``.

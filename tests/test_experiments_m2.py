@@ -205,3 +205,16 @@ def test_m1_baseline_smoke(tmp_path):
     assert kept == [0, 1, 2, 3]  # 0 keeps every dimension
     best = max(run["curve"], key=lambda row: row["val_accuracy"])
     assert run["best_val_accuracy"] == best["val_accuracy"]
+
+
+def test_m2_cpu_preset_trains_with_its_objective_and_precision(tmp_path):
+    from experiments.m2.mnist import parse_args
+
+    args = parse_args(["--preset", "cpu_fast"])
+    assert (args.objective, args.precision, args.threads) == ("sum_and_sample", "bf16", 2)
+    assert parse_args(["--preset", "cpu_fast", "--objective", "enum"]).objective == "enum"
+    run_script("mnist", "--preset", "cpu_fast", *TINY, "--hidden", "16", "--latent-dim", "3",
+               "--epochs", "1", "--threads", "1", "--out", str(tmp_path))
+    run = json.loads((tmp_path / "labels20_seed0" / "metrics.json").read_text())
+    assert (run["objective"], run["precision"]) == ("sum_and_sample", "bf16")
+    assert 0.0 <= run["test_error"] <= 1.0

@@ -7,6 +7,7 @@ import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
 
+import pyrovae
 from pyrovae.data.streams import M1Codes, active_dimensions
 from pyrovae.models.m2 import M2, normal_init_
 from pyrovae.runs.m2_presets import PRESETS, m2_preset
@@ -50,8 +51,32 @@ def test_pyro_preset_is_the_tutorials_recipe():
     assert p.epochs == 50
 
 
+def test_cpu_preset_is_pyros_weighting_with_the_cheaper_steps():
+    p = m2_preset("cpu_fast")
+    m2 = p.build(num_train=50000, num_labelled=3000)
+    assert m2.alpha == pytest.approx(46 * 3000)
+    assert p.fit_options() == {"objective": "sum_and_sample", "precision": "bf16"}
+    assert p.threads == 2
+    # The papers' presets keep exact enumeration in float32 (faithful reproduction).
+    for name in ("kingma2014", "pyro_ssvae"):
+        assert m2_preset(name).fit_options() == {"objective": "enum", "precision": "fp32"}
+
+
+def test_cpu_preset_trains_through_fit():
+    p = m2_preset("cpu_fast")
+    x = torch.rand(60, D, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(20) % C
+    m2 = p.build(num_train=60, num_labelled=20, data_dim=D, num_classes=C, latent_dim=K,
+                 hidden_sizes=(16,))
+    history = pyrovae.fit(m2, {"unlabelled": (x[20:],), "labelled": (x[:20], y)},
+                          lr=p.lr, epochs=2, batch_size=20, **p.fit_options())
+    assert history.configs[0]["config"]["precision"] == "bf16"
+    assert history.configs[0]["config"]["objective"] == "SumAndSampleELBO(topk=3)"
+    assert all(torch.isfinite(torch.tensor(history.column("loss"))))
+
+
 def test_unknown_preset_raises():
-    assert set(PRESETS) == {"pyrovae", "kingma2014", "pyro_ssvae", "conv_relu"}
+    assert set(PRESETS) == {"pyrovae", "kingma2014", "pyro_ssvae", "conv_relu", "cpu_fast"}
     with pytest.raises(ValueError, match="unknown M2 preset"):
         m2_preset("nope")
 

@@ -1,6 +1,7 @@
-"""The run layer (``pyrovae.runs``): both front ends build the same data, and a run folder is
-owned by one process at a time."""
+"""The run layer (``pyrovae.runs``): both front ends build the same data, a run folder is
+owned by one process at a time, and a script ends a fault with one line."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -12,9 +13,11 @@ import torch
 from conftest import REPO
 
 from pyrovae.cli import main
+from pyrovae.infer.trainer import NonFiniteLossError
 from pyrovae.runs import folder
 from pyrovae.runs import m2 as m2_family
 from pyrovae.runs import vae as vae_family
+from pyrovae.runs.script import run_script
 
 
 def options_of(argv: list[str], module, monkeypatch) -> dict:
@@ -150,3 +153,51 @@ def test_train_refuses_a_folder_holding_any_file_a_run_writes(tmp_path, name):
     (tmp_path / "options.json").write_text("{}")  # a start that failed: may start again
     assert folder.start_run_folder(tmp_path, "vae") == tmp_path
     folder.unlock_run_folder(tmp_path)
+
+
+# ------------------------------------------------------------------ one line for a fault
+@pytest.mark.parametrize("content", [b"not a checkpoint", None], ids=["crafted", "missing"])
+def test_an_experiment_script_refuses_a_bad_checkpoint_in_one_line(tmp_path, content):
+    checkpoint = tmp_path / "model.pt"
+    if content is not None:
+        checkpoint.write_bytes(content)
+    script = subprocess.run(
+        [sys.executable, "-m", "experiments.vae.evaluate", "--dataset", "digits",
+         "--checkpoints", str(checkpoint), "--out", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert script.returncode == 2, script.stderr[-2000:]
+    [line] = script.stderr.strip().splitlines()
+    assert line.startswith("error: ") and str(checkpoint) in line
+
+
+def _full_disk():
+    raise RuntimeError("zip writer failed") from OSError(errno.ENOSPC, "No space left", "x.pt")
+
+
+def _interrupted():
+    raise KeyboardInterrupt
+
+
+def _diverged():
+    raise NonFiniteLossError("the loss is nan at epoch 0")
+
+
+@pytest.mark.parametrize("main, status, text", [
+    (_full_disk, 1, "error: no room on the disk (No space left) while writing x.pt; "),
+    (_interrupted, 130, "error: interrupted (Ctrl-C); "),
+    (_diverged, 1, "error: the loss is nan at epoch 0; try a lower --lr"),
+    (lambda: 3, 3, ""),
+])
+def test_run_script_ends_a_fault_with_one_line_and_its_status(main, status, text, capsys):
+    with pytest.raises(SystemExit) as ended:
+        run_script(main)
+    err = capsys.readouterr().err
+    assert ended.value.code == status
+    assert err.startswith(text) and err.count("\n") == (1 if text else 0)
+
+
+def test_run_script_keeps_the_traceback_of_a_bug():
+    with pytest.raises(ZeroDivisionError):
+        run_script(lambda: 1 / 0)

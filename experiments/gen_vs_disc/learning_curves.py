@@ -31,6 +31,7 @@ from experiments.gen_vs_disc.baselines import (
 )
 from pyrovae.data import load_dataset
 from pyrovae.runs.provenance import provenance, write_json
+from pyrovae.runs.script import run_script
 
 LABELS = {"naive_bayes": "Gaussian naive Bayes (generative)",
           "logistic_regression": "logistic regression (discriminative)"}
@@ -115,4 +116,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

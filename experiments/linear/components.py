@@ -37,7 +37,7 @@ from pyrovae.models.ppca import fit_closed_form
 from pyrovae.models.ppca import log_marginal as ppca_log_marginal
 from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import evaluates, is_main, provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 ROW_TITLES = {"pca": "PCA", "fa": "factor analysis", "ica": "ICA (Laplace)", "nmf": "NMF (Poisson)"}
 
@@ -213,4 +213,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

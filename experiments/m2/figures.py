@@ -35,7 +35,7 @@ from pyrovae.infer import param_scope
 from pyrovae.runs.data import test_images
 from pyrovae.runs.m2 import generative_error, test_error
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -150,4 +150,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    run_script(lambda: run(parse_args()))

@@ -16,7 +16,6 @@ References:
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -28,10 +27,10 @@ from pyrovae.data import DynamicBinarized, load_dataset
 from pyrovae.infer import param_scope
 from pyrovae.models import VAE
 from pyrovae.runs import m2 as m2_family
-from pyrovae.runs.launch import parallel_options
+from pyrovae.runs import vae as vae_family
 from pyrovae.runs.m2 import test_error
 from pyrovae.runs.provenance import command_line, evaluates, provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,14 +56,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train_vae(x_train: torch.Tensor, hidden_sizes: list[int], epochs: int, seed: int, out: Path,
-              **parallel):
-    torch.manual_seed(seed)
-    vae = VAE(data_dim=x_train.shape[1], latent_dim=2, hidden_sizes=hidden_sizes)
-    started = time.perf_counter()
-    history = pyrovae.fit(vae, DynamicBinarized(x_train, seed), epochs=epochs, batch_size=100,
-                          seed=seed, checkpoint_dir=out, device=x_train.device, **parallel)
-    return vae, history, time.perf_counter() - started
+def train_vae(x_train: torch.Tensor, args: argparse.Namespace, epochs: int, out: Path):
+    torch.manual_seed(args.seed)
+    vae = VAE(data_dim=x_train.shape[1], latent_dim=2, hidden_sizes=args.hidden_sizes)
+    options = {**vars(args), "epochs": epochs, "batch_size": 100, "lr": 1e-3}
+    history, seconds = vae_family.train(vae, DynamicBinarized(x_train, args.seed), options,
+                                        device=x_train.device, out=out)
+    return vae, history, seconds
 
 
 def options(args: argparse.Namespace) -> dict:
@@ -75,12 +73,9 @@ def options(args: argparse.Namespace) -> dict:
 def train_m2_2d(args: argparse.Namespace, data) -> dict:
     torch.manual_seed(args.seed)
     m2 = m2_family.build(options(args), data)
-    return train_m2(
-        m2, data, args.out / "m2", max_epochs=args.epochs, max_minutes=args.max_minutes,
-        batch_size=100, labelled_batch_size=100, lr=args.lr, lr_decay=1.0, seed=args.seed,
-        jit=False, device=args.device, parallel=parallel_options(args),
-        info=dict(labels=args.n_labelled, command=command_line(), model_config=m2.config),
-    )
+    info = dict(labels=args.n_labelled, command=command_line(), model_config=m2.config)
+    return train_m2(m2, data, args.out / "m2", options(args), device=args.device,
+                    minutes=args.max_minutes, info=info)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -98,8 +93,7 @@ def run(args: argparse.Namespace) -> dict:
         train = load_dataset(args.dataset, "train", device=args.device)
         x_train = train.x if args.limit is None else train.x[: args.limit]
         vae_epochs = args.epochs if args.vae_epochs is None else args.vae_epochs
-        vae, history, seconds = train_vae(x_train, args.hidden_sizes, vae_epochs, args.seed,
-                                          args.out / "vae", **parallel_options(args))
+        vae, history, seconds = train_vae(x_train, args, vae_epochs, args.out / "vae")
     if not evaluates():
         return {}
     if args.m2_checkpoint is None:
@@ -129,4 +123,4 @@ if __name__ == "__main__":
     # Denormal floats appear late in training and slow CPU steps down (a late 2-D M2
     # checkpoint: 0.14 s -> 0.10 s per 100-image step with flushing); flush them to zero.
     torch.set_flush_denormal(True)
-    run(parse_args())
+    run_script(lambda: run(parse_args()))

@@ -39,16 +39,13 @@ import time
 
 import torch
 
-import pyrovae
 from pyrovae.data import binarize
 from pyrovae.data.streams import active_dimensions
-from pyrovae.infer import TimeBudget
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
 from pyrovae.runs import vae as vae_family
 from pyrovae.runs.data import SEEDS, image_set
-from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, save_checkpoint, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 logger = logging.getLogger("m1")
 
@@ -105,10 +102,8 @@ def run(args: argparse.Namespace) -> dict:
                     test_elbo, minutes)
         return {"test_elbo": test_elbo}
 
-    history = pyrovae.fit(vae, data.train, lr=args.lr, epochs=args.epochs,
-                          batch_size=args.batch_size, seed=args.seed, device=device,
-                          callbacks=[monitor, TimeBudget(args.max_minutes)],
-                          checkpoint_dir=args.out, resume=True, **parallel_options(args))
+    history, _ = vae_family.train(vae, data.train, vars(args), device=device, out=args.out,
+                                  resume=True, minutes=args.max_minutes, callbacks=[monitor])
     if not evaluates():
         return {}
     save_checkpoint(args.out / "m1.pt", vae)
@@ -139,4 +134,4 @@ def run(args: argparse.Namespace) -> dict:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_flush_denormal(True)
-    run(parse_args())
+    run_script(lambda: run(parse_args()))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 from pathlib import Path
 
@@ -26,12 +27,11 @@ import torch
 import torch.nn.functional as F
 
 import pyrovae
-from experiments.m2.common import mean_std
 from pyrovae.infer.classification import accuracy
 from pyrovae.models.networks import mlp
 from pyrovae.runs.data import semi_supervised_set
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
                           **train_classifier(data, args, seed))
             write_json(args.out / f"labels{n_labels}_seed{seed}.json", result)
             errors.append(100 * result["test_error"])
-        mean, std = mean_std(errors)
+        mean, std = statistics.mean(errors), statistics.stdev(errors) if len(errors) > 1 else 0.0
         summary["by_labels"][n_labels] = dict(seeds=args.seeds, test_error_percent=errors,
                                               test_error_percent_mean=mean,
                                               test_error_percent_std=std)
@@ -110,4 +110,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    run_script(lambda: run(parse_args()))

@@ -21,7 +21,6 @@ References:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -31,11 +30,10 @@ import torch
 
 import pyrovae
 from experiments.figures import save_learning_curve
-from experiments.m2.common import mean_std, train_m2
+from experiments.m2.common import train_m2
 from pyrovae.runs import m2 as m2_family
-from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 ANCHORS = {  # test error %, by number of labels
     "Kingma et al. 2014, M2": {100: 11.97, 600: 4.94, 1000: 3.60, 3000: 3.92},
@@ -81,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     device = start_run(args)
     m1 = pyrovae.load_checkpoint(args.m1, map_location=device).eval() if args.m1 else None
-    summary = {}
+    summary, runs = {}, []
     for n_labels in args.n_labelled:
         for seed in args.seeds:
             options = {**vars(args), "n_labelled": n_labels, "seed": seed}
@@ -95,50 +93,44 @@ def run(args: argparse.Namespace) -> dict:
                         m1=str(args.m1) if args.m1 else None, m1_min_std=args.m1_min_std,
                         m1_dims_kept=data.m1_dims_kept,
                         m1_num_dims_kept=None if m1 is None else len(data.m1_dims_kept),
-                        preset=args.preset,
+                        preset=args.preset, objective=args.objective,
+                        precision=args.precision,
                         binarization=args.binarization, lr=args.lr, adam_betas=args.adam_betas,
                         batch_size=batch_size, labelled_batch_size=labelled_batch_size)
             run_dir = args.out / f"labels{n_labels}_seed{seed}"
-            metrics = train_m2(
-                model, data, run_dir,
-                max_epochs=args.epochs, max_minutes=args.max_minutes, batch_size=batch_size,
-                labelled_batch_size=labelled_batch_size, lr=args.lr,
-                lr_decay=args.lr_decay, seed=seed, jit=args.jit, info=info, device=device,
-                betas=tuple(args.adam_betas), test_curve=args.test_curve,
-                test_when_stopped=not args.defer_test, parallel=parallel_options(args),
-            )
+            metrics = train_m2(model, data, run_dir, options, device=device, info=info,
+                               minutes=args.max_minutes, test_curve=args.test_curve,
+                               test_when_stopped=not args.defer_test)
             if not evaluates():
                 continue  # the next fit needs every rank; only rank 0 reports
             result = (f"test error {100 * metrics['test_error']:.2f}% (validation-selected)"
                       if "test_error" in metrics else f"{metrics['epochs_done']} epochs so far")
             save_learning_curve(run_dir / "curve.png", metrics["curve"],
                                 f"M2, {n_labels} labels, seed {seed}: {result}")
-            summary = summarise(finished_runs(args.out), device)
+            if "test_error" in metrics:
+                runs.append(finished_run(metrics))
+            summary = summarise(runs, device)
             write_json(args.out / "metrics.json", summary)
             (args.out / "table.md").write_text(table(summary))
     return summary
 
 
-def finished_runs(out: Path) -> list[dict]:
-    """Every run under ``out`` that reported a test error (this or earlier invocations)."""
+def finished_run(metrics: dict) -> dict:
+    """A cell of the table from the metrics its run returned (a run finished by an earlier
+    invocation returns them again when it is resumed)."""
     keys = ("labels", "seed", "test_error", "best_epoch", "epochs_done", "wall_seconds",
             "time_to_best_seconds", "status", "command")
-    runs = []
-    for path in sorted(out.glob("labels*_seed*/metrics.json")):
-        metrics = json.loads(path.read_text())
-        if "test_error" in metrics:
-            run = {k: metrics.get(k) for k in keys}
-            run["seconds_per_epoch_median"] = statistics.median(
-                row["seconds"] for row in metrics["curve"])
-            runs.append(run)
-    return runs
+    run = {k: metrics.get(k) for k in keys}
+    run["seconds_per_epoch_median"] = statistics.median(row["seconds"] for row in metrics["curve"])
+    return run
 
 
 def summarise(runs: list[dict], device: torch.device) -> dict:
     by_labels = {}
     for n in sorted({r["labels"] for r in runs}):
         mine = [r for r in runs if r["labels"] == n]
-        mean, std = mean_std([100 * r["test_error"] for r in mine])
+        errors = [100 * r["test_error"] for r in mine]
+        mean, std = statistics.mean(errors), statistics.stdev(errors) if len(errors) > 1 else 0.0
         by_labels[n] = dict(
             test_error_percent_mean=mean, test_error_percent_std=std,
             seeds=[r["seed"] for r in mine],
@@ -186,4 +178,4 @@ if __name__ == "__main__":
     # Denormal floats appear late in training and slow CPU steps down (a late 2-D M2
     # checkpoint: 0.14 s -> 0.10 s per 100-image step with flushing); flush them to zero.
     torch.set_flush_denormal(True)
-    run(parse_args())
+    run_script(lambda: run(parse_args()))

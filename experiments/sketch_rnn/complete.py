@@ -26,7 +26,7 @@ from pyrovae.infer import load_checkpoint
 from pyrovae.runs import sketch as family
 from pyrovae.runs.launch import add_device_options
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import start_device
+from pyrovae.runs.script import run_script, start_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,4 +66,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -40,13 +40,12 @@ from pathlib import Path
 import torch
 
 from pyrovae.data.sketches import SKETCH_DATASETS
-from pyrovae.infer import fit
 from pyrovae.models.sketch_rnn import PEN_LOSSES
 from pyrovae.runs import sketch as family
 from pyrovae.runs.curves import write_curves
-from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
+from pyrovae.runs.launch import add_device_options, add_parallel_options
 from pyrovae.runs.provenance import evaluates, is_main, provenance, write_json
-from pyrovae.runs.script import start_device
+from pyrovae.runs.script import run_script, start_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,23 +101,13 @@ def main(argv=None) -> None:
     options = vars(args)
     sketches = family.data(options, root=args.data_root, device=device)
     model = family.build(options, device)
-    started = time.perf_counter()
     cpu_started = time.process_time()
-    history = fit(
-        model,
-        epochs=args.epochs,
-        lr=args.lr,
-        device=device,
-        seed=args.seed,
-        checkpoint_dir=out / "checkpoints",
-        resume=True,
+    history, wall = family.train(
+        model, sketches, options, device=device, out=out / "checkpoints", resume=True,
+        minutes=args.minutes, cpu_minutes=args.cpu_minutes,
         # data_root is where the data lie, not what the run is: a resumed run may move them
         config={"args": {k: v for k, v in options.items() if k != "data_root"}},
-        **family.fit_options(options, sketches, minutes=args.minutes,
-                             cpu_minutes=args.cpu_minutes),
-        **parallel_options(args),
     )
-    wall = time.perf_counter() - started
     if not evaluates():
         return
     final = history.epochs[-1] if history.epochs else {}
@@ -145,4 +134,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -30,7 +30,7 @@ from pyrovae.metrics import molecules as chem
 from pyrovae.runs import smiles as family
 from pyrovae.runs.launch import add_device_options
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import start_device
+from pyrovae.runs.script import run_script, start_device
 
 #: MOSES paper (Polykovskiy et al. 2020), Table 2, its character-level VAE ("CharVAE").
 MOSES_CHARVAE = {"validity": 0.977, "unique@10k": 0.998, "novelty": 0.695}
@@ -159,4 +159,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -39,12 +39,12 @@ import logging
 import time
 from pathlib import Path
 
-from pyrovae.infer import TimeBudget, fit, read_checkpoint
+from pyrovae.infer import read_checkpoint
 from pyrovae.runs import smiles as family
 from pyrovae.runs.curves import write_curves
-from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
+from pyrovae.runs.launch import add_device_options, add_parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, write_json
-from pyrovae.runs.script import start_device
+from pyrovae.runs.script import run_script, start_device
 
 logger = logging.getLogger(__name__)
 
@@ -115,24 +115,13 @@ def main(argv=None) -> None:
                     args.kl_cap_per_token, family.kl_cap(options, molecules),
                     molecules.mean_tokens)
     model = family.build(options, molecules)
-    training = family.fit_options(options, molecules, device=device, root=args.data_root)
-    training["callbacks"].append(TimeBudget(args.minutes))
-    started = time.perf_counter()
     cpu_started = time.process_time()
-    history = fit(
-        model,
-        epochs=args.epochs,
-        lr=args.lr,
-        device=device,
-        seed=args.seed,
-        checkpoint_dir=args.out,
-        resume=True,
+    history, seconds = family.train(
+        model, molecules, options, device=device, out=args.out, resume=True,
+        minutes=args.minutes, root=args.data_root,
         # data_root is where the data lie, not what the run is: a resumed run may move them
         config={k: v for k, v in options.items() if k != "data_root"} | {"out": str(args.out)},
-        **training,
-        **parallel_options(args),
     )
-    seconds = time.perf_counter() - started
     if not evaluates():
         return
     summary_path = args.out / "train.json"
@@ -160,4 +149,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -27,7 +27,7 @@ from pyrovae.data import load_dataset
 from pyrovae.infer.anomaly import anomaly_scores, roc_auc
 from pyrovae.runs.data import test_images
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_script
+from pyrovae.runs.script import add_run_arguments, run_script, start_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,4 +95,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

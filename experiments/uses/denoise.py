@@ -41,7 +41,7 @@ from pyrovae.data import load_dataset
 from pyrovae.infer.denoising import denoise
 from pyrovae.runs.data import SEEDS, test_images
 from pyrovae.runs.provenance import evaluates, provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_script
+from pyrovae.runs.script import add_run_arguments, run_script, start_script
 
 
 def median_filter(x: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
@@ -158,4 +158,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

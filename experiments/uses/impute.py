@@ -48,7 +48,7 @@ from pyrovae.infer.imputation import (
 )
 from pyrovae.runs.data import test_images
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_script
+from pyrovae.runs.script import add_run_arguments, run_script, start_script
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, seed: int):
@@ -190,4 +190,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from pyrovae.runs.provenance import read_json
+from pyrovae.runs.script import run_script
 
 
 def impute_table(payloads: list[dict]) -> str:
@@ -83,4 +84,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

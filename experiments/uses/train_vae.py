@@ -13,13 +13,10 @@ Example (smoke)::
 from __future__ import annotations
 
 import argparse
-import time
 
-from pyrovae.infer import TimeBudget, fit
 from pyrovae.runs import vae as vae_family
-from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, save_checkpoint, write_json
-from pyrovae.runs.script import add_run_arguments, start_script
+from pyrovae.runs.script import add_run_arguments, run_script, start_script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,12 +39,8 @@ def main(argv=None) -> int:
     device, out = start_script(args)
     data = vae_family.data({**vars(args), "test_size": 1}, root=args.data_root, device=device)
     model = vae_family.build(vars(args), data)
-    started = time.perf_counter()
-    history = fit(model, data.train, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  callbacks=[TimeBudget(args.minutes)], checkpoint_dir=out / "fit",
-                  **parallel_options(args))
-    wall = time.perf_counter() - started
+    history, wall = vae_family.train(model, data.train, vars(args), device=device, out=out / "fit",
+                                     minutes=args.minutes)
     if not evaluates():
         return 0
     info = {**provenance(device), "dataset": args.dataset, "arch": args.arch,
@@ -61,4 +54,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -1,28 +1,24 @@
-"""Helpers shared by the VAE experiments: their options, time-budgeted training, records.
+"""Helpers shared by the VAE experiments: their options, data, model and records.
 
-The data, the model and the metrics come from the run layer (``pyrovae.runs.vae``), which the
-``pyrovae vae`` command shares. Not a script: the modules of ``experiments.vae`` import it.
+The data, the model, the training loop and the metrics come from the run layer
+(``pyrovae.runs.vae``), which the ``pyrovae vae`` command shares. Not a script: the modules of
+``experiments.vae`` import it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyro
 
-from pyrovae.infer import TimeBudget, fit
 from pyrovae.models.networks import check_image_shape
 from pyrovae.models.vae import VAE
 from pyrovae.runs import vae as family
 from pyrovae.runs.data import COLOUR_DATASETS, ImageSet, channels_first
-from pyrovae.runs.launch import parallel_options
 from pyrovae.runs.provenance import command_line, provenance, save_checkpoint
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, start_script
 
 logger = logging.getLogger("vae_experiments")
 
@@ -30,11 +26,10 @@ logger = logging.getLogger("vae_experiments")
 def setup(args: argparse.Namespace) -> Path:
     """Logging, threads, validation (off unless ``--validate``), seeds and ``args.device`` (a
     ``torch.device`` afterwards); returns ``args.out``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    args.device = start_run(args)
+    args.device, out = start_script(args)
     pyro.enable_validation(bool(getattr(args, "validate", False)))
     pyro.set_rng_seed(args.seed)
-    return Path(args.out)
+    return out
 
 
 def add_common_args(parser: argparse.ArgumentParser, out: str, epochs: int = 10) -> None:
@@ -112,39 +107,6 @@ def burda_schedule(epoch: int) -> float:
     return 10.0 ** (-stage / 7.0)
 
 
-def train(
-    module: VAE,
-    data,
-    *,
-    epochs: int,
-    minutes: float | None = None,
-    checkpoint_dir: Path,
-    on_epoch: Callable[[list[dict]], None] | None = None,
-    callbacks=(),
-    **fit_kwargs,
-):
-    """One ``pyrovae.fit`` for ``epochs`` epochs, stopped by a ``TimeBudget(minutes)``.
-
-    The run resumes from ``checkpoint_dir/last.pt`` when there is one, so a protocol longer
-    than one budget is a series of invocations with the same ``--out``. ``on_epoch(rows)``
-    gets the history rows so far after every epoch (e.g. to write metrics.json). Returns the
-    ``History`` (all epochs, earlier invocations' included) and this invocation's wall time.
-    """
-    started = time.perf_counter()
-
-    def report(info) -> None:
-        on_epoch([*info.history.epochs, info.row])
-
-    history = fit(
-        module, data, epochs=epochs, checkpoint_dir=checkpoint_dir, resume=True,
-        callbacks=[*callbacks, *([report] if on_epoch else []), TimeBudget(minutes)],
-        **fit_kwargs,
-    )
-    if on_epoch:
-        on_epoch(history.epochs)
-    return history, time.perf_counter() - started
-
-
 def add_eval_args(parser: argparse.ArgumentParser, num_samples: int = 1000) -> None:
     parser.add_argument("--num-samples", type=int, default=num_samples,
                         help="K importance samples for the test NLL (0: skip)")
@@ -152,23 +114,14 @@ def add_eval_args(parser: argparse.ArgumentParser, num_samples: int = 1000) -> N
                         help="first N (binarised) test images for the NLL")
 
 
-def train_vae(
-    args, data: ImageSet, latent_dim: int, path: Path, objective: str = "elbo",
-    num_particles: int = 1, **overrides,
-):
-    """Fit a VAE on ``data.train`` for ``args.epochs`` and save it to ``path``.
-
-    Returns ``(model, history rows)``; the checkpoint holds the history and the command line.
-    """
-    model = make_vae(args, data, latent_dim, **overrides)
+def train_vae(args, data: ImageSet, latent_dim: int, path: Path):
+    """Fit a VAE (the ELBO, one sample) on ``data.train`` for ``args.epochs`` and save it to
+    ``path``. Returns ``(model, history rows, seconds)``; the checkpoint holds the history and
+    the command line."""
+    model = make_vae(args, data, latent_dim)
     model.check_data(data.test_x)
-    started = time.perf_counter()
-    history = fit(
-        model, data.train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, objective=objective, num_particles=num_particles, device=args.device,
-        **parallel_options(args),
-    )
-    wall = time.perf_counter() - started
+    options = {**vars(args), "objective": "elbo", "num_particles": 1}
+    history, wall = family.train(model, data.train, options, device=args.device)
     save_checkpoint(path, model, history=history.epochs, command=command_line(), wall_seconds=wall)
     logger.info("trained K=%d in %.0f s -> %s", latent_dim, wall, path)
     return model, history.epochs, wall

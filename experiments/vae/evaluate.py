@@ -25,7 +25,7 @@ import pyrovae
 from pyrovae.infer.evaluation import evaluate
 from pyrovae.runs.data import image_set
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import add_run_arguments, start_run
+from pyrovae.runs.script import add_run_arguments, run_script, start_run
 
 
 def main(argv=None) -> None:
@@ -67,4 +67,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

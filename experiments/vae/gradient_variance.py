@@ -32,6 +32,7 @@ from experiments.figures import pyplot, save_figure
 from experiments.vae import common as vae
 from pyrovae.infer import param_scope
 from pyrovae.runs.provenance import evaluates, write_json
+from pyrovae.runs.script import run_script
 
 ESTIMATORS = ("reparameterisation", "score_function")
 
@@ -152,4 +153,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

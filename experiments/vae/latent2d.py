@@ -19,6 +19,7 @@ import torch
 from experiments.figures import save_image_grid, save_latent_scatter
 from experiments.vae import common as vae
 from pyrovae.runs.provenance import evaluates, write_json
+from pyrovae.runs.script import run_script
 
 FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Boot"]
@@ -57,4 +58,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -19,6 +19,7 @@ import torch
 from experiments.figures import save_grids_side_by_side
 from experiments.vae import common as vae
 from pyrovae.runs.provenance import evaluates, write_json
+from pyrovae.runs.script import run_script
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -66,4 +67,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,6 +26,7 @@ import torch
 from experiments.figures import save_image_rows
 from experiments.vae import common as vae
 from pyrovae.runs.provenance import evaluates, write_json
+from pyrovae.runs.script import run_script
 
 
 def first_of_each_class(y: torch.Tensor, classes) -> list[int]:
@@ -107,4 +108,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

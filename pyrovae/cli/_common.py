@@ -1,8 +1,9 @@
 """What every ``pyrovae`` subcommand shares: its options (``--device``, ``--threads``,
 ``--seed``, ``--data-root``), the one-line messages for faults the user can fix, and the
-plumbing of the model families' ``train``/``resume``/``evaluate``/``sample`` (``fit``,
-``train.json``, checkpoints, their parsers). The device, the processes, the run folders,
-provenance and JSON come from the run layer (`pyrovae.runs`), which the experiments share.
+plumbing of the model families' ``train``/``resume``/``evaluate``/``sample`` (``train.json``,
+checkpoints, their parsers). The device, the processes, the run folders, provenance, JSON and
+each family's training loop come from the run layer (`pyrovae.runs`), which the experiments
+share.
 
 Every message a user sees for a bad input is a `UsageError` (the run layer's `RunError`, or an
 argparse error), which `pyrovae.cli.main` prints as one line ``pyrovae: error: ...`` with exit
@@ -15,7 +16,6 @@ import argparse
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from pyrovae.cli import arguments
-from pyrovae.infer import History, distributed, fit, load_checkpoint
+from pyrovae.infer import History, distributed, load_checkpoint
 from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.plots import save_image_grid
 from pyrovae.runs import curves, folder
@@ -225,24 +225,6 @@ def resume_run(args: argparse.Namespace, command: str, fit_run: Callable[..., in
         setattr(args, dest(option), options[dest(option)])
     with folder.releasing(args.out):
         return fit_run(args, Path(args.out), options, resume=True)
-
-
-def fit_run(
-    args: argparse.Namespace, out: Path, options: dict[str, Any], model, data, *,
-    device: torch.device, resume: bool, **fit_options: Any,
-) -> tuple[History, float]:
-    """Write ``options.json``, then ``fit`` ``model`` to ``data`` with the run's ``lr``,
-    ``epochs`` and ``seed``, checkpoints in ``out`` and the options as ``config``; returns the
-    history and the seconds this invocation took."""
-    write_json(out / folder.OPTIONS_FILE, options)
-    started = time.perf_counter()
-    history = fit(
-        model, data, lr=options["lr"], epochs=options["epochs"], seed=options["seed"],
-        device=device, checkpoint_dir=out, resume=resume, config=options,
-        progress=progress_enabled(args), devices=options.get("devices", 1),
-        num_nodes=options.get("num_nodes", 1), **fit_options,
-    )
-    return history, time.perf_counter() - started
 
 
 def write_train_report(

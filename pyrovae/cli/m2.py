@@ -19,7 +19,6 @@ import torch
 
 from pyrovae.cli import _common as common
 from pyrovae.data.mnist import canonical_name
-from pyrovae.infer.classification import validation_callback
 from pyrovae.runs import folder
 from pyrovae.runs import m2 as family
 
@@ -68,14 +67,9 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
     options["image_shape"] = list(data.image_shape)
     torch.manual_seed(options["seed"])
     model = family.build(options, data)
-    batch_size, labelled_batch_size = family.batch_sizes(options, data.num_train)
-    history, seconds = common.fit_run(
-        args, out, options, model, {"unlabelled": data.unlabelled, "labelled": data.labelled},
-        device=device, resume=resume, objective="enum",
-        batch_size={"unlabelled": batch_size, "labelled": labelled_batch_size},
-        callbacks=[validation_callback(data.x_val, data.y_val)], select_metric="val_accuracy",
-        optimizer=family.optimizer(options),
-    )
+    common.write_json(out / folder.OPTIONS_FILE, options)
+    history, seconds = family.train(model, data, options, device=device, out=out, resume=resume,
+                                    config=options, progress=common.progress_enabled(args))
     best = history.best
     common.write_train_report(out, options, device, seconds, history, best_epoch=best["epoch"],
                               best_val_accuracy=best["val_accuracy"])

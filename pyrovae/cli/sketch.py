@@ -47,9 +47,10 @@ def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: b
                            device=device)
     torch.manual_seed(options["seed"])
     model = family.build(options, device)
-    fit_options = family.fit_options(options, sketches)
-    history, seconds = common.fit_run(args, out, options, model, fit_options.pop("data"),
-                                      device=device, resume=resume, **fit_options)
+    write_json(out / folder.OPTIONS_FILE, options)
+    history, seconds = family.train(model, sketches, options, device=device, out=out,
+                                    resume=resume, config=options,
+                                    progress=common.progress_enabled(args))
     final = history.epochs[-1] if history.epochs else {}
     common.write_train_report(out, options, device, seconds, history,
                               test_recon=final.get("test_recon"), test_kl=final.get("test_kl"))

@@ -50,9 +50,10 @@ def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: b
     where = dict(root=args.data_root, download=not args.no_download)
     molecules = family.data(options, **where)
     model = family.build(options, molecules)
-    fit_options = family.fit_options(options, molecules, device=device, **where)
-    history, seconds = common.fit_run(args, out, options, model, fit_options.pop("data"),
-                                      device=device, resume=resume, **fit_options)
+    write_json(out / folder.OPTIONS_FILE, options)
+    history, seconds = family.train(model, molecules, options, device=device, out=out,
+                                    resume=resume, config=options,
+                                    progress=common.progress_enabled(args), **where)
     final = history.epochs[-1] if history.epochs else {}
     common.write_train_report(out, options, device, seconds, history,
                               vocabulary=molecules.vocab.tokens,

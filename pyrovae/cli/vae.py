@@ -55,10 +55,10 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
     model.check_data(data.test_x)
     test_elbo = family.test_elbo_callback(data.test_x, options["eval_every"], options["epochs"])
 
-    history, seconds = common.fit_run(
-        args, out, options, model, data.train, device=device, resume=resume,
-        objective=options["objective"], num_particles=options["num_particles"],
-        batch_size=options["batch_size"], callbacks=[test_elbo],
+    common.write_json(out / folder.OPTIONS_FILE, options)
+    history, seconds = family.train(
+        model, data.train, options, device=device, out=out, resume=resume, callbacks=[test_elbo],
+        config=options, progress=common.progress_enabled(args),
     )
     final = next((r["test_elbo"] for r in reversed(history.epochs) if "test_elbo" in r), None)
     common.write_train_report(out, options, device, seconds, history, test_elbo=final)

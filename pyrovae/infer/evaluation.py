@@ -217,3 +217,37 @@ def evaluate(
         out["nll_stderr"] = spread / math.sqrt(x.shape[0])
         out["num_importance_samples"] = int(num_samples)
     return out
+
+
+def held_out_bound_callback(
+    x: torch.Tensor,
+    num_samples: int = 50,
+    name: str | None = None,
+    batch_size: int = 500,
+):
+    """A ``fit`` callback: the mean K-sample importance-weighted bound per example on ``x``.
+
+    Returns ``{name: mean over the rows of log (1/K) sum_k w_k}`` (nats; higher is better) every
+    epoch, from [`importance_nll`][] with K = ``num_samples``. Give it held-out rows (a part of the
+    training set kept out of training) and ``select_metric=name, select_mode="max"`` to keep the
+    best epoch in ``best.pt``. The images must be fixed (binarised once), so that the epochs are
+    compared on the same data.
+
+    Args:
+        x: held-out data [V, D].
+        num_samples: K (default 50).
+        name: the history key (default ``f"val_bound_k{K}"``).
+        batch_size: rows per evaluation batch (default 500).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    key = name or f"val_bound_k{num_samples}"
+
+    def callback(info) -> dict[str, float]:
+        if info.module is None:
+            raise ValueError("held_out_bound_callback needs fit to train a module")
+        log_px = importance_nll(info.module, x, num_samples, sample_chunk=num_samples,
+                                batch_size=batch_size)
+        return {key: float(log_px.mean())}
+
+    return callback

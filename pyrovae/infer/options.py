@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .precision import check_precision
+
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
@@ -37,8 +39,20 @@ class LossOptions:
     jit: bool = False
     validate: bool | str = "first"
     compiled: bool = False
+    dreg: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
+        if self.precision != "fp32" and (self.compiled or self.jit):
+            raise ValueError(
+                f"precision={self.precision!r} runs eagerly: it excludes compiled=True and jit=True"
+            )
+        if self.dreg and self.objective != "iwae":
+            raise ValueError(
+                f"dreg=True needs objective='iwae' (the doubly reparameterised IWAE gradient), "
+                f"got objective={self.objective!r}"
+            )
         if self.compiled and self.jit:
             raise ValueError("compiled=True and jit=True exclude each other: choose one")
         if not (isinstance(self.validate, bool) or self.validate == "first"):

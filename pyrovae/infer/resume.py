@@ -47,6 +47,7 @@ CONFIG_KEYS = (
     "clip_norm",
     "batch_size",
     "seed",
+    "precision",
 )
 #: What a checkpoint written by ``fit`` holds beyond the model (what resuming needs).
 _RUN_KEYS = ("optimizer_state", "rng_state", "epoch", "step", "step_in_epoch")
@@ -71,12 +72,13 @@ class RunState:
 def run_config(
     *, model: dict, data: dict[str, int], objective: Any, num_particles: int, optimizer: Any,
     lr: float, lr_schedule: Any, clip_norm: float | None, batch_size: list[int], seed: int,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The run's settings that a resumed run is compared against (JSON-able values)."""
     return dict(
         model=model,
         data=data,
-        objective=objective.__class__.__name__,
+        objective=getattr(objective, "config_name", objective.__class__.__name__),
         num_particles=num_particles,
         optimizer=_name(optimizer),
         lr=lr,
@@ -84,6 +86,7 @@ def run_config(
         clip_norm=clip_norm,
         batch_size=list(batch_size),
         seed=seed,
+        precision=precision,
     )
 
 

@@ -131,7 +131,7 @@ def complete_sketch(
 
 
 def _draw_row(model: SketchRNN, out: Tensor, temperature: float, generator) -> Tensor:
-    """One stroke-5 row per row of head outputs ``out`` [n, 6M + 3] (as ``SketchRNN.decode``)."""
+    """One stroke-5 row per row of head outputs ``out`` [n, 6M + 3] (as ``SketchRNN.generate``)."""
     logits, mu_x, mu_y, sigma_x, sigma_y, rho, pen = model._mixture_params(out, temperature)
     j = torch.multinomial(logits.softmax(-1), 1, generator=generator)
     mx, my, sx, sy, r = (p.gather(-1, j).squeeze(-1) for p in (mu_x, mu_y, sigma_x, sigma_y, rho))

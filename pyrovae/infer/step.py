@@ -24,6 +24,7 @@ from pyro.poutine.util import site_is_subsample
 from .checkpoint import rng_state, set_rng_state
 from .importance import is_data_frame
 from .options import LossOptions
+from .precision import autocast_networks
 from .streams import Stream
 
 Tensors = tuple[torch.Tensor | None, ...]
@@ -103,6 +104,9 @@ class Step(Protocol):
 class EagerStep:
     """A step as plain PyTorch autograd around a Pyro objective's ``differentiable_loss``.
 
+    With ``precision="bf16"`` the loss is computed under bfloat16 autocast with float32
+    network outputs ([`pyrovae.infer.precision`][]); backward and the optimiser step are float32.
+
     The loss is the sum over streams of ``objective.differentiable_loss(model, guide, *tensors,
     subsample=idx)``, each already scaled by N/M by the model's data plate. With ``validate=
     "first"`` Pyro's checks follow its global setting on this step's first call only.
@@ -122,8 +126,10 @@ class EagerStep:
         clip_norm: float | None,
         validate: bool | str,
         jit: bool,
+        precision: str = "fp32",
     ) -> None:
         self.objective, self.optimizer = objective, optimizer
+        self.precision, self.module = precision, pair.module
         self.clip_norm, self.validate, self.jit = clip_norm, validate, jit
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.pair_model, self._recorder = pair.model, None
@@ -177,7 +183,8 @@ class EagerStep:
             return self.pair_model(*args, **kwargs)
 
     def __call__(self, tensors: Sequence[Tensors], batches: Sequence[torch.Tensor]) -> torch.Tensor:
-        with pyro.validation_enabled(self._validation()):
+        autocast = autocast_networks(self.module, batches[0].device, self.precision)
+        with pyro.validation_enabled(self._validation()), autocast:
             loss = self.loss(tensors, batches, record=self.calls == 0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -210,7 +217,7 @@ def make_step(
                                validate=options.validate)
     return EagerStep(
         pair, objective, optimizer, clip_norm=clip_norm, validate=options.validate,
-        jit=options.jit,
+        jit=options.jit, precision=options.precision,
     )
 
 

@@ -56,10 +56,12 @@ def fit(
     guide: Callable | None = None,
     objective: str | Any = "elbo",
     num_particles: int = 1,
+    dreg: bool = False,
     vectorize_particles: bool = True,
     max_plate_nesting: int | None = 1,
     jit: bool = False,
     compiled: bool = False,
+    precision: str = "fp32",
     optimizer: str | Callable = "adam",
     lr: float = 1e-3,
     lr_schedule: str | Callable[[int], float] | None = None,
@@ -95,19 +97,30 @@ def fit(
             ``for_epoch(epoch)`` and ``__len__``, or a mapping ``name -> one of those`` whose
             streams each give one batch per step (M2's labelled and unlabelled data).
         guide: the guide function, when ``model`` is a function (parameters from ``pyro.param``).
-        objective: ``"elbo"`` (default), ``"meanfield"``, ``"enum"``, ``"iwae"``, or an object
+        objective: ``"elbo"`` (default), ``"meanfield"``, ``"enum"``, ``"iwae"``,
+            ``"sum_and_sample"`` (unbiased for ``"enum"`` at k + 1 = 4 of the C values: give
+            ``SumAndSampleELBO(topk=k)`` for another k), or an object
             with ``differentiable_loss`` (see [`pyrovae.infer.make_objective`][]).
         num_particles: samples per data point, vectorised (default 1; K for ``"iwae"``).
+        dreg: with ``objective="iwae"``, the doubly reparameterised gradient for the guide
+            (Tucker et al. 2019; [`pyrovae.infer.dreg`][]): the same bound, a lower-variance
+            encoder gradient (default False).
         vectorize_particles: draw particles in one vectorised pass (default True).
         max_plate_nesting: given to Pyro's ELBO (default 1: pyrovae's data plate at dim=-1;
             ``None`` lets Pyro find it by running the model).
-        jit: compile the loss with Pyro's JIT (default False; static models only).
+        jit: compile the loss with Pyro's JIT (default False; static models only). For
+            ``"iwae"`` (with or without ``dreg``) this removes Pyro's per-step Python work, most
+            of a small VAE's overhead over plain PyTorch at batch 20 (benchmarks/batch20.py).
         compiled: train with [`CompiledStep`][compiled.CompiledStep] and a graph-safe
             objective (``make_objective(..., graph_safe=True)``, no host sync in the loss): on
             CUDA the whole step (loss, backward, capturable Adam) is captured once per batch
             shape as a CUDA graph and replayed; on the CPU the same step runs eagerly. Needs
             ``"adam"``/``"adamw"`` on CUDA and implies ``drop_last`` (static shapes). Default
             False.
+        precision: ``"fp32"`` (default) or ``"bf16"``: compute each step's loss under
+            bfloat16 autocast (CPU or CUDA), the networks' matrix products in bfloat16 and
+            everything Pyro computes in float32; parameters, gradients and the optimiser's
+            state stay float32 (`.precision`). Eager steps only (not ``compiled``/``jit``).
         optimizer: ``"adam"`` (default; the fused implementation where the parameters allow),
             ``"adamw"``, ``"sgd"``, ``"rmsprop"``, or
             ``callable(params, lr) -> torch.optim.Optimizer``.
@@ -134,7 +147,8 @@ def fit(
             (`CheckpointWarning`) and continues from
             ``previous.pt``. A resumed run must have the checkpoint's run configuration (model
             class and config, data stream names and sizes, objective, ``num_particles``,
-            optimizer, ``lr``, ``lr_schedule``, ``clip_norm``, batch sizes, ``seed``; ``epochs``
+            optimizer, ``lr``, ``lr_schedule``, ``clip_norm``, batch sizes, ``seed``,
+            ``precision``; ``epochs``
             may change) unless ``allow_config_change`` names the changes.
         select_metric: a history key (from a callback) whose best value selects ``best.pt``.
         select_mode: ``"max"`` (default) or ``"min"`` for ``select_metric``.
@@ -177,7 +191,7 @@ def fit(
     groups = dict(
         loss=LossOptions(
             objective, num_particles, vectorize_particles, max_plate_nesting, jit, validate,
-            compiled,
+            compiled, dreg, precision,
         ),
         optimisation=Optimisation(optimizer, lr, lr_schedule, clip_norm),
         schedule=Schedule(epochs, batch_size, drop_last, seed, device),
@@ -247,7 +261,7 @@ class _Run:
         if isinstance(objective, str):
             objective = make_objective(
                 objective, loss.num_particles, loss.vectorize_particles, loss.jit,
-                loss.max_plate_nesting, graph_safe=loss.compiled,
+                loss.max_plate_nesting, graph_safe=loss.compiled, dreg=loss.dreg,
             )
         elif loss.compiled and not getattr(objective, "graph_safe", False):
             raise ValueError(
@@ -271,6 +285,7 @@ class _Run:
             objective=objective, num_particles=loss.num_particles, optimizer=optimisation.optimizer,
             lr=optimisation.lr, lr_schedule=optimisation.lr_schedule,
             clip_norm=optimisation.clip_norm, batch_size=self.sizes, seed=schedule.seed,
+            precision=loss.precision,
         )
 
     def _start_or_resume(self, allow: set[str]) -> None:

@@ -30,7 +30,9 @@ kinds of data:
 * ``y=None`` (unlabelled data): the guide's ``y`` site is marked for parallel enumeration
   (``config_enumerate``), so ``TraceEnum_ELBO`` sums over all C classes exactly instead of
   sampling one: ``U(x) = sum_y q(y|x) [L(x, y) - log q(y|x)]``. Train with
-  ``fit(..., objective="enum")`` (``TraceEnum_ELBO(max_plate_nesting=1)``).
+  ``fit(..., objective="enum")`` (``TraceEnum_ELBO(max_plate_nesting=1)``), or on a CPU with
+  ``objective="sum_and_sample"`` (the top 3 classes of q(y|x) summed, one more sampled:
+  unbiased for the same sum at 4 of the C passes; [`pyrovae.infer.sum_and_sample`][]).
 
 The classifier term lives in the same objective: on labelled data the guide adds
 ``pyro.factor("classifier", -(alpha / N_l) * log q(y_n | x_n))`` inside the data plate (a guide

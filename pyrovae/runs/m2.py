@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
 
 from pyrovae.data.streams import SemiSupervisedData
-from pyrovae.infer import param_scope
-from pyrovae.infer.classification import accuracy
+from pyrovae.infer import History, TimeBudget, fit, param_scope
+from pyrovae.infer.classification import accuracy, validation_callback
 from pyrovae.infer.evaluation import evaluate
 from pyrovae.models.m2 import M2
 from pyrovae.runs.data import BINARIZATIONS, channels_first, semi_supervised_set
@@ -32,7 +35,8 @@ MODEL_OPTIONS = ("latent_dim", "hidden_sizes", "arch", "classifier_arch", "activ
 RECIPE_OPTIONS = {"binarization": "input", "alpha_factor": "alpha_factor",
                   "alpha_per_labelled": "alpha_per_labelled", "lr": "lr", "adam_betas": "betas",
                   "batch_size": "batch_size", "labelled_batch_size": "labelled_batch_size",
-                  "epochs": "epochs", "batches_per_epoch": "batches_per_epoch"}
+                  "epochs": "epochs", "batches_per_epoch": "batches_per_epoch",
+                  "objective": "objective", "precision": "precision"}
 PRESET_OPTIONS = (*MODEL_OPTIONS, *RECIPE_OPTIONS)
 
 
@@ -68,6 +72,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "into this many batches each (Kingma's scheme; overrides the batch sizes)")
     add("--lr", type=positive_float, help="Adam's learning rate")
     add("--adam-betas", type=float, nargs=2, help="Adam's betas")
+    add("--objective", choices=["enum", "sum_and_sample"], help="the labels summed out exactly, "
+        "or sum-and-sample (top 3 summed, one more sampled: unbiased, cheaper)")
+    add("--precision", choices=["fp32", "bf16"], help="fit's precision (bf16: autocast)")
 
 
 def preset_options(name: str) -> dict[str, Any]:
@@ -166,6 +173,40 @@ def optimizer(options: dict[str, Any]) -> str | AdamWithBetas:
     """``fit``'s ``optimizer=`` for the recipe's Adam betas (``"adam"`` for torch's default)."""
     betas = tuple(resolve(options)["adam_betas"])
     return "adam" if betas == (0.9, 0.999) else AdamWithBetas(betas)
+
+
+def train(
+    model: M2, data: SemiSupervisedData, options: dict[str, Any], *, device: torch.device,
+    out: Path | None, resume: bool = False, minutes: float | None = None, callbacks=(),
+    on_epoch: Callable[[Any], None] | None = None, **fit_options: Any,
+) -> tuple[History, float]:
+    """The one training loop of an M2 run (``pyrovae m2 train``/``resume`` and the
+    ``experiments/m2`` scripts): ``fit`` with the recipe's objective (``"enum"`` or
+    ``"sum_and_sample"``) and precision on the unlabelled and
+    labelled streams, the recipe's batch sizes, Adam betas, ``lr``, ``epochs`` and ``seed``
+    (``options`` resolved against their preset), ``lr_decay`` per epoch (default 1), ``jit``,
+    ``devices`` and ``num_nodes``; the validation accuracy after every epoch selects
+    ``out/best.pt``; checkpoints in ``out`` (continued from ``out/last.pt`` with ``resume``);
+    stopped by ``TimeBudget(minutes)``. ``callbacks`` run after the validation one,
+    ``on_epoch(end)`` after them; ``fit_options``: ``fit``'s other arguments. Returns the
+    ``History`` and this invocation's seconds."""
+    options = resolve(options)
+    unlabelled, labelled = batch_sizes(options, data.num_train)
+    decay = options.get("lr_decay", 1.0)
+    started = time.perf_counter()
+    history = fit(
+        model, {"unlabelled": data.unlabelled, "labelled": data.labelled},
+        objective=options["objective"], precision=options["precision"],
+        jit=options.get("jit", False), lr=options["lr"], optimizer=optimizer(options),
+        lr_schedule=f"exponential:{decay}" if decay != 1 else None, epochs=options["epochs"],
+        batch_size={"unlabelled": unlabelled, "labelled": labelled}, seed=options["seed"],
+        device=device, devices=options.get("devices") or 1,
+        num_nodes=options.get("num_nodes") or 1, checkpoint_dir=out, resume=resume,
+        callbacks=[validation_callback(data.x_val, data.y_val), *callbacks,
+                   *([on_epoch] if on_epoch else []), TimeBudget(minutes)],
+        select_metric="val_accuracy", **fit_options,
+    )
+    return history, time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------------------- metrics

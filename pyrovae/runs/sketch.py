@@ -22,7 +22,7 @@ import torch
 
 from pyrovae.data.buckets import LengthBuckets, bucketed_batches
 from pyrovae.data.sketches import load_sketches
-from pyrovae.infer import KLAnnealing, TimeBudget
+from pyrovae.infer import KLAnnealing, TimeBudget, fit
 from pyrovae.infer.clipping import MeanLossAdam
 from pyrovae.models.sketch_rnn import SketchRNN
 from pyrovae.runs import sketch_figures
@@ -161,6 +161,26 @@ def fit_options(options: dict[str, Any], sketches: Sketches, *, minutes: float |
             TimeBudget(minutes),
         ],
     )
+
+
+def train(model: SketchRNN, sketches: Sketches, options: dict[str, Any], *,
+          device: torch.device, out=None, resume: bool = False, minutes: float | None = None,
+          cpu_minutes: float | None = None, **fit_extra: Any):
+    """The one training loop of a SketchRNN run (``pyrovae sketch train``/``resume`` and
+    ``experiments.sketch_rnn.train``): ``fit`` with the recipe of `fit_options` and
+    ``options``' ``epochs``, ``lr``, ``seed``, ``devices`` and ``num_nodes``; checkpoints in
+    ``out`` (continued from ``out/last.pt`` with ``resume``); ``fit_extra``: ``fit``'s other
+    arguments (``config``, ``progress``). Returns the ``History`` (earlier invocations'
+    epochs included) and this invocation's seconds."""
+    started = time.perf_counter()
+    history = fit(
+        model, epochs=options["epochs"], lr=option(options, "lr"), seed=option(options, "seed"),
+        device=device, devices=options.get("devices") or 1,
+        num_nodes=options.get("num_nodes") or 1, checkpoint_dir=out, resume=resume,
+        **fit_options(options, sketches, minutes=minutes, cpu_minutes=cpu_minutes),
+        **fit_extra,
+    )
+    return history, time.perf_counter() - started
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ of predicted tokens per molecule (``kl_cap_per_token`` converts with the subset'
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, NamedTuple
 
 import pyro
@@ -27,7 +28,7 @@ from pyro import poutine
 
 from pyrovae.data.buckets import bucketed_batches
 from pyrovae.data.smiles import SmilesVocabulary, load_smiles
-from pyrovae.infer import KLAnnealing
+from pyrovae.infer import KLAnnealing, TimeBudget, fit
 from pyrovae.infer.collapse import CollapseMonitor
 from pyrovae.models.free_bits import KL_FLOOR_SITE
 from pyrovae.models.smiles_vae import SMILESVAE
@@ -153,6 +154,28 @@ def fit_options(options: dict[str, Any], molecules: Molecules, *, device=None,
         stream = SmilesChunks(molecules.tokens, molecules.lengths, chunk)
     return dict(data=stream, batch_size=batch_size, clip_norm=option(options, "clip_norm"),
                 checkpoint_every=option(options, "checkpoint_every"), callbacks=callbacks)
+
+
+def train(model: SMILESVAE, molecules: Molecules, options: dict[str, Any], *,
+          device: torch.device, out=None, resume: bool = False, minutes: float | None = None,
+          root=None, download: bool = True, **fit_extra: Any):
+    """The one training loop of a SMILES VAE run (``pyrovae smiles train``/``resume`` and
+    ``experiments.smiles.train``): ``fit`` with the stream and callbacks of `fit_options`,
+    ``options``' ``epochs``, ``lr``, ``seed``, ``devices`` and ``num_nodes``, stopped by
+    ``TimeBudget(minutes)``; checkpoints in ``out`` (continued from ``out/last.pt`` with
+    ``resume``); ``root``/``download``: where the held-out molecules lie; ``fit_extra``:
+    ``fit``'s other arguments (``config``, ``progress``). Returns the ``History`` (earlier
+    invocations' epochs included) and this invocation's seconds."""
+    started = time.perf_counter()
+    training = fit_options(options, molecules, device=device, root=root, download=download)
+    training["callbacks"].append(TimeBudget(minutes))
+    history = fit(
+        model, epochs=options["epochs"], lr=option(options, "lr"), seed=option(options, "seed"),
+        device=device, devices=options.get("devices") or 1,
+        num_nodes=options.get("num_nodes") or 1, checkpoint_dir=out, resume=resume,
+        **training, **fit_extra,
+    )
+    return history, time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------ a trained model

@@ -12,10 +12,14 @@ with that class's own options. A new kind of VAE (a beta-VAE, a VampPrior VAE) i
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from pyrovae.infer import History, TimeBudget, fit
 from pyrovae.infer.evaluation import elbo_terms, evaluate
 from pyrovae.models.vae import VAE
 from pyrovae.runs.data import COLOUR_DATASETS, ImageSet, channels_first, image_set
@@ -91,6 +95,34 @@ def build(options: dict[str, Any], data: ImageSet, **overrides: Any) -> VAE:
         allow_continuous=chosen["likelihood"] == "bernoulli" and not data.binarized,
         **{**chosen, "hidden_sizes": list(chosen["hidden_sizes"])}, **own, **overrides,
     ).to(data.test_x.device)
+
+
+def train(
+    model: VAE, stream: Any, options: dict[str, Any], *, device: torch.device,
+    out: Path | None = None, resume: bool = False, minutes: float | None = None,
+    callbacks=(), on_epoch: Callable[[list[dict]], None] | None = None, **fit_options: Any,
+) -> tuple[History, float]:
+    """The one training loop of a VAE run (``pyrovae vae train``/``resume`` and every
+    ``experiments`` script that trains a VAE): ``fit`` on ``stream`` (an `ImageSet`'s
+    ``train``) with ``options``' ``epochs``, ``batch_size``, ``lr``, ``seed``, ``objective``,
+    ``num_particles``, ``devices`` and ``num_nodes``; checkpoints in ``out`` (continued from
+    ``out/last.pt`` with ``resume``); stopped by ``TimeBudget(minutes)``. ``on_epoch(rows)``
+    gets the history rows so far after every epoch and at the end; ``fit_options``: ``fit``'s
+    other arguments. Returns the ``History`` (earlier invocations' epochs included) and this
+    invocation's seconds."""
+    started = time.perf_counter()
+    report = [lambda end: on_epoch([*end.history.epochs, end.row])] if on_epoch else []
+    history = fit(
+        model, stream, epochs=options["epochs"], batch_size=options["batch_size"],
+        lr=options["lr"], seed=options["seed"], objective=options.get("objective", "elbo"),
+        num_particles=options.get("num_particles", 1), device=device,
+        devices=options.get("devices") or 1, num_nodes=options.get("num_nodes") or 1,
+        checkpoint_dir=out, resume=resume,
+        callbacks=[*callbacks, *report, TimeBudget(minutes)], **fit_options,
+    )
+    if on_epoch:
+        on_epoch(history.epochs)
+    return history, time.perf_counter() - started
 
 
 def test_elbo_callback(x: torch.Tensor, every: int = 1, epochs: int | None = None,
