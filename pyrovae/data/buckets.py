@@ -53,7 +53,8 @@ def bucketed_batches(
     Args:
         lengths: ``[N]`` length of each sequence (any device; read once on the host).
         batch_size: B; each pool's last batch may be shorter.
-        seed, epoch: the only sources of randomness.
+        seed: with ``epoch``, the only source of randomness.
+        epoch: the epoch (counted from 0); the same (seed, epoch) gives the same batches.
         pool: batches per pool that are sorted by length together (default 50).
 
     Returns:

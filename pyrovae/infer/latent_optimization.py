@@ -216,7 +216,10 @@ def optimize_latent(
         score: ``score(outputs) -> [n]`` true property values, NaN for invalid outputs.
         predictor: the surrogate to climb (e.g. from [`fit_property_predictor`][]).
         z_start: [n, K] starting codes (e.g. of the best training examples).
-        steps, lr, prior_weight, record_every: see [`ascend`][].
+        steps: ascent steps (see [`ascend`][]).
+        lr: step size (see [`ascend`][]).
+        prior_weight: pull towards the prior (see [`ascend`][]).
+        record_every: steps between recorded points (see [`ascend`][]).
         batch_size: codes decoded at once.
 
     Returns:
