@@ -7,7 +7,7 @@ A run's options are a dict (the command line's ``options.json``, or a script's `
 holding the names of `DEFAULTS`. The recipe is sketch-rnn's (Ha & Eck 2018): Adam at ``lr``
 decaying by ``lr_decay`` per step to ``min_lr``, every gradient value clipped at ``clip_value``
 on the *mean* loss (``fit``'s loss is summed over the data set, so
-:class:`pyrovae.infer.clipping.MeanLossAdam` divides by N * N_max before clipping), the KL
+`pyrovae.infer.clipping.MeanLossAdam` divides by N * N_max before clipping), the KL
 weight ``w_kl`` annealed as ``w_kl (1 - (1 - kl_eta_min) kl_rate^step)``, a KL floor of
 ``kl_min`` nats per latent dimension; batches of sketches of similar length.
 """
@@ -269,7 +269,7 @@ def save_figures(model: SketchRNN, sketches: Sketches, out, dataset: str, seed: 
 def complete(model: SketchRNN, x: torch.Tensor, lengths: torch.Tensor, out, dataset: str, *,
              strokes: int, samples: int, temperatures, seed: int = 0) -> dict[str, dict]:
     """Finish the sketches ``x`` [n, T, 5] from their first ``strokes`` strokes
-    (:func:`pyrovae.infer.sketch_completion.complete_sketch`), ``samples`` times at each of
+    (`pyrovae.infer.sketch_completion.complete_sketch`), ``samples`` times at each of
     ``temperatures``, with the latent code from the partial sketch (``encode``) and from the
     prior (``prior``). Writes ``completion_encode.png`` and ``completion_prior.png`` in
     ``out`` (given strokes black, drawn ones blue) and returns, per ``"latent/tau=T"``, the

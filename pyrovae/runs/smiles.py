@@ -203,7 +203,7 @@ def in_batches(fn, items, batch_size: int) -> list:
 
 def sample_metrics(samples: list[str], train: list[str]) -> dict[str, Any]:
     """Validity, unique@10k, novelty against ``train`` and internal diversity of ``samples``
-    (:mod:`pyrovae.metrics.molecules`, which needs RDKit)."""
+    (`pyrovae.metrics.molecules`, which needs RDKit)."""
     from pyrovae.metrics import molecules as chem
 
     valid = [s for s in samples if chem.to_molecule(s) is not None]
