@@ -213,7 +213,7 @@ def test_m2_cpu_preset_trains_with_its_objective_and_precision(tmp_path):
     args = parse_args(["--preset", "cpu_fast"])
     assert (args.objective, args.precision, args.threads) == ("sum_and_sample", "bf16", 2)
     assert parse_args(["--preset", "cpu_fast", "--objective", "enum"]).objective == "enum"
-    run_script("mnist", "--preset", "cpu_fast", *TINY, "--hidden", "16", "--latent-dim", "3",
+    run_script("mnist", "--preset", "cpu_fast", *TINY, "--hidden-sizes", "16", "--latent-dim", "3",
                "--epochs", "1", "--threads", "1", "--out", str(tmp_path))
     run = json.loads((tmp_path / "labels20_seed0" / "metrics.json").read_text())
     assert (run["objective"], run["precision"]) == ("sum_and_sample", "bf16")

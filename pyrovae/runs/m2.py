@@ -36,7 +36,7 @@ RECIPE_OPTIONS = {"binarization": "input", "alpha_factor": "alpha_factor",
                   "alpha_per_labelled": "alpha_per_labelled", "lr": "lr", "adam_betas": "betas",
                   "batch_size": "batch_size", "labelled_batch_size": "labelled_batch_size",
                   "epochs": "epochs", "batches_per_epoch": "batches_per_epoch",
-                  "objective": "objective", "precision": "precision"}
+                  "objective": "objective", "precision": "precision", "threads": "threads"}
 PRESET_OPTIONS = (*MODEL_OPTIONS, *RECIPE_OPTIONS)
 
 
