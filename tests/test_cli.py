@@ -22,7 +22,9 @@ def test_help(args):
 
 
 @pytest.mark.parametrize("args", [["vae", "train", "--help"], ["m2", "sample", "--help"],
-                                  ["vae", "resume", "--help"], ["m2", "evaluate", "--help"]])
+                                  ["vae", "resume", "--help"], ["m2", "evaluate", "--help"],
+                                  ["sketch", "complete", "--help"], ["smiles", "train", "--help"],
+                                  ["smiles", "optimize", "--help"]])
 def test_help_of_every_subcommand(args, capsys):
     from pyrovae.cli import main
 
@@ -67,12 +69,24 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert "train-images-idx3-ubyte.gz" in result.stderr and str(tmp_path) in result.stderr
 
 
-def doc_commands() -> list[str]:
-    """The commands of docs/cli.md's Examples section, in order."""
+@pytest.mark.parametrize("family, missing", [("sketch", "sketch-rnn-datasets"),
+                                             ("smiles", "moses")])
+def test_missing_sequence_data_is_one_line(family, missing, tmp_path, capsys):
+    from pyrovae.cli import main
+
+    status = main([family, "train", "--data-root", str(tmp_path), "--no-download",
+                   "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("pyrovae: error: ") and str(tmp_path / missing) in err
+
+
+def doc_commands(section: str = "## Examples") -> list[str]:
+    """The commands of docs/cli.md's ``section`` (a heading), in order."""
     from conftest import REPO
 
     text = (REPO / "docs" / "cli.md").read_text()
-    examples = text.split("## Examples", 1)[1].split("\n## ", 1)[0]
+    examples = text.split(section + "\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", examples, flags=re.S)
     return [line for block in blocks for line in block.splitlines() if line.startswith("pyrovae")]
 
@@ -132,6 +146,67 @@ def test_documented_examples_run(tmp_path, monkeypatch, capsys):
     m2_grid = matplotlib.image.imread(tmp_path / "runs" / "m2_smoke" / "samples.png")
     assert vae_grid.shape[0] > 3 * (4 * 10 + 2) and vae_grid.shape[1] > 3 * (4 * 10 + 2)
     assert m2_grid.shape[0] > 3 * (10 * 10 + 2) and m2_grid.shape[1] > 3 * (4 * 10 + 2)
+
+    # every train writes its curve and one CSV row per epoch of the whole run (issue 25)
+    for family in ("vae", "m2"):
+        run = tmp_path / "runs" / f"{family}_smoke"
+        assert_curves(run, json.loads((run / "train.json").read_text())["history"])
+
+
+def assert_curves(run, history) -> None:
+    """``run``'s metrics.csv holds ``history`` row for row; curve.png is a PNG."""
+    import csv
+
+    with (run / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["epoch"]) for r in rows] == [h["epoch"] for h in history]
+    for row, epoch in zip(rows, history, strict=True):
+        assert float(row["loss_per_example"]) == pytest.approx(epoch["loss_per_example"])
+    assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+SEQUENCE_EXAMPLES = "## Sequence models: `sketch` and `smiles`"
+
+
+def test_documented_sequence_examples_run(tmp_path, monkeypatch, capsys):
+    """docs/cli.md's sketch and smiles examples, as written (seconds; they need the data)."""
+    from test_sketch_rnn import sheep_root
+    from test_smiles_vae import moses_root
+
+    sheep_root(), moses_root()
+    pytest.importorskip("rdkit")
+    monkeypatch.chdir(tmp_path)
+    commands = doc_commands(SEQUENCE_EXAMPLES)
+    assert [c.split()[1:3] for c in commands] == [
+        ["sketch", action] for action in ("train", "resume", "evaluate", "sample", "complete")
+    ] + [["smiles", action] for action in ("train", "resume", "evaluate", "sample", "optimize")]
+    outputs = [run_in_process(c, capsys) for c in commands]
+
+    for family in ("sketch", "smiles"):
+        run = tmp_path / "runs" / f"{family}_smoke"
+        record = json.loads((run / "train.json").read_text())
+        # train ran 1 epoch, resume went on to 2: one history, epochs 0 and 1 in order
+        assert [row["epoch"] for row in record["history"]] == [0, 1]
+        assert record["command"].startswith("pyrovae") and record["options"]["epochs"] == 2
+        assert_curves(run, record["history"])
+    sketch_run = tmp_path / "runs" / "sketch_smoke"
+    for name in ("samples.png", "reconstructions.png", "interpolation.png", "prior.png"):
+        assert (sketch_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # evaluate prints the mean test reconstruction loss of the 8 test sketches; train's last
+    # row measured the same checkpoint on the same sketches with the same seed
+    recon = float(re.search(r"test reconstruction ([\d.]+) nats/sketch", outputs[2]).group(1))
+    final = json.loads((sketch_run / "train.json").read_text())["history"][-1]
+    assert recon == pytest.approx(final["test_recon"], abs=1e-3)
+    completions = json.loads((tmp_path / "runs" / "sketch_complete" / "completions.json")
+                             .read_text())["completions"]
+    assert set(completions) == {"encode/tau=0.5", "prior/tau=0.5"}
+    assert all(v["n"] == 4 for v in completions.values())  # 2 sketches x 2 samples
+
+    assert "active units" in outputs[7] and "validity" in outputs[7]
+    samples = (tmp_path / "runs" / "smiles_smoke" / "samples.smi").read_text().splitlines()
+    assert len(samples) == 10
+    result = json.loads((tmp_path / "runs" / "smiles_optimize" / "metrics.json").read_text())
+    assert result["latent_search"]["decodes"] == 3 * 2  # 3 paths, a decode every 10 of 20
 
 
 def test_progress_lines_by_default_and_quiet_with_q(tmp_path, capsys, caplog):

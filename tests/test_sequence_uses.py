@@ -180,9 +180,9 @@ def test_optimization_script_smoke(tmp_path):
 
     root = moses_root()
     train = tmp_path / "train"
-    _run("experiments.smiles.train", "--train-size", "200", "--epoch-size", "100",
-         "--batch-size", "50", "--latent", "3", "--hidden", "8", "--encoder-hidden", "4",
-         "--embedding", "4", "--epochs", "1", "--monitor-size", "20", "--device", "cpu",
+    _run("experiments.smiles.train", "--train-limit", "200", "--epoch-size", "100",
+         "--batch-size", "50", "--latent-dim", "3", "--decoder-size", "8", "--encoder-size", "4",
+         "--embedding-dim", "4", "--epochs", "1", "--monitor-size", "20", "--device", "cpu",
          "--out", str(train), root=root)
     out = tmp_path / "optimize"
     _run("experiments.smiles.optimize", "--checkpoint", str(train / "last.pt"), "--subset",

@@ -418,9 +418,9 @@ def test_train_and_evaluate_scripts_run_and_resume(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), PYROVAE_DATA=root, MPLBACKEND="Agg",
                OMP_NUM_THREADS="1")
     out = tmp_path / "train"
-    train = [sys.executable, "-m", "experiments.smiles.train", "--train-size", "120",
-             "--epoch-size", "60", "--batch-size", "30", "--latent", "3", "--hidden", "8",
-             "--encoder-hidden", "4", "--embedding", "4", "--kl-epochs", "2",
+    train = [sys.executable, "-m", "experiments.smiles.train", "--train-limit", "120",
+             "--epoch-size", "60", "--batch-size", "30", "--latent-dim", "3", "--decoder-size", "8",
+             "--encoder-size", "4", "--embedding-dim", "4", "--kl-epochs", "2",
              "--word-dropout", "0.25", "--free-bits", "2", "--monitor-size", "50",
              "--device", "cpu", "--out", str(out)]
     for epochs in ("1", "2"):

@@ -21,15 +21,12 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
-from experiments.sketch_rnn.plots import save_completion_grid
 from pyrovae.data.sketches import SKETCH_DATASETS, load_sketches
 from pyrovae.infer import load_checkpoint
-from pyrovae.infer.sketch_completion import complete_sketch, first_strokes
+from pyrovae.runs import sketch as family
 from pyrovae.runs.launch import add_device_options
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import start_device
+from pyrovae.runs.script import run_script, start_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,35 +51,10 @@ def main(argv=None) -> None:
     model = load_checkpoint(args.checkpoint, map_location=device).eval()
     test = load_sketches(args.dataset, "test", max_length=model.max_length,
                          num_steps=model.max_length + 1, device=device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    summary = {}
-    for latent in ("encode", "prior"):
-        rows, titles, kept = [], [], []
-        for i in range(min(args.sketches, len(test))):
-            x, length = test.x[i], int(test.lengths[i])
-            prefix = first_strokes(x, length, args.strokes)
-            rows += [(x.unsqueeze(0), test.lengths[i:i + 1]),
-                     (prefix.unsqueeze(0), torch.tensor([len(prefix)], device=device))]
-            titles += [f"test sketch {i}", f"its first {args.strokes} strokes"]
-            kept += [length, len(prefix)]
-            for tau in args.temperatures:
-                drawn, lengths = complete_sketch(model, prefix, latent, args.samples, tau,
-                                                 generator=generator)
-                rows.append((drawn, lengths))
-                titles.append(f"z: {latent}, tau={tau}")
-                kept.append(len(prefix))
-                stats = summary.setdefault(f"{latent}/tau={tau}", {"drawn_rows": 0.0,
-                                                                   "ended": 0.0, "n": 0})
-                stats["drawn_rows"] += float((lengths - len(prefix)).sum())
-                stats["ended"] += float((lengths < model.max_length).sum())
-                stats["n"] += len(lengths)
-        source = "the partial sketch" if latent == "encode" else "the prior"
-        save_completion_grid(args.out / f"completion_{latent}.png", rows, kept, titles,
-                             f"{args.dataset}: finishing test sketches (black: given, blue: "
-                             f"drawn), z from {source}")
-    for stats in summary.values():
-        stats["mean_drawn_rows"] = stats.pop("drawn_rows") / stats["n"]
-        stats["ended_fraction"] = stats.pop("ended") / stats["n"]
+    n = min(args.sketches, len(test))
+    summary = family.complete(model, test.x[:n], test.lengths[:n], args.out, args.dataset,
+                              strokes=args.strokes, samples=args.samples,
+                              temperatures=args.temperatures, seed=args.seed)
     write_json(args.out / "metrics.json", {
         **provenance(device), "checkpoint": str(args.checkpoint),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -94,4 +66,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -25,7 +25,8 @@ from pyrovae.runs.provenance import provenance, write_json
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--train-size", type=int, default=100_000)
+    p.add_argument("--train-limit", type=int, default=100_000,
+                   help="molecules drawn from the MOSES train split (default 100000)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per plan (default 20)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--pool", type=int, default=50, help="batches per sorted pool")
@@ -36,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
-    smiles = load_smiles("train", size=args.train_size, seed=0)
+    smiles = load_smiles("train", size=args.train_limit, seed=0)
     vocab = SmilesVocabulary.build(smiles)
     tokens, lengths = vocab.encode(smiles)
     n = len(smiles)

@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 
 from pyrovae.data.smiles import load_smiles
 from pyrovae.infer import load_checkpoint, read_checkpoint
 from pyrovae.metrics import molecules as chem
-from pyrovae.models.free_bits import KL_FLOOR_SITE
+from pyrovae.runs import smiles as family
 from pyrovae.runs.launch import add_device_options
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import start_device
+from pyrovae.runs.script import run_script, start_device
 
 #: MOSES paper (Polykovskiy et al. 2020), Table 2, its character-level VAE ("CharVAE").
 MOSES_CHARVAE = {"validity": 0.977, "unique@10k": 0.998, "novelty": 0.695}
@@ -56,36 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/smiles/eval"))
     add_device_options(parser)
     return parser.parse_args(argv)
-
-
-def sample_molecules(model, n, temperature, batch_size, seed, device) -> list[str]:
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out: list[str] = []
-    while len(out) < n:
-        size = min(batch_size, n - len(out))
-        out += model.sample(size, temperature=temperature, generator=generator)
-    return out
-
-
-def in_batches(fn, items, batch_size):
-    out = []
-    for start in range(0, len(items), batch_size):
-        out += fn(items[start : start + batch_size])
-    return out
-
-
-def save_interpolation(path: Path, smiles: list[str], legends: list[str]) -> None:
-    from rdkit import Chem
-    from rdkit.Chem import Draw
-
-    # RDKit draws no legend under an empty molecule: an invalid string is shown as one dummy
-    # atom "*" with its legend, which says it is invalid.
-    molecules = [chem.to_molecule(s) or Chem.MolFromSmiles("*") for s in smiles]
-    image = Draw.MolsToGridImage(
-        molecules, molsPerRow=min(len(molecules), 5), subImgSize=(260, 220), legends=legends
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
 
 
 def save_projection(path: Path, codes: np.ndarray, values: np.ndarray, label: str) -> dict:
@@ -127,56 +96,21 @@ def main(argv=None) -> None:
     timings = {}
 
     tick = time.perf_counter()
-    samples = sample_molecules(
-        model, args.samples, args.temperature, args.batch_size, args.seed, device
-    )
+    samples = family.sample_molecules(model, args.samples, args.temperature, args.batch_size,
+                                      args.seed)
     timings["sampling_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     train = load_smiles("train", size=args.novelty_size, seed=args.seed, root=args.data_root)
-    valid = [s for s in samples if chem.to_molecule(s) is not None]
-    metrics = {
-        "validity": chem.validity(samples),
-        "unique@10k": chem.uniqueness(samples, k=10_000) if valid else None,
-        "novelty": chem.novelty(samples, train) if valid else None,
-        "internal_diversity": chem.internal_diversity(valid) if len(valid) > 1 else None,
-        "valid_samples": len(valid),
-    }
+    metrics = family.sample_metrics(samples, train)
     timings["sample_metrics_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     pool = load_smiles("test", size=max(args.reconstruct, args.projection), seed=args.seed,
                        root=args.data_root)
-    covered = [s for s in pool if vocab.covers(s) and len(vocab.encode([s])[0][0]) - 2
-               <= model.max_length]
+    covered = family.covered_molecules(model, pool)
     targets = covered[: args.reconstruct]
-    decoded = in_batches(model.reconstruct, targets, args.batch_size)
-    tokens, lengths = vocab.encode(targets)
-    # The ELBO of the model as written: KL weight 1, the free-bits factor hidden, and the model
-    # in eval mode (load_checkpoint's), so no word is dropped.
-    with torch.no_grad(), pyro.validation_enabled(False):
-        weight = float(model.kl_weight)
-        model.kl_weight.fill_(1.0)
-        guide = poutine.block(model.guide, hide=[KL_FLOOR_SITE])
-        elbo = -pyro.infer.Trace_ELBO().loss(
-            model.model, guide, tokens.to(device), lengths.to(device)
-        )
-        model.kl_weight.fill_(weight)
-    loc, scale = model.encode((tokens.to(device), lengths.to(device)))
-    kl = torch.distributions.kl_divergence(
-        torch.distributions.Normal(loc, scale), torch.distributions.Normal(0.0, 1.0)
-    ).sum(-1)
-    metrics |= {
-        "reconstruction_accuracy": chem.reconstruction_accuracy(targets, decoded),
-        # Posterior collapse shows here: KL(q(z|x) || p(z)) in nats, and the active units of
-        # Burda et al. (2016), latent dimensions whose guide mean varies across molecules
-        # (variance > 0.01).
-        "test_kl_per_molecule": float(kl.mean()),
-        "active_units": int((loc.var(dim=0) > 0.01).sum()),
-        "latent_dim": model.latent_dim,
-        "reconstructed_molecules": len(targets),
-        "test_molecules_outside_vocabulary": len(pool) - len(covered),
-        "test_elbo_per_molecule_one_sample": elbo / len(targets),
-    }
+    metrics |= family.test_metrics(model, targets, args.batch_size)
+    metrics["test_molecules_outside_vocabulary"] = len(pool) - len(covered)
     timings["reconstruction_s"] = time.perf_counter() - tick
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +121,7 @@ def main(argv=None) -> None:
     line = model.generate_smiles(path, greedy=True)
     legends = [f"t={float(w):.2f}" + ("" if chem.to_molecule(s) else f" invalid: {s[:24]}")
                for w, s in zip(weights[:, 0], line, strict=True)]
-    save_interpolation(args.out / "interpolation.png", [ends[0], *line, ends[1]],
+    family.save_molecule_grid(args.out / "interpolation.png", [ends[0], *line, ends[1]],
                        ["start (input)", *legends, "end (input)"])
     projected = covered[: args.projection]
     test_codes = torch.cat([model.encode(projected[i : i + args.batch_size])[0]
@@ -225,4 +159,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

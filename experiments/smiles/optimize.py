@@ -24,22 +24,12 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from experiments.smiles.evaluate import save_interpolation
 from pyrovae.data.smiles import load_smiles
 from pyrovae.infer import load_checkpoint, read_checkpoint
-from pyrovae.infer.latent_optimization import (
-    LatentSearch,
-    fit_property_predictor,
-    optimize_latent,
-    random_search,
-)
-from pyrovae.metrics import molecules as chem
+from pyrovae.runs import smiles as family
 from pyrovae.runs.launch import add_device_options
 from pyrovae.runs.provenance import provenance, write_json
-from pyrovae.runs.script import start_device
+from pyrovae.runs.script import run_script, start_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prior-weight", type=float, default=0.1,
                    help="pull towards the prior: maximise f(z) - w |z|^2 / 2")
     p.add_argument("--predictor-epochs", type=int, default=300)
-    p.add_argument("--train-size", type=int, default=None,
-                   help="the training subset's size (default: the checkpoint's --train-size)")
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="the training subset's size (default: the checkpoint's --train-limit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None, help="default: $PYROVAE_DATA")
     p.add_argument("--out", type=Path, default=Path("runs/smiles/optimize"))
@@ -68,60 +58,35 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     device = start_device(args)
     started = time.perf_counter()
-    torch.manual_seed(args.seed)
     trained = (read_checkpoint(args.checkpoint).get("fit_config") or {}).get("user") or {}
     model = load_checkpoint(args.checkpoint, map_location=device).eval()
-    train_size = args.train_size or trained.get("train_size", 100_000)
-    data_seed = trained.get("seed", 0)
-    pool = load_smiles("train", size=train_size, seed=data_seed, root=args.data_root)
-    rows = np.random.default_rng(args.seed).choice(len(pool), min(args.subset, len(pool)),
-                                                   replace=False)
-    subset = [pool[i] for i in rows if model.vocab.covers(pool[i])]
-
-    def score(smiles):
-        return chem.molecule_property(smiles, args.property)
-
-    def decode(z):
-        return model.generate_smiles(z, greedy=True)
-
-    codes = torch.cat([model.encode(subset[i:i + 500])[0] for i in range(0, len(subset), 500)])
-    values = score(subset)
-    training = LatentSearch(subset, values, len(subset))
-    predictor, fit_metrics = fit_property_predictor(
-        codes, torch.as_tensor(values, dtype=codes.dtype, device=codes.device),
-        epochs=args.predictor_epochs, seed=args.seed,
-    )
-    finite = np.where(np.isfinite(values), values, -np.inf)
-    starts = torch.as_tensor(np.argsort(-finite)[: args.starts].copy(), device=codes.device)
-    search = optimize_latent(decode, score, predictor, codes[starts], args.steps, args.lr,
-                             args.prior_weight, args.record_every)
-    baseline = random_search(decode, score, model.latent_dim, search.decodes, seed=args.seed,
-                             like=codes)
-    known = {chem.canonical_smiles(s) for s in subset}
-    found = search.summary()
-    found["new_in_top10"] = sum(chem.canonical_smiles(s) not in known for s, _ in found["top10"])
+    # runs trained before the flag's rename stored "train_size"
+    train_size = (args.train_limit or trained.get("train_limit") or trained.get("train_size")
+                  or 100_000)
+    pool = load_smiles("train", size=train_size, seed=trained.get("seed", 0),
+                       root=args.data_root)
+    found = family.latent_search(
+        model, pool, args.property, subset=args.subset, starts=args.starts, steps=args.steps,
+        record_every=args.record_every, lr=args.lr, prior_weight=args.prior_weight,
+        predictor_epochs=args.predictor_epochs, seed=args.seed)
+    top = found.pop("top")
     result = {
         **provenance(device),
         "checkpoint": str(args.checkpoint),
         "property": args.property,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "predictor": fit_metrics,
-        "training_subset": training.summary(),
-        "latent_search": found,
-        "random_prior_same_decodes": baseline.summary(),
-        "beats_training_best": (found["best"] is not None
-                                and found["best"] > training.summary()["best"]),
+        **found,
         "seconds": time.perf_counter() - started,
     }
     write_json(args.out / "metrics.json", result)
-    top = search.top(8)
     if top:
-        save_interpolation(args.out / "top_found.png", [s for s, _ in top],
-                           [f"{args.property} {v:.3f}" for _, v in top])
-    print(f"{args.property}: training subset best {training.summary()['best']:.4f}, "
-          f"latent search best {found['best']}, random prior best "
-          f"{baseline.summary()['best']} ({search.decodes} decodes each); wrote {args.out}")
+        family.save_molecule_grid(args.out / "top_found.png", [s for s, _ in top],
+                                  [f"{args.property} {v:.3f}" for _, v in top])
+    print(f"{args.property}: training subset best {found['training_subset']['best']:.4f}, "
+          f"latent search best {found['latent_search']['best']}, random prior best "
+          f"{found['random_prior_same_decodes']['best']} "
+          f"({found['latent_search']['decodes']} decodes each); wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

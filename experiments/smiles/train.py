@@ -25,7 +25,7 @@ held-out molecules (MOSES test split) go into the history, and a warning is logg
 code has collapsed (``pyrovae.infer.collapse.CollapseMonitor``: fewer than 2 active units or
 less than 1 nat per molecule).
 
-    python -m experiments.smiles.train --train-size 100000 --minutes 40 --out runs/smiles/main
+    python -m experiments.smiles.train --train-limit 100000 --minutes 40 --out runs/smiles/main
 
 References:
     R. Gómez-Bombarelli et al. Automatic chemical design using a data-driven continuous
@@ -39,57 +39,19 @@ import logging
 import time
 from pathlib import Path
 
-import pyro
-import torch
-
-from pyrovae.data.buckets import bucketed_batches
-from pyrovae.data.smiles import SmilesVocabulary, load_smiles
-from pyrovae.infer import KLAnnealing, TimeBudget, fit, read_checkpoint
-from pyrovae.infer.collapse import CollapseMonitor
-from pyrovae.models.smiles_vae import SMILESVAE
-from pyrovae.runs.launch import add_device_options, add_parallel_options, parallel_options
+from pyrovae.infer import read_checkpoint
+from pyrovae.runs import smiles as family
+from pyrovae.runs.curves import write_curves
+from pyrovae.runs.launch import add_device_options, add_parallel_options
 from pyrovae.runs.provenance import evaluates, provenance, write_json
-from pyrovae.runs.script import start_device
+from pyrovae.runs.script import run_script, start_device
 
 logger = logging.getLogger(__name__)
 
 
-class SmilesChunks:
-    """Epoch ``e`` is chunk ``e mod C`` of the encoded subset (``for_epoch`` for ``fit``)."""
-
-    def __init__(self, tokens: torch.Tensor, lengths: torch.Tensor, chunk: int) -> None:
-        self.tokens, self.lengths = tokens, lengths
-        self.chunk = min(chunk, tokens.shape[0])
-        self.count = tokens.shape[0] // self.chunk
-
-    def __len__(self) -> int:
-        return self.chunk
-
-    def _rows(self, epoch: int) -> slice:
-        start = (epoch % self.count) * self.chunk
-        return slice(start, start + self.chunk)
-
-    def for_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self._rows(epoch)
-        return self.tokens[rows], self.lengths[rows]
-
-
-class BucketedChunks(SmilesChunks):
-    """`SmilesChunks` whose batches (``fit`` uses ``batches``) hold molecules of similar
-    length: [`pyrovae.data.buckets.bucketed_batches`][] within each epoch's chunk."""
-
-    def __init__(self, tokens, lengths, chunk: int, batch_size: int, pool: int = 50) -> None:
-        super().__init__(tokens, lengths, chunk)
-        self.batch_size, self.pool = batch_size, pool
-
-    def batches(self, seed: int, epoch: int) -> list[torch.Tensor]:
-        return bucketed_batches(self.lengths[self._rows(epoch)], self.batch_size, seed, epoch,
-                                self.pool)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-size", type=int, default=100_000,
+    parser.add_argument("--train-limit", type=int, default=100_000,
                         help="molecules drawn from the MOSES train split (default 100000)")
     parser.add_argument("--epoch-size", type=int, default=10_000,
                         help="molecules per epoch, a chunk of the subset (default 10000)")
@@ -99,10 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--clip-norm", type=float, default=50.0)
-    parser.add_argument("--latent", type=int, default=64)
-    parser.add_argument("--embedding", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256, help="decoder GRU width")
-    parser.add_argument("--encoder-hidden", type=int, default=128,
+    parser.add_argument("--latent-dim", type=int, default=64, help="K (default 64)")
+    parser.add_argument("--embedding-dim", type=int, default=32,
+                        help="token embedding width (default 32)")
+    parser.add_argument("--decoder-size", type=int, default=256,
+                        help="decoder GRU width (default 256)")
+    parser.add_argument("--encoder-size", type=int, default=128,
                         help="width of each direction of the encoder GRU")
     parser.add_argument("--layers", type=int, default=1, help="decoder GRU layers")
     parser.add_argument("--kl-start", type=float, default=0.1,
@@ -139,63 +103,25 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = start_device(args)
-    budget = TimeBudget(args.minutes)
-    smiles = load_smiles("train", size=args.train_size, seed=args.seed, root=args.data_root)
-    vocab = SmilesVocabulary.build(smiles)
-    tokens, lengths = vocab.encode(smiles)
+    options = vars(args)
+    molecules = family.data(options, root=args.data_root)
     last = args.out / "last.pt"
     if last.exists():
         saved = read_checkpoint(last)["model_config"]["tokens"]
-        if saved != vocab.tokens:
+        if saved != molecules.vocab.tokens:
             raise SystemExit(f"error: {last} was trained with another vocabulary; use a new --out")
-    mean_tokens = float(lengths.float().mean())  # predicted tokens per molecule, with <eos>
-    cap = args.kl_cap
     if args.kl_cap_per_token is not None:
-        cap = args.kl_cap_per_token * mean_tokens
         logger.info("KL cap %g per token-mean = %.4f per molecule (%.2f tokens per molecule)",
-                    args.kl_cap_per_token, cap, mean_tokens)
-    kl_start = min(args.kl_start, cap)
-    # fit seeds only its own loop: the initial weights are drawn here, so seed them too (runs
-    # before this line started from unseeded weights and cannot be repeated exactly).
-    pyro.set_rng_seed(args.seed)
-    model = SMILESVAE(
-        vocab.tokens, latent_dim=args.latent, embedding_dim=args.embedding,
-        hidden_size=args.hidden, encoder_hidden_size=args.encoder_hidden,
-        num_layers=args.layers, kl_weight=kl_start,
-        word_dropout=args.word_dropout, kl_floor=args.kl_floor,
-    )
-    # linear from kl_start to the cap over --kl-epochs, the cap held after
-    callbacks = [KLAnnealing(kl_start / cap, epochs=args.kl_epochs, weight=cap)]
-    if args.monitor_size > 0:
-        held_out = [s for s in load_smiles("test", size=args.monitor_size, seed=args.seed,
-                                           root=args.data_root) if vocab.covers(s)]
-        held_tokens, held_lengths = (t.to(device) for t in vocab.encode(held_out))
-        callbacks.append(CollapseMonitor(lambda m: m.encode((held_tokens, held_lengths))))
-    callbacks.append(budget)
-    if args.bucket_pool > 0:
-        stream = BucketedChunks(tokens, lengths, args.epoch_size, args.batch_size,
-                                args.bucket_pool)
-    else:
-        stream = SmilesChunks(tokens, lengths, args.epoch_size)
-    started = time.perf_counter()
+                    args.kl_cap_per_token, family.kl_cap(options, molecules),
+                    molecules.mean_tokens)
+    model = family.build(options, molecules)
     cpu_started = time.process_time()
-    history = fit(
-        model,
-        stream,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        clip_norm=args.clip_norm,
-        device=device,
-        seed=args.seed,
-        callbacks=callbacks,
-        checkpoint_dir=args.out,
-        checkpoint_every=args.checkpoint_every,
-        resume=True,
-        config=vars(args) | {"out": str(args.out)},
-        **parallel_options(args),
+    history, seconds = family.train(
+        model, molecules, options, device=device, out=args.out, resume=True,
+        minutes=args.minutes, root=args.data_root,
+        # data_root is where the data lie, not what the run is: a resumed run may move them
+        config={k: v for k, v in options.items() if k != "data_root"} | {"out": str(args.out)},
     )
-    seconds = time.perf_counter() - started
     if not evaluates():
         return
     summary_path = args.out / "train.json"
@@ -208,18 +134,19 @@ def main(argv=None) -> None:
                  "cpu_seconds": time.process_time() - cpu_started})
     write_json(summary_path, {
         "invocations": runs,
-        "train_size": args.train_size,
-        "vocabulary": vocab.tokens,
-        "max_tokens": int(lengths.max()) - 1,
-        "mean_predicted_tokens": mean_tokens,
-        "kl_cap_per_molecule": cap,
+        "train_limit": args.train_limit,
+        "vocabulary": molecules.vocab.tokens,
+        "max_tokens": int(molecules.lengths.max()) - 1,
+        "mean_predicted_tokens": molecules.mean_tokens,
+        "kl_cap_per_molecule": family.kl_cap(options, molecules),
         "history": history.epochs,
         "checkpoint": history.last_checkpoint,
     })
+    write_curves(args.out, history.epochs, f"SMILES VAE on {args.train_limit} MOSES molecules")
     final = history.epochs[-1] if history.epochs else {}
     print(f"epochs {len(history.epochs)}, loss/example {final.get('loss_per_example')}, "
           f"{seconds:.0f} s; wrote {summary_path}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from pyrovae.cli import impute, m2, ppca, vae
+from pyrovae.cli import impute, m2, ppca, sketch, smiles, vae
 from pyrovae.cli._common import OneLineParser, is_out_of_memory, out_of_memory_message
 from pyrovae.cli.arguments import refuse_unused_options
 from pyrovae.cli.faults import (
@@ -32,7 +32,7 @@ from pyrovae.infer.checkpoint import no_room
 from pyrovae.infer.distributed import global_rank
 from pyrovae.runs.launch import set_threads
 
-SUBCOMMANDS = (ppca, vae, m2, impute)
+SUBCOMMANDS = (ppca, vae, m2, impute, sketch, smiles)
 
 
 def _verbosity(parser: argparse.ArgumentParser, default) -> None:

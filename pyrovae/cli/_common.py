@@ -26,7 +26,7 @@ from pyrovae.cli import arguments
 from pyrovae.infer import History, distributed, load_checkpoint
 from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.plots import save_image_grid
-from pyrovae.runs import folder
+from pyrovae.runs import curves, folder
 from pyrovae.runs.data import COLOUR_DATASETS, channels_first
 from pyrovae.runs.launch import (
     RunError,
@@ -231,7 +231,11 @@ def write_train_report(
     out: Path, options: dict[str, Any], device: torch.device, seconds: float, history: History,
     **results: Any,
 ) -> Path:
-    """``out/train.json``: the command, options, device, seconds, ``results`` and history."""
+    """``out/train.json``: the command, options, device, seconds, ``results`` and history;
+    and the history as ``out/metrics.csv`` and ``out/curve.png`` (`pyrovae.runs.curves`)."""
+    dataset = options.get("dataset")
+    curves.write_curves(out, history.epochs, f"pyrovae {options['family']} train"
+                        + (f" on {dataset}" if dataset else ""))
     return write_json(out / "train.json", {
         "command": command_line(PROGRAM), "options": options, "device": str(device),
         "seconds_this_invocation": seconds, **results, "history": history.epochs,

@@ -359,7 +359,9 @@ class _Run:
             _check_finite(state, state.epoch, k, self.checkpointing.last)
             if bar is not None:
                 bar.update(k + 1 - bar.n)
-                bar.set_postfix(loss=f"{float(state.step_losses[k]):.4g}")
+                # the step's loss is scaled to the whole data set: shown per example
+                per_example = float(state.step_losses[k]) / max(s.size for s in self.streams)
+                bar.set_postfix(loss_per_example=f"{per_example:.4g}")
         if at_checkpoint:
             self._check_parameters(f"in epoch {state.epoch}, step {k} of the epoch")
             self._save(self.checkpointing.last)
@@ -399,7 +401,8 @@ class _Run:
             row = self.parallel.from_main(row)
         stop = bool(row.pop("stop", False))
         state.history.epochs.append(row)
-        logger.info("epoch %d: %s", epoch, _fmt(row))
+        # the data set's total loss stays in the history; a reader compares per example
+        logger.info("epoch %d: %s", epoch, _fmt({k: v for k, v in row.items() if k != "loss"}))
         self.checkpoint(improved=self._update_best(row))
         if stop:
             logger.info("a callback stopped training after epoch %d", epoch)

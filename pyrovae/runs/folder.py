@@ -37,7 +37,8 @@ RUN_OPTIONS_FILE = "run_options.json"
 LOCK_FILE = ".lock"
 CHECKPOINTS = ("last.pt", "previous.pt", "best.pt")
 #: What a run writes besides ``options.json``: checkpoints, reports, figures.
-RUN_FILES = (*CHECKPOINTS, "train.json", "metrics.json", "report.json", RUN_OPTIONS_FILE)
+RUN_FILES = (*CHECKPOINTS, "train.json", "metrics.json", "metrics.csv", "report.json",
+             RUN_OPTIONS_FILE)
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 

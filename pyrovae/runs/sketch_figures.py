@@ -1,4 +1,5 @@
-"""Sketches drawn as vector strokes with matplotlib (imported lazily)."""
+"""Sketches drawn as vector strokes with matplotlib (imported lazily): the figures of
+``pyrovae sketch`` and ``experiments/sketch_rnn``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.figures import save_figure
 from pyrovae.data.sketches import stroke5_to_stroke3
+from pyrovae.plots import pyplot
+from pyrovae.runs.provenance import is_main
 
 
 def strokes(sketch: np.ndarray) -> list[np.ndarray]:
@@ -28,7 +30,7 @@ def draw(ax, sketch: np.ndarray) -> None:
 
 def save_sketch_grid(path: Path, rows, titles, title: str) -> Path:
     """One row of sketches per ``(x [n, T, 5], lengths [n])`` of ``rows``, titled ``titles``."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     decoded = [stroke5_to_stroke3(x, lengths) for x, lengths in rows]
     ncols = max(len(r) for r in decoded)
@@ -41,7 +43,7 @@ def save_sketch_grid(path: Path, rows, titles, title: str) -> Path:
                 draw(axes[i, j], sketches[j])
         axes[i, 0].set_title(label, fontsize=8, loc="left")
     fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path, dpi=100)  # rank 0 alone writes in a data-parallel run
+    return save_figure(fig, path)  # rank 0 alone writes in a data-parallel run
 
 
 def save_interpolation(path: Path, ends, decoded, title: str) -> Path:
@@ -59,7 +61,7 @@ def save_interpolation(path: Path, ends, decoded, title: str) -> Path:
 def save_completion_grid(path: Path, rows, prefix_rows: list[int], titles, title: str) -> Path:
     """Like [`save_sketch_grid`][], with the first ``prefix_rows[i]`` points of every sketch of
     row ``i`` in black (what was given) and the rest in blue (what the model drew)."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     decoded = [stroke5_to_stroke3(x, lengths) for x, lengths in rows]
     ncols = max(len(r) for r in decoded)
@@ -72,7 +74,7 @@ def save_completion_grid(path: Path, rows, prefix_rows: list[int], titles, title
                 _draw_split(axes[i, j], sketches[j], prefix_rows[i])
         axes[i, 0].set_title(label, fontsize=8, loc="left")
     fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path, dpi=100)
+    return save_figure(fig, path)
 
 
 def _draw_split(ax, sketch: np.ndarray, given: int) -> None:
@@ -86,3 +88,15 @@ def _draw_split(ax, sketch: np.ndarray, given: int) -> None:
                 linewidth=1.0)
     ax.set_aspect("equal")
     ax.axis("off")
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save ``fig`` as ``path`` (folders created) on rank 0 alone, and close it."""
+    plt = pyplot()
+    path = Path(path)
+    if is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

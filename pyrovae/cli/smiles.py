@@ -1,0 +1,258 @@
+"""``pyrovae smiles {train,resume,evaluate,sample,optimize}``: the SMILES VAE
+(Gómez-Bombarelli et al. 2018) on molecules of the MOSES benchmark.
+
+``train`` fits it (`pyrovae.runs.smiles`: a chunked, length-bucketed stream, a KL schedule with
+a cap, the collapse monitor on held-out molecules) into a run folder (``last.pt``,
+``options.json``, ``train.json``, the curve and ``metrics.csv``); ``resume`` continues it;
+``evaluate`` reports a checkpoint's test ELBO, KL, active units and, with RDKit, reconstruction
+accuracy and MOSES-style sample metrics; ``sample`` writes molecules decoded from the prior;
+``optimize`` climbs a property predictor in the latent space (RDKit).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pyrovae.cli import _common as common
+from pyrovae.data.smiles import load_smiles
+from pyrovae.infer import load_checkpoint
+from pyrovae.infer.checkpoint import read_checkpoint
+from pyrovae.runs import folder
+from pyrovae.runs import smiles as family
+from pyrovae.runs.provenance import write_json
+
+FAMILY = "smiles"
+KEYS = ("train_limit", "epoch_size", "epochs", "batch_size", "lr", "clip_norm", "latent_dim",
+        "embedding_dim", "decoder_size", "encoder_size", "layers", "kl_start", "kl_epochs",
+        "kl_cap", "kl_cap_per_token", "bucket_pool", "monitor_size", "word_dropout", "kl_floor",
+        "checkpoint_every", "seed")
+
+
+def _rdkit() -> bool:
+    try:
+        import rdkit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------- subcommands
+def train(args: argparse.Namespace) -> int:
+    out, options = common.start_training(args, FAMILY, KEYS)
+    with folder.releasing(out):
+        return _fit(args, out, options, resume=False)
+
+
+def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: bool) -> int:
+    device = common.resolve_device(args.device)
+    where = dict(root=args.data_root, download=not args.no_download)
+    molecules = family.data(options, **where)
+    model = family.build(options, molecules)
+    write_json(out / folder.OPTIONS_FILE, options)
+    history, seconds = family.train(model, molecules, options, device=device, out=out,
+                                    resume=resume, config=options,
+                                    progress=common.progress_enabled(args), **where)
+    final = history.epochs[-1] if history.epochs else {}
+    common.write_train_report(out, options, device, seconds, history,
+                              vocabulary=molecules.vocab.tokens,
+                              kl_cap_per_molecule=family.kl_cap(options, molecules))
+    watch = (f", held-out KL {final['kl_per_example']:.2f} nats, {final['active_units']} "
+             f"active units" if "active_units" in final else "")
+    print(f"SMILES VAE (K={options['latent_dim']}) on {len(molecules.smiles)} MOSES molecules: "
+          f"{len(history.epochs)} epochs, loss {final.get('loss_per_example', 0):.3f} "
+          f"nats/molecule{watch} ({seconds:.1f} s); checkpoint {out / 'last.pt'}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
+    model.eval()
+    where = dict(root=args.data_root, download=not args.no_download)
+    pool = load_smiles("test", size=args.test_limit, seed=args.seed, **where)
+    targets = family.covered_molecules(model, pool)
+    metrics = family.test_metrics(model, targets, args.batch_size)
+    print(f"test ELBO {metrics['test_elbo_per_molecule_one_sample']:.3f} nats/molecule (one "
+          f"sample), KL {metrics['test_kl_per_molecule']:.3f}, {metrics['active_units']} of "
+          f"{metrics['latent_dim']} active units ({len(targets)} test molecules)")
+    if "reconstruction_accuracy" in metrics:
+        print(f"greedy reconstruction accuracy {metrics['reconstruction_accuracy']:.3f}")
+    if args.samples and _rdkit():
+        samples = family.sample_molecules(model, args.samples, args.temperature,
+                                          args.batch_size, args.seed)
+        train = family.data(options, **where).smiles
+        metrics |= family.sample_metrics(samples, train)
+        print(f"{args.samples} samples: validity {metrics['validity']:.3f}, "
+              f"unique@10k {metrics['unique@10k']}, novelty {metrics['novelty']}")
+    elif args.samples:
+        print("sample metrics need RDKit (pip install rdkit): skipped")
+    common.write_report(report_path, args, metrics)
+    return 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    device = common.resolve_device(args.device)
+    out = folder.check_output_file(args.out, inputs={"--checkpoint": args.checkpoint})
+    common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
+    model = load_checkpoint(args.checkpoint, map_location=device).eval()
+    samples = family.sample_molecules(model, args.num, args.temperature, args.batch_size,
+                                      args.seed)
+    out.write_text("\n".join(samples) + "\n")
+    for smiles in samples[:5]:
+        print(smiles)
+    print(f"wrote {len(samples)} molecules (z ~ N(0, I), temperature {args.temperature}) "
+          f"to {out}")
+    return 0
+
+
+def optimize(args: argparse.Namespace) -> int:
+    device = common.resolve_device(args.device)
+    out = folder.check_writable_dir(args.out)
+    if not _rdkit():
+        raise common.UsageError("smiles optimize scores molecules with RDKit: pip install rdkit")
+    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
+    model = load_checkpoint(args.checkpoint, map_location=device).eval()
+    pool = family.data(options, root=args.data_root, download=not args.no_download).smiles
+    found = family.latent_search(
+        model, pool, args.property, subset=args.subset, starts=args.starts, steps=args.steps,
+        record_every=args.record_every, lr=args.lr, prior_weight=args.prior_weight,
+        predictor_epochs=args.predictor_epochs, seed=args.seed)
+    top = found.pop("top")
+    write_json(out / "metrics.json", {
+        "command": common.command_line(common.PROGRAM), "checkpoint": str(args.checkpoint),
+        "property": args.property, **found})
+    if top:
+        family.save_molecule_grid(out / "top_found.png", [s for s, _ in top],
+                                  [f"{args.property} {v:.3f}" for _, v in top])
+    search = found["latent_search"]
+    print(f"{args.property}: training subset best {found['training_subset']['best']:.4f}, "
+          f"latent search best {search['best']}, random prior best "
+          f"{found['random_prior_same_decodes']['best']} ({search['decodes']} decodes each)")
+    print(f"wrote metrics.json{', top_found.png' if top else ''} to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------- options
+def _checkpoint_parser(actions, name: str, run, **texts: str) -> argparse.ArgumentParser:
+    parser = actions.add_parser(name, **texts)
+    common.add_checkpoint_options(parser)
+    parser.set_defaults(run=run, memory_options=("--batch-size",))
+    return parser
+
+
+def _sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--temperature", type=common.positive_float, default=1.0,
+                        help="decoding temperature (default 1.0)")
+    parser.add_argument("--batch-size", type=common.positive_int, default=1000,
+                        help="molecules decoded at once (default 1000)")
+
+
+def add_parser(sub) -> list[argparse.ArgumentParser]:
+    """``pyrovae smiles`` and its five subcommands; returns every parser (for -v/-q)."""
+    d = family.DEFAULTS
+    parser = sub.add_parser(
+        FAMILY, help="train, resume, evaluate, sample or optimize the SMILES VAE",
+        description="The SMILES VAE (Gómez-Bombarelli et al. 2018): a bidirectional-GRU "
+        "encoder and a GRU decoder over SMILES tokens, on MOSES molecules.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    tr = actions.add_parser(
+        "train", help="train the SMILES VAE into a run folder",
+        description="Train the SMILES VAE on --train-limit molecules drawn from MOSES's "
+        "training split (an epoch is a chunk of --epoch-size of them); the run folder gets "
+        "last.pt (resumable), options.json, train.json, metrics.csv and curve.png.")
+    add = tr.add_argument
+    add("--train-limit", type=common.positive_int, default=d["train_limit"],
+        help=f"molecules drawn (with --seed) from MOSES's training split "
+        f"(default {d['train_limit']})")
+    add("--epoch-size", type=common.positive_int, default=d["epoch_size"],
+        help=f"molecules per epoch, a chunk of them (default {d['epoch_size']})")
+    add("--latent-dim", type=common.positive_int, default=d["latent_dim"],
+        help=f"K (default {d['latent_dim']})")
+    add("--embedding-dim", type=common.positive_int, default=d["embedding_dim"],
+        help=f"token embedding width (default {d['embedding_dim']})")
+    add("--encoder-size", type=common.positive_int, default=d["encoder_size"],
+        help=f"encoder GRU width, each direction (default {d['encoder_size']})")
+    add("--decoder-size", type=common.positive_int, default=d["decoder_size"],
+        help=f"decoder GRU width (default {d['decoder_size']})")
+    add("--layers", type=common.positive_int, default=d["layers"],
+        help=f"decoder GRU layers (default {d['layers']})")
+    add("--clip-norm", type=common.positive_float, default=d["clip_norm"],
+        help=f"clip the gradient's global norm (default {d['clip_norm']})")
+    add("--kl-start", type=float, default=d["kl_start"],
+        help=f"KL weight of the first epoch (default {d['kl_start']})")
+    add("--kl-epochs", type=common.positive_int, default=d["kl_epochs"],
+        help=f"epochs over which the KL weight rises to its cap (default {d['kl_epochs']})")
+    add("--kl-cap", type=common.positive_float, default=d["kl_cap"],
+        help=f"the KL weight's final value, per molecule (default {d['kl_cap']}: the ELBO)")
+    add("--kl-cap-per-token", type=common.positive_float, default=None,
+        help="the cap on MOSES's token-mean scale (overrides --kl-cap; default: none)")
+    add("--kl-floor", type=float, default=d["kl_floor"],
+        help="free bits: nats per molecule below which the KL is not pushed down "
+        f"(default {d['kl_floor']}: none)")
+    add("--word-dropout", type=float, default=d["word_dropout"],
+        help=f"probability of dropping each decoder input (default {d['word_dropout']})")
+    add("--bucket-pool", type=common.non_negative_int, default=d["bucket_pool"],
+        help=f"batches per length-sorted pool (default {d['bucket_pool']}; 0: random batches)")
+    add("--monitor-size", type=common.non_negative_int, default=d["monitor_size"],
+        help="held-out molecules for the per-epoch KL and active units "
+        f"(default {d['monitor_size']}; 0: none)")
+    add("--checkpoint-every", type=common.positive_int, default=d["checkpoint_every"],
+        help=f"steps between checkpoints (default {d['checkpoint_every']})")
+    common.add_train_basics(tr, out="runs/smiles", epochs=None)
+    add("--epochs", type=common.positive_int, default=100, help="training epochs (default 100)")
+    add("--batch-size", type=common.positive_int, default=d["batch_size"],
+        help=f"molecules per step and process (default {d['batch_size']})")
+    add("--lr", type=common.positive_float, default=d["lr"], help=f"Adam step ({d['lr']})")
+    tr.set_defaults(run=train, memory_options=("--batch-size",))
+
+    re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))
+
+    ev = _checkpoint_parser(
+        actions, "evaluate", evaluate, help="test ELBO, KL, active units, sample metrics",
+        description="The one-sample test ELBO, KL and active units of a checkpoint on MOSES "
+        "test molecules; with RDKit, the greedy reconstruction accuracy and the validity, "
+        "uniqueness and novelty of --samples molecules from the prior.")
+    ev.add_argument("--test-limit", type=common.positive_int, default=1000,
+                    help="test molecules drawn (default 1000)")
+    ev.add_argument("--samples", type=common.non_negative_int, default=1000,
+                    help="molecules sampled for the sample metrics (default 1000; 0: none)")
+    ev.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    _sampling(ev)
+    common.add_data_options(ev)
+
+    sa = _checkpoint_parser(
+        actions, "sample", sample, help="decode molecules from the prior into a text file",
+        description="SMILES strings decoded from z ~ N(0, I), one per line.")
+    sa.add_argument("--num", type=common.positive_int, default=100,
+                    help="molecules (default 100)")
+    sa.add_argument("--out", default="samples.smi",
+                    help="text file, one SMILES a line (default samples.smi)")
+    _sampling(sa)
+
+    op = _checkpoint_parser(
+        actions, "optimize", optimize, help="optimise a property in the latent space (RDKit)",
+        description="Encode --subset of the run's training molecules, fit a property "
+        "predictor on their codes, climb it from the --starts best codes, decode on the way; "
+        "against as many decodes of prior draws. Writes metrics.json and top_found.png.")
+    op.add_argument("--property", choices=["qed", "penalized_logp"], default="qed",
+                    help="RDKit's score to raise (default qed)")
+    op.add_argument("--subset", type=common.positive_int, default=2000,
+                    help="training molecules encoded and scored (default 2000)")
+    op.add_argument("--starts", type=common.positive_int, default=20,
+                    help="ascent paths, from the best codes (default 20)")
+    op.add_argument("--steps", type=common.positive_int, default=100,
+                    help="ascent steps per path (default 100)")
+    op.add_argument("--record-every", type=common.positive_int, default=10,
+                    help="steps between decodes (default 10)")
+    op.add_argument("--lr", type=common.positive_float, default=0.05,
+                    help="Adam's step in z (default 0.05)")
+    op.add_argument("--prior-weight", type=float, default=0.1,
+                    help="pull towards the prior: maximise f(z) - w |z|^2 / 2 (default 0.1)")
+    op.add_argument("--predictor-epochs", type=common.positive_int, default=300,
+                    help="epochs of the property predictor (default 300)")
+    op.add_argument("--out", default="runs/smiles_optimize",
+                    help="folder for metrics.json and top_found.png (default "
+                    "runs/smiles_optimize)")
+    common.add_data_options(op)
+    return [parser, tr, re, ev, sa, op]
