@@ -308,7 +308,7 @@ def test_ctrl_c_after_the_first_checkpoint_says_they_are_intact_and_how_to_resum
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
