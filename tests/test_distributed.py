@@ -397,7 +397,7 @@ def test_cli_train_with_two_devices_writes_one_run(tmp_path):
     assert "error" not in done.stderr.lower()
     assert done.stderr.count("epoch 0:") == 1  # rank 0 alone logs
     assert {p.name for p in out.iterdir()} - {LOCK_FILE} == {
-        "last.pt", "options.json", "train.json"}
+        "last.pt", "options.json", "train.json", "metrics.csv", "curve.png"}
     options = json.loads((out / "options.json").read_text())
     assert (options["devices"], options["num_nodes"]) == (2, 1)
     stored = read_checkpoint(out / "last.pt")["fit_config"]
