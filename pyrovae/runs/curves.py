@@ -75,6 +75,8 @@ def save_curve(path: str | os.PathLike, rows: Sequence[dict[str, Any]], title: s
                               markersize=3, color="tab:orange", label=TEST_METRICS[name][0])
         other.set_ylabel(TEST_METRICS[name][1], color="tab:orange")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs) == 1:  # one point: whole epochs either side, not a tick every 0.015
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     # above the axes, so that neither curve is hidden under it
     ax.legend(handles=handles, labels=[h.get_label() for h in handles], loc="lower center",
               bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=9)
