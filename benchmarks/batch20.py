@@ -28,13 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from experiments.common import command_line, machine  # noqa: E402
 from plain_models import PlainVAE  # noqa: E402
 from run_benchmarks import plain_epoch  # noqa: E402
 
 from pyrovae import fit  # noqa: E402
 from pyrovae.data import binarize, load_dataset  # noqa: E402
 from pyrovae.models.vae import VAE  # noqa: E402
+from pyrovae.runs.provenance import command_line, machine  # noqa: E402
 
 SETTINGS = {  # name -> (fit's objective options, plain loss's particles)
     "elbo_k1": (dict(objective="elbo"), 1),

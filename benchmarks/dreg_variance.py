@@ -24,12 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from experiments.common import command_line, machine  # noqa: E402
-
 from pyrovae import fit  # noqa: E402
 from pyrovae.data import DynamicBinarized, binarize, load_dataset  # noqa: E402
 from pyrovae.infer import make_objective, param_scope  # noqa: E402
 from pyrovae.models.vae import VAE  # noqa: E402
+from pyrovae.runs.provenance import command_line, machine  # noqa: E402
 
 
 def gradients(vae: VAE, objective, x: torch.Tensor, draws: int) -> dict[str, torch.Tensor]:

@@ -25,11 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from pyrovae.models.m2_presets import m2_preset  # noqa: E402
-
 import pyrovae  # noqa: E402
 from pyrovae.data import load_dataset  # noqa: E402
 from pyrovae.infer import SumAndSampleELBO, make_objective  # noqa: E402
+from pyrovae.runs.m2_presets import m2_preset  # noqa: E402
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """M2's step scheme on the CPU: one joint step per (unlabelled, labelled) pair, or alternating.
 
 Both schemes optimise the same objective, Kingma et al.'s eq. (9) with Pyro's weighting
-(``alpha = 46`` per labelled image; ``pyrovae.models.m2_presets`` ``"pyro_ssvae"``: 784-500-50
+(``alpha = 46`` per labelled image; ``pyrovae.runs.m2_presets`` ``"pyro_ssvae"``: 784-500-50
 softplus, grey levels, Adam 4.2e-4 with betas (0.95, 0.999), batches of 200), and differ only
 in how an epoch's steps are cut:
 
@@ -34,11 +34,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from pyrovae.models.m2_presets import m2_preset  # noqa: E402
-
-from experiments.m2.common import prepare_data  # noqa: E402
 from pyrovae.infer import SumAndSampleELBO, make_objective  # noqa: E402
 from pyrovae.infer.precision import autocast_networks  # noqa: E402
+from pyrovae.runs.data import semi_supervised_set  # noqa: E402
+from pyrovae.runs.m2_presets import m2_preset  # noqa: E402
 
 
 def main() -> int:
@@ -62,7 +61,8 @@ def main() -> int:
     torch.set_num_threads(1)
     pyro.enable_validation(False)
     preset = m2_preset("pyro_ssvae")
-    data = prepare_data("mnist", args.labels, 10000, args.seed, "grey", None)
+    data = semi_supervised_set("mnist", n_labelled=args.labels, n_validation=10000,
+                               seed=args.seed, binarization="grey")
     (xu,), (xl, yl) = data.unlabelled, data.labelled
     torch.manual_seed(args.seed)
     pyro.set_rng_seed(args.seed)

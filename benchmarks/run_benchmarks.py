@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from plain_models import PlainM2, PlainPPCA, PlainVAE  # noqa: E402
-from pyrovae.models.m2_presets import m2_preset  # noqa: E402
 
 from pyrovae import fit  # noqa: E402
 from pyrovae.data import binarize, labelled_split, load_dataset  # noqa: E402
 from pyrovae.infer import make_objective, param_scope  # noqa: E402
 from pyrovae.models import M2, PPCA  # noqa: E402
 from pyrovae.models.vae import VAE  # noqa: E402
+from pyrovae.runs.m2_presets import m2_preset  # noqa: E402
 from pyrovae.runs.provenance import command_line, machine  # noqa: E402
 
 

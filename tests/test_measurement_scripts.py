@@ -1,0 +1,103 @@
+"""Smoke tests of the measurement scripts behind the issue-23/24/26 tables: each runs with tiny
+arguments as a subprocess and writes the records its README table is made from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data(*parts: str) -> str:
+    root = os.environ.get("PYROVAE_DATA")
+    if not root or not Path(root, *parts).exists():
+        pytest.skip(f"{'/'.join(parts)} not found: set PYROVAE_DATA to the shared data folder")
+    return root
+
+
+def _run(*argv: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_batch20_step_cost(tmp_path):
+    _data("MNIST", "raw", "train-images-idx3-ubyte.gz")
+    out = tmp_path / "batch20.json"
+    _run("benchmarks/batch20.py", "--rows", "60", "--epochs", "2", "--settings", "iwae_k5",
+         "elbo_k1", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["batch_size"] == 20 and report["rows"] == 60
+    assert report["command"] and report["machine"]
+    assert {r["setting"] for r in report["results"]} == {"iwae_k5", "elbo_k1"}
+    assert all(r["pyrovae_ms_per_step"] > 0 and r["plain_ms_per_step"] > 0
+               for r in report["results"])
+
+
+def test_dreg_variance(tmp_path):
+    _data("MNIST", "raw", "train-images-idx3-ubyte.gz")
+    out = tmp_path / "dreg.json"
+    stdout = _run("benchmarks/dreg_variance.py", "--draws", "3", "--epochs", "0", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert (report["k"], report["draws"]) == (5, 3)
+    # DReG changes only the encoder's gradient: the decoder's variance ratio is exactly 1
+    assert "decoder: total variance" in stdout and "ratio 1.00" in stdout.split("decoder:")[1]
+
+
+def test_m2_step_timing():
+    lines = _run("benchmarks/m2_step_timing.py", "--rounds", "1", "--steps", "1",
+                 "--batch", "10").strip().splitlines()
+    rows = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {(r["objective"], r["precision"]) for r in rows} >= {
+        ("sum_and_sample k=3", "bf16"), ("sum_and_sample k=3", "fp32")}
+    assert all(r["seconds_per_step"] > 0 for r in rows)
+
+
+def test_m2_estimator_variance(tmp_path):
+    _data("MNIST", "raw", "train-images-idx3-ubyte.gz")
+    out = tmp_path / "variance.json"
+    _run("benchmarks/m2_estimator_variance.py", "--draws", "3", "--batch", "10", "--topk", "3",
+         "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["estimator"] for r in rows] == ["enum", "sum_and_sample k=3"]
+
+
+@pytest.mark.slow
+def test_m2_step_schemes(tmp_path):
+    _data("MNIST", "raw", "train-images-idx3-ubyte.gz")
+    out = tmp_path / "scheme.jsonl"
+    _run("benchmarks/m2_step_schemes.py", "--scheme", "alternating", "--labels", "100",
+         "--epochs", "1", "--cpu-minutes", "0.01", "--out", str(out))
+    row = json.loads(out.read_text().splitlines()[0])
+    assert (row["scheme"], row["epoch"], row["labels"]) == ("alternating", 1, 100)
+    assert 0 <= row["val_error_percent"] <= 100
+
+
+def test_sketch_bucket_speed(tmp_path):
+    _data("sketch-rnn-datasets", "aaron_sheep", "aaron_sheep.npz")
+    out = tmp_path / "sketch.json"
+    _run("-m", "experiments.sketch_rnn.bucket_speed", "--steps", "1", "--batch-size", "10",
+         "--latent-dim", "4", "--encoder-size", "8", "--decoder-size", "8", "--num-mixtures", "2",
+         "--out", str(out))
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"random", "bucketed"} and report["provenance"]
+    assert report["cpu_speedup_bucketed_vs_random"] > 0
+
+
+def test_smiles_bucket_speed(tmp_path):
+    _data("moses", "train.csv.gz")
+    out = tmp_path / "smiles.json"
+    _run("-m", "experiments.smiles.bucket_speed", "--train-limit", "500", "--steps", "1",
+         "--batch-size", "16", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"random", "bucketed"} and report["provenance"]
+    # bucketed batches are trimmed to their longest molecule: never wider than the padding
+    assert report["results"]["bucketed"]["mean_columns_per_batch"] <= report["padded_columns"]
