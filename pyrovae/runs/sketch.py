@@ -299,9 +299,10 @@ def complete(model: SketchRNN, x: torch.Tensor, lengths: torch.Tensor, out, data
                 stats["ended"] += float((drawn_lengths < model.max_length).sum())
                 stats["n"] += len(drawn_lengths)
         source = "the partial sketch" if latent == "encode" else "the prior"
-        sketch_figures.save_completion_grid(
-            out / f"completion_{latent}.png", rows, kept, titles,
-            f"{dataset}: finishing test sketches (black: given, blue: drawn), z from {source}")
+        sketch_figures.save_sketch_grid(
+            out / f"completion_{latent}.png", rows, titles,
+            f"{dataset}: finishing test sketches (black: given, blue: drawn), z from {source}",
+            prefix_rows=kept)
     for stats in summary.values():
         stats["mean_drawn_rows"] = stats.pop("drawn_rows") / stats["n"]
         stats["ended_fraction"] = stats.pop("ended") / stats["n"]
