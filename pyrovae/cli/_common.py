@@ -63,6 +63,11 @@ def add_device_seed(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=arguments.seed, default=0, help="seed (default 0)")
 
 
+def where(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the data come from: ``--data-root`` and ``--no-download`` as loaders' keywords."""
+    return dict(root=args.data_root, download=not args.no_download)
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-root", default=None,
@@ -114,7 +119,6 @@ def dest(option: str) -> str:
 def progress_enabled(args: argparse.Namespace) -> bool | None:
     """``fit``'s ``progress=``: off with ``-q``, else a tqdm bar when stderr is a terminal."""
     return False if getattr(args, "log_level", logging.INFO) >= logging.WARNING else None
-
 
 
 # ---------------------------------------------------------------------------------- run folders

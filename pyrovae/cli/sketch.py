@@ -42,8 +42,7 @@ def train(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: bool) -> int:
     device = common.resolve_device(args.device)
-    sketches = family.data(options, root=args.data_root, download=not args.no_download,
-                           device=device)
+    sketches = family.data(options, device=device, **common.where(args))
     torch.manual_seed(options["seed"])
     model = family.build(options, device)
     write_json(out / folder.OPTIONS_FILE, options)
@@ -63,8 +62,8 @@ def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: b
 
 def _test_sketches(args: argparse.Namespace, options: dict[str, Any], device) -> family.Sketches:
     limit = args.test_limit if args.test_limit is not None else options.get("test_limit")
-    return family.data({**options, "test_limit": limit}, root=args.data_root,
-                       download=not args.no_download, device=device, train=False)
+    return family.data({**options, "test_limit": limit}, device=device, train=False,
+                       **common.where(args))
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -48,7 +48,7 @@ def train(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: bool) -> int:
     device = common.resolve_device(args.device)
-    where = dict(root=args.data_root, download=not args.no_download)
+    where = common.where(args)
     molecules = family.data(options, **where)
     model = family.build(options, molecules)
     write_json(out / folder.OPTIONS_FILE, options)
@@ -70,7 +70,7 @@ def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: b
 def evaluate(args: argparse.Namespace) -> int:
     device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
     model.eval()
-    where = dict(root=args.data_root, download=not args.no_download)
+    where = common.where(args)
     pool = load_smiles("test", size=args.test_limit, seed=args.seed, **where)
     targets = family.covered_molecules(model, pool)
     metrics = family.test_metrics(model, targets, args.batch_size)
@@ -112,7 +112,7 @@ def optimize(args: argparse.Namespace) -> int:
         raise common.UsageError("smiles optimize scores molecules with RDKit: pip install rdkit")
     options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
     model = load_checkpoint(args.checkpoint, map_location=device).eval()
-    pool = family.data(options, root=args.data_root, download=not args.no_download).smiles
+    pool = family.data(options, **common.where(args)).smiles
     found = family.latent_search(
         model, pool, args.property, subset=args.subset, starts=args.starts, steps=args.steps,
         record_every=args.record_every, lr=args.lr, prior_weight=args.prior_weight,
@@ -133,10 +133,6 @@ def optimize(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- options
-def _checkpoint_parser(actions, name: str, run, **texts: str) -> argparse.ArgumentParser:
-    return common.add_checkpoint_parser(actions, name, run, ("--batch-size",), **texts)
-
-
 def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=common.positive_float, default=1.0,
                         help="decoding temperature (default 1.0)")
@@ -188,9 +184,11 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     tr.set_defaults(run=train, memory_options=("--batch-size",))
 
     re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))
+    checkpoint = functools.partial(common.add_checkpoint_parser, actions,
+                                   memory_options=("--batch-size",))
 
-    ev = _checkpoint_parser(
-        actions, "evaluate", evaluate, help="test ELBO, KL, active units, sample metrics",
+    ev = checkpoint(
+        "evaluate", evaluate, help="test ELBO, KL, active units, sample metrics",
         description="The one-sample test ELBO, KL and active units of a checkpoint on MOSES "
         "test molecules; with RDKit, the greedy reconstruction accuracy and the validity, "
         "uniqueness and novelty of --samples molecules from the prior.")
@@ -202,8 +200,8 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     _sampling(ev)
     common.add_data_options(ev)
 
-    sa = _checkpoint_parser(
-        actions, "sample", sample, help="decode molecules from the prior into a text file",
+    sa = checkpoint(
+        "sample", sample, help="decode molecules from the prior into a text file",
         description="SMILES strings decoded from z ~ N(0, I), one per line.")
     sa.add_argument("--num", type=common.positive_int, default=100,
                     help="molecules (default 100)")
@@ -211,8 +209,8 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
                     help="text file, one SMILES a line (default samples.smi)")
     _sampling(sa)
 
-    op = _checkpoint_parser(
-        actions, "optimize", optimize, help="optimise a property in the latent space (RDKit)",
+    op = checkpoint(
+        "optimize", optimize, help="optimise a property in the latent space (RDKit)",
         description="Encode --subset of the run's training molecules, fit a property "
         "predictor on their codes, climb it from the --starts best codes, decode on the way; "
         "against as many decodes of prior draws. Writes metrics.json and top_found.png.")
