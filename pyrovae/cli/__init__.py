@@ -18,6 +18,8 @@ import argparse
 import logging
 import sys
 
+import torch
+
 from pyrovae.cli import impute, m2, ppca, sketch, smiles, vae
 from pyrovae.cli._common import OneLineParser, is_out_of_memory, out_of_memory_message
 from pyrovae.cli.arguments import refuse_unused_options
@@ -91,17 +93,12 @@ def _fault(err: Exception, args: argparse.Namespace) -> int:
         return _fail(disk_full_message(args, full), status=RUN_FAULT)
     if isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)):
         return _fail(str(err))
-    if isinstance(err, torch_oom_types()) and is_out_of_memory(err):
+    memory_errors = (torch.OutOfMemoryError, RuntimeError, MemoryError)
+    if isinstance(err, memory_errors) and is_out_of_memory(err):
         return _fail(out_of_memory_message(args))
     if args.log_level <= logging.DEBUG:
         raise err
     return _fail(unforeseen_message(err), status=RUN_FAULT)
-
-
-def torch_oom_types() -> tuple[type[BaseException], ...]:
-    import torch
-
-    return (torch.OutOfMemoryError, RuntimeError, MemoryError)
 
 
 if __name__ == "__main__":

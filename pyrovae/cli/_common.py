@@ -63,6 +63,11 @@ def add_device_seed(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=arguments.seed, default=0, help="seed (default 0)")
 
 
+def where(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the data come from: ``--data-root`` and ``--no-download`` as loaders' keywords."""
+    return dict(root=args.data_root, download=not args.no_download)
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-root", default=None,
@@ -114,7 +119,6 @@ def dest(option: str) -> str:
 def progress_enabled(args: argparse.Namespace) -> bool | None:
     """``fit``'s ``progress=``: off with ``-q``, else a tqdm bar when stderr is a terminal."""
     return False if getattr(args, "log_level", logging.INFO) >= logging.WARNING else None
-
 
 
 # ---------------------------------------------------------------------------------- run folders
@@ -175,10 +179,25 @@ def add_resume_parser(
     return parser
 
 
-def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_parser(
+    actions, name: str, run: Callable[..., int], memory_options: tuple[str, ...], **texts: str
+) -> argparse.ArgumentParser:
+    """``pyrovae FAMILY NAME`` reading ``--checkpoint``, with the device and seed options."""
+    parser = actions.add_parser(name, **texts)
     parser.add_argument("--checkpoint", required=True,
                         help="a checkpoint written by train (RUN/last.pt or RUN/best.pt)")
     add_device_seed(parser)
+    parser.set_defaults(run=run, memory_options=memory_options)
+    return parser
+
+
+def add_defaulted(parser: argparse.ArgumentParser, defaults: dict[str, Any], option: str,
+                  type: Callable[[str], Any] | None, help: str, note: str = "",
+                  **kwargs: Any) -> None:
+    """``option`` with its value in ``defaults``, the help ending ``(default VALUE NOTE)``."""
+    default = defaults[dest(option)]
+    parser.add_argument(option, type=type, default=default,
+                        help=f"{help} (default {default}{note})", **kwargs)
 
 
 def training_options(checkpoint: dict[str, Any], path: str | os.PathLike, family: str) -> dict:
@@ -250,14 +269,17 @@ class OpenedCheckpoint(NamedTuple):
 
 
 def open_checkpoint(
-    args: argparse.Namespace, family: str, *, optional_out: bool = False
+    args: argparse.Namespace, family: str, *, optional_out: bool = False, out_dir: bool = False
 ) -> OpenedCheckpoint:
     """``evaluate``'s and ``sample``'s checks, in order (``--device``, ``--out``, then
     ``--checkpoint`` written by ``pyrovae FAMILY train``) and the model loaded on the device.
-    With ``optional_out`` an empty ``--out`` means no file."""
+    With ``optional_out`` an empty ``--out`` means no file; with ``out_dir`` it is a folder."""
     device = resolve_device(args.device)
-    out = None if optional_out and not args.out else folder.check_output_file(
-        args.out, inputs={"--checkpoint": args.checkpoint})
+    if out_dir:
+        out = folder.check_writable_dir(args.out)
+    else:
+        out = None if optional_out and not args.out else folder.check_output_file(
+            args.out, inputs={"--checkpoint": args.checkpoint})
     options = training_options(read_checkpoint(args.checkpoint), args.checkpoint, family)
     return OpenedCheckpoint(device, out, options,
                             load_checkpoint(args.checkpoint, map_location=device))
@@ -294,8 +316,8 @@ def add_evaluate_parser(
 ) -> argparse.ArgumentParser:
     """``evaluate``: the checkpoint, device and seed, ``--num-samples`` (default
     ``num_samples``), ``--eval-examples``, ``--test-size``, ``--out`` and the data options."""
-    parser = actions.add_parser("evaluate", help=help, description=description)
-    add_checkpoint_options(parser)
+    parser = add_checkpoint_parser(actions, "evaluate", run, ("--num-samples",), help=help,
+                                   description=description)
     parser.add_argument("--num-samples", type=non_negative_int, default=num_samples,
                         help=f"importance samples K for the NLL (default {num_samples}; "
                         "0 skips it)")
@@ -304,7 +326,6 @@ def add_evaluate_parser(
     parser.add_argument("--test-size", type=positive_int, default=None, help=test_size_help)
     parser.add_argument("--out", default=None, help="also write the metrics to this JSON file")
     add_data_options(parser)
-    parser.set_defaults(run=run, memory_options=("--num-samples",))
     return parser
 
 
@@ -313,10 +334,9 @@ def add_sample_parser(
     memory_options: tuple[str, ...],
 ) -> argparse.ArgumentParser:
     """``sample``: the checkpoint, device and seed and ``--out`` (default ``out``, a PNG)."""
-    parser = actions.add_parser("sample", help=help, description=description)
-    add_checkpoint_options(parser)
+    parser = add_checkpoint_parser(actions, "sample", run, memory_options, help=help,
+                                   description=description)
     parser.add_argument("--out", default=out, help=f"PNG file (default {out})")
-    parser.set_defaults(run=run, memory_options=memory_options)
     return parser
 
 

@@ -20,7 +20,6 @@ def seed(text: str) -> int:
     return value
 
 
-
 #: Options that only some settings use, by ``(command, action)``: ``(option, used(args), when)``.
 #: Given with another setting, such an option would be ignored without a word.
 USED_ONLY_WITH = {

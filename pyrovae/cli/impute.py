@@ -66,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
     data = image_set(
         dataset, binarization="dynamic" if model.likelihood.name == "bernoulli" else "grey",
         seed=args.seed,
-        train_size=1, test_size=args.num_images, root=args.data_root,
-        download=not args.no_download, device=device,
+        train_size=1, test_size=args.num_images, device=device, **common.where(args),
     )
     if data.data_dim != model.data_dim:  # else a shape error that names no option
         raise common.UsageError(

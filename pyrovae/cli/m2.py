@@ -30,11 +30,6 @@ DEFAULT_SPLIT = {"mnist": (100, 10_000), "fashion-mnist": (100, 10_000), "digits
                  "svhn": (1000, 10_000)}
 
 
-def m2_images(model, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Decoder means ``E[x | y, z]`` [N, D] (the one call of the decoder)."""
-    return model.decode(z, y)
-
-
 # ----------------------------------------------------------------- subcommands
 def train(args: argparse.Namespace) -> int:
     dataset = canonical_name(args.dataset)
@@ -56,14 +51,9 @@ def train(args: argparse.Namespace) -> int:
         return _fit(args, out, options, resume=False)
 
 
-def _data(options: dict[str, Any], args: argparse.Namespace, device: torch.device):
-    return family.data(options, root=args.data_root, download=not args.no_download,
-                       device=device)
-
-
 def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -> int:
     device = common.resolve_device(args.device)
-    data = _data(options, args, device)
+    data = family.data(options, device=device, **common.where(args))
     options["image_shape"] = list(data.image_shape)
     torch.manual_seed(options["seed"])
     model = family.build(options, data)
@@ -81,7 +71,7 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
 
 def evaluate(args: argparse.Namespace) -> int:
     device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
-    data = _data(options, args, device)
+    data = family.data(options, device=device, **common.where(args))
     x, y = data.x_test[: args.test_size], data.y_test[: args.test_size]
     torch.manual_seed(args.seed)
     metrics = family.metrics(model, x, y, num_samples=args.num_samples,
@@ -103,7 +93,7 @@ def sample(args: argparse.Namespace) -> int:
     z = z.repeat(classes, 1).to(device)  # row c, column j: class c in style j
     y = torch.arange(classes, device=device).repeat_interleave(columns)
     return common.write_samples(
-        m2_images(model, y, z), options, columns, out,
+        model.decode(z, y), options, columns, out,
         f"{classes} x {columns} samples (one row per class)",
         title="M2 samples: a class y per row, a style z ~ N(0, I) per column",
         row_labels=[f"y = {c}" for c in range(classes)])

@@ -87,51 +87,34 @@ def add_parser(sub) -> argparse.ArgumentParser:
     """The ``ppca`` subcommand's options, on the subparsers ``sub`` of the top-level parser."""
     digits, mnist = DEFAULTS["digits"], DEFAULTS["mnist"]
     ppca = sub.add_parser(
-        "ppca",
-        help="fit PPCA by the closed form and by SVI, and compare them",
+        "ppca", help="fit PPCA by the closed form and by SVI, and compare them",
         description="Fit probabilistic PCA by its closed-form maximum-likelihood solution and by "
         "SVI, print both log-likelihoods side by side, and write figures and a JSON report. "
         "Digits runs on one thread (its steps are too small to share) unless OMP_NUM_THREADS "
-        "is set.",
-    )
-    ppca.add_argument(
-        "--dataset",
-        default="digits",
-        choices=["digits", "mnist", "fashion-mnist"],
-        help="data set (default: digits, bundled with scikit-learn, works offline)",
-    )
-    ppca.add_argument("--latent-dim", type=positive_int, default=10, help="K (default 10)")
-    ppca.add_argument(
-        "--epochs", type=positive_int, default=None,
+        "is set.")
+    add = ppca.add_argument
+    add("--dataset", default="digits", choices=["digits", "mnist", "fashion-mnist"],
+        help="data set (default: digits, bundled with scikit-learn, works offline)")
+    add("--latent-dim", type=positive_int, default=10, help="K (default 10)")
+    add("--epochs", type=positive_int, default=None,
         help=f"SVI epochs (default: {digits.epochs} for digits, {mnist.epochs} for mnist and "
-        "fashion-mnist)",
-    )
-    ppca.add_argument(
-        "--lr", type=positive_float, default=None,
+        "fashion-mnist)")
+    add("--lr", type=positive_float, default=None,
         help=f"initial Adam step, cosine-decayed to 0 (default: {digits.lr} for digits, "
-        f"else {mnist.lr})",
-    )
-    ppca.add_argument(
-        "--num-particles", type=positive_int, default=None,
+        f"else {mnist.lr})")
+    add("--num-particles", type=positive_int, default=None,
         help=f"vectorised ELBO samples per point (default: {digits.num_particles} for digits, "
-        f"else {mnist.num_particles})",
-    )
-    ppca.add_argument(
-        "--batch-size", type=positive_int, default=None,
+        f"else {mnist.num_particles})")
+    add("--batch-size", type=positive_int, default=None,
         help=f"minibatch size (default: all the data for digits, {mnist.batch_size} for "
-        "mnist/fashion-mnist)",
-    )
-    ppca.add_argument(
-        "--eval-every",
-        type=positive_int,
-        default=None,
+        "mnist/fashion-mnist)")
+    add("--eval-every", type=positive_int, default=None,
         help="epochs between exact log-likelihood evaluations (default: "
-        f"{digits.eval_every} for digits, else {mnist.eval_every})",
-    )
+        f"{digits.eval_every} for digits, else {mnist.eval_every})")
     add_device_seed(ppca)
     add_parallel_options(ppca)
     add_data_options(ppca)
-    ppca.add_argument("--out", default="runs/ppca", help="output folder (default runs/ppca)")
+    add("--out", default="runs/ppca", help="output folder (default runs/ppca)")
     ppca.set_defaults(run=run, memory_options=("--num-particles", "--batch-size"))
     return ppca
 
@@ -155,34 +138,21 @@ def run(args: argparse.Namespace) -> int:
     quiet_epochs = callbacks and args.log_level > logging.DEBUG
     with epoch_lines_off() if quiet_epochs else contextlib.nullcontext():
         report, closed, model = compare_ppca(
-            dataset=args.dataset,
-            latent_dim=args.latent_dim,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            num_particles=args.num_particles,
-            root=args.data_root,
-            download=not args.no_download,
-            device=device,
-            eval_every=args.eval_every,
-            devices=args.devices,
-            num_nodes=args.num_nodes,
-            callbacks=callbacks,
-        )
+            dataset=args.dataset, latent_dim=args.latent_dim, epochs=args.epochs, lr=args.lr,
+            batch_size=args.batch_size, seed=args.seed, num_particles=args.num_particles,
+            root=args.data_root, download=not args.no_download, device=device,
+            eval_every=args.eval_every, devices=args.devices, num_nodes=args.num_nodes,
+            callbacks=callbacks)
     if global_rank() != 0:  # rank 0 writes the report and figures
         return 0
-    image_shape = load_dataset(
-        args.dataset, "test", root=args.data_root, download=False
-    ).image_shape
+    image_shape = load_dataset(args.dataset, "test", root=args.data_root,
+                               download=False).image_shape
     figures = save_figures(report, closed, model, image_shape, out)
     report["command"] = command_line("pyrovae")
     report["figures"] = [f.name for f in figures]
     write_json(out / "report.json", report)
-    print(
-        f"PPCA on {report['dataset']} (N={report['n']}, D={report['data_dim']}, "
-        f"K={report['latent_dim']})"
-    )
+    print(f"PPCA on {report['dataset']} (N={report['n']}, D={report['data_dim']}, "
+          f"K={report['latent_dim']})")
     print(format_table(report))
     print(f"wrote {out / 'report.json'} and {', '.join(str(f) for f in figures)}")
     return 0

@@ -12,6 +12,7 @@ strokes.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,6 @@ import torch
 
 from pyrovae.cli import _common as common
 from pyrovae.data.sketches import SKETCH_DATASETS
-from pyrovae.infer import load_checkpoint
-from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.models.sketch_rnn import PEN_LOSSES
 from pyrovae.runs import folder, sketch_figures
 from pyrovae.runs import sketch as family
@@ -43,8 +42,7 @@ def train(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: bool) -> int:
     device = common.resolve_device(args.device)
-    sketches = family.data(options, root=args.data_root, download=not args.no_download,
-                           device=device)
+    sketches = family.data(options, device=device, **common.where(args))
     torch.manual_seed(options["seed"])
     model = family.build(options, device)
     write_json(out / folder.OPTIONS_FILE, options)
@@ -64,8 +62,8 @@ def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: b
 
 def _test_sketches(args: argparse.Namespace, options: dict[str, Any], device) -> family.Sketches:
     limit = args.test_limit if args.test_limit is not None else options.get("test_limit")
-    return family.data({**options, "test_limit": limit}, root=args.data_root,
-                       download=not args.no_download, device=device, train=False)
+    return family.data({**options, "test_limit": limit}, device=device, train=False,
+                       **common.where(args))
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -94,10 +92,8 @@ def sample(args: argparse.Namespace) -> int:
 
 
 def complete(args: argparse.Namespace) -> int:
-    device = common.resolve_device(args.device)
-    out = folder.check_writable_dir(args.out)
-    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
-    model = load_checkpoint(args.checkpoint, map_location=device).eval()
+    device, out, options, model = common.open_checkpoint(args, FAMILY, out_dir=True)
+    model.eval()
     sketches = _test_sketches(args, options, device)
     n = min(args.sketches, len(sketches.test_x))
     summary = family.complete(
@@ -140,42 +136,29 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
         "value clipping on the mean loss, KL annealing and floor, length-bucketed batches); "
         "the run folder gets last.pt (resumable), options.json, train.json, metrics.csv, "
         "curve.png and figures of samples, reconstructions and an interpolation.")
-    add = tr.add_argument
-    add("--dataset", default=d["dataset"], choices=sorted(SKETCH_DATASETS),
-        help=f"sketch-rnn data set (default {d['dataset']})")
-    add("--latent-dim", type=common.positive_int, default=d["latent_dim"],
-        help=f"K (default {d['latent_dim']})")
-    add("--encoder-size", type=common.positive_int, default=d["encoder_size"],
-        help=f"encoder LSTM width, each direction (default {d['encoder_size']})")
-    add("--decoder-size", type=common.positive_int, default=d["decoder_size"],
-        help=f"decoder LSTM width (default {d['decoder_size']})")
-    add("--num-mixtures", type=common.positive_int, default=d["num_mixtures"],
-        help=f"Gaussians of the offset mixture (default {d['num_mixtures']})")
-    add("--max-length", type=common.positive_int, default=d["max_length"],
-        help=f"N_max: longer sketches are dropped (default {d['max_length']})")
+    add, opt = tr.add_argument, functools.partial(common.add_defaulted, tr, d)
+    opt("--dataset", None, "sketch-rnn data set", choices=sorted(SKETCH_DATASETS))
+    opt("--latent-dim", common.positive_int, "K")
+    opt("--encoder-size", common.positive_int, "encoder LSTM width, each direction")
+    opt("--decoder-size", common.positive_int, "decoder LSTM width")
+    opt("--num-mixtures", common.positive_int, "Gaussians of the offset mixture")
+    opt("--max-length", common.positive_int, "N_max: longer sketches are dropped")
     add("--pen-loss", default=d["pen_loss"], choices=PEN_LOSSES,
         help="score pen states up to each sketch's end (sketch, default) or over all N_max "
         "steps (padded, the paper's)")
-    add("--w-kl", type=common.positive_float, default=d["w_kl"],
-        help=f"the paper's final KL weight w_KL (default {d['w_kl']})")
-    add("--kl-eta-min", type=common.positive_float, default=d["kl_eta_min"],
-        help=f"KL annealing's start fraction (default {d['kl_eta_min']})")
-    add("--kl-rate", type=common.positive_float, default=d["kl_rate"],
-        help=f"KL annealing's rate per step (default {d['kl_rate']})")
-    add("--kl-min", type=float, default=d["kl_min"],
-        help=f"KL floor, nats per latent dimension (default {d['kl_min']})")
+    opt("--w-kl", common.positive_float, "the paper's final KL weight w_KL")
+    opt("--kl-eta-min", common.positive_float, "KL annealing's start fraction")
+    opt("--kl-rate", common.positive_float, "KL annealing's rate per step")
+    opt("--kl-min", float, "KL floor, nats per latent dimension")
     add("--train-limit", type=common.positive_int, default=None,
         help="first N training sketches (default all)")
     add("--test-limit", type=common.positive_int, default=None,
         help="first N test sketches (default all)")
-    add("--bucket-pool", type=common.non_negative_int, default=d["bucket_pool"],
-        help=f"batches per length-sorted pool (default {d['bucket_pool']}; 0: random batches)")
-    add("--lr-decay", type=common.positive_float, default=d["lr_decay"],
-        help=f"learning-rate factor per step (default {d['lr_decay']})")
-    add("--min-lr", type=common.positive_float, default=d["min_lr"],
-        help=f"floor of the decayed rate (default {d['min_lr']})")
-    add("--clip-value", type=float, default=d["clip_value"],
-        help=f"clip each gradient value of the mean loss (default {d['clip_value']}; 0: none)")
+    opt("--bucket-pool", common.non_negative_int, "batches per length-sorted pool",
+        "; 0: random batches")
+    opt("--lr-decay", common.positive_float, "learning-rate factor per step")
+    opt("--min-lr", common.positive_float, "floor of the decayed rate")
+    opt("--clip-value", float, "clip each gradient value of the mean loss", "; 0: none")
     add("--clip-norm", type=common.positive_float, default=None,
         help="clip the global norm of the summed-loss gradient (default: none)")
     common.add_train_basics(tr, out="runs/sketch", epochs=100)
@@ -183,14 +166,12 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
 
     re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))
 
-    ev = actions.add_parser(
-        "evaluate", help="test reconstruction loss and KL of a checkpoint",
+    ev = common.add_checkpoint_parser(
+        actions, "evaluate", evaluate, (), help="test reconstruction loss and KL of a checkpoint",
         description="Mean test reconstruction loss (nats per sketch, and per step as the "
         "paper's L_R) and KL of a checkpoint, one z ~ q(z|x) per sketch.")
-    common.add_checkpoint_options(ev)
     ev.add_argument("--out", default=None, help="also write the metrics to this JSON file")
     _test_data_options(ev)
-    ev.set_defaults(run=evaluate, memory_options=())
 
     sa = common.add_sample_parser(
         actions, sample, help="draw sketches from the prior into a PNG",
@@ -200,12 +181,12 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
                     help="sketches per temperature (default 8)")
     _temperatures(sa, [0.1, 0.5, 1.0])
 
-    co = actions.add_parser(
-        "complete", help="finish test sketches from their first strokes",
+    co = common.add_checkpoint_parser(
+        actions, "complete", complete, ("--samples",),
+        help="finish test sketches from their first strokes",
         description="Keep the first --strokes strokes of --sketches test sketches and let the "
         "decoder draw the rest, with z from the partial sketch and from the prior; writes "
         "completion_encode.png, completion_prior.png and completions.json into --out.")
-    common.add_checkpoint_options(co)
     co.add_argument("--out", default="runs/sketch_complete",
                     help="folder for the figures (default runs/sketch_complete)")
     co.add_argument("--sketches", type=common.positive_int, default=4,
@@ -216,5 +197,4 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
                     help="completions per temperature (default 6)")
     _temperatures(co, [0.1, 0.3, 0.6])
     _test_data_options(co)
-    co.set_defaults(run=complete, memory_options=("--samples",))
     return [parser, tr, re, ev, sa, co]

@@ -12,6 +12,7 @@ accuracy and MOSES-style sample metrics; ``sample`` writes molecules decoded fro
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def train(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: bool) -> int:
     device = common.resolve_device(args.device)
-    where = dict(root=args.data_root, download=not args.no_download)
+    where = common.where(args)
     molecules = family.data(options, **where)
     model = family.build(options, molecules)
     write_json(out / folder.OPTIONS_FILE, options)
@@ -69,7 +70,7 @@ def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: b
 def evaluate(args: argparse.Namespace) -> int:
     device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
     model.eval()
-    where = dict(root=args.data_root, download=not args.no_download)
+    where = common.where(args)
     pool = load_smiles("test", size=args.test_limit, seed=args.seed, **where)
     targets = family.covered_molecules(model, pool)
     metrics = family.test_metrics(model, targets, args.batch_size)
@@ -92,10 +93,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def sample(args: argparse.Namespace) -> int:
-    device = common.resolve_device(args.device)
-    out = folder.check_output_file(args.out, inputs={"--checkpoint": args.checkpoint})
-    common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
-    model = load_checkpoint(args.checkpoint, map_location=device).eval()
+    _, out, _, model = common.open_checkpoint(args, FAMILY)
+    model.eval()
     samples = family.sample_molecules(model, args.num, args.temperature, args.batch_size,
                                       args.seed)
     out.write_text("\n".join(samples) + "\n")
@@ -113,7 +112,7 @@ def optimize(args: argparse.Namespace) -> int:
         raise common.UsageError("smiles optimize scores molecules with RDKit: pip install rdkit")
     options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
     model = load_checkpoint(args.checkpoint, map_location=device).eval()
-    pool = family.data(options, root=args.data_root, download=not args.no_download).smiles
+    pool = family.data(options, **common.where(args)).smiles
     found = family.latent_search(
         model, pool, args.property, subset=args.subset, starts=args.starts, steps=args.steps,
         record_every=args.record_every, lr=args.lr, prior_weight=args.prior_weight,
@@ -134,13 +133,6 @@ def optimize(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- options
-def _checkpoint_parser(actions, name: str, run, **texts: str) -> argparse.ArgumentParser:
-    parser = actions.add_parser(name, **texts)
-    common.add_checkpoint_options(parser)
-    parser.set_defaults(run=run, memory_options=("--batch-size",))
-    return parser
-
-
 def _sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=common.positive_float, default=1.0,
                         help="decoding temperature (default 1.0)")
@@ -161,55 +153,42 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
         description="Train the SMILES VAE on --train-limit molecules drawn from MOSES's "
         "training split (an epoch is a chunk of --epoch-size of them); the run folder gets "
         "last.pt (resumable), options.json, train.json, metrics.csv and curve.png.")
-    add = tr.add_argument
-    add("--train-limit", type=common.positive_int, default=d["train_limit"],
-        help=f"molecules drawn (with --seed) from MOSES's training split "
-        f"(default {d['train_limit']})")
-    add("--epoch-size", type=common.positive_int, default=d["epoch_size"],
-        help=f"molecules per epoch, a chunk of them (default {d['epoch_size']})")
-    add("--latent-dim", type=common.positive_int, default=d["latent_dim"],
-        help=f"K (default {d['latent_dim']})")
-    add("--embedding-dim", type=common.positive_int, default=d["embedding_dim"],
-        help=f"token embedding width (default {d['embedding_dim']})")
-    add("--encoder-size", type=common.positive_int, default=d["encoder_size"],
-        help=f"encoder GRU width, each direction (default {d['encoder_size']})")
-    add("--decoder-size", type=common.positive_int, default=d["decoder_size"],
-        help=f"decoder GRU width (default {d['decoder_size']})")
-    add("--layers", type=common.positive_int, default=d["layers"],
-        help=f"decoder GRU layers (default {d['layers']})")
-    add("--clip-norm", type=common.positive_float, default=d["clip_norm"],
-        help=f"clip the gradient's global norm (default {d['clip_norm']})")
-    add("--kl-start", type=float, default=d["kl_start"],
-        help=f"KL weight of the first epoch (default {d['kl_start']})")
-    add("--kl-epochs", type=common.positive_int, default=d["kl_epochs"],
-        help=f"epochs over which the KL weight rises to its cap (default {d['kl_epochs']})")
-    add("--kl-cap", type=common.positive_float, default=d["kl_cap"],
-        help=f"the KL weight's final value, per molecule (default {d['kl_cap']}: the ELBO)")
+    add, opt = tr.add_argument, functools.partial(common.add_defaulted, tr, d)
+    opt("--train-limit", common.positive_int,
+        "molecules drawn (with --seed) from MOSES's training split")
+    opt("--epoch-size", common.positive_int, "molecules per epoch, a chunk of them")
+    opt("--latent-dim", common.positive_int, "K")
+    opt("--embedding-dim", common.positive_int, "token embedding width")
+    opt("--encoder-size", common.positive_int, "encoder GRU width, each direction")
+    opt("--decoder-size", common.positive_int, "decoder GRU width")
+    opt("--layers", common.positive_int, "decoder GRU layers")
+    opt("--clip-norm", common.positive_float, "clip the gradient's global norm")
+    opt("--kl-start", float, "KL weight of the first epoch")
+    opt("--kl-epochs", common.positive_int, "epochs over which the KL weight rises to its cap")
+    opt("--kl-cap", common.positive_float, "the KL weight's final value, per molecule",
+        ": the ELBO")
     add("--kl-cap-per-token", type=common.positive_float, default=None,
         help="the cap on MOSES's token-mean scale (overrides --kl-cap; default: none)")
-    add("--kl-floor", type=float, default=d["kl_floor"],
-        help="free bits: nats per molecule below which the KL is not pushed down "
-        f"(default {d['kl_floor']}: none)")
-    add("--word-dropout", type=float, default=d["word_dropout"],
-        help=f"probability of dropping each decoder input (default {d['word_dropout']})")
-    add("--bucket-pool", type=common.non_negative_int, default=d["bucket_pool"],
-        help=f"batches per length-sorted pool (default {d['bucket_pool']}; 0: random batches)")
-    add("--monitor-size", type=common.non_negative_int, default=d["monitor_size"],
-        help="held-out molecules for the per-epoch KL and active units "
-        f"(default {d['monitor_size']}; 0: none)")
-    add("--checkpoint-every", type=common.positive_int, default=d["checkpoint_every"],
-        help=f"steps between checkpoints (default {d['checkpoint_every']})")
+    opt("--kl-floor", float,
+        "free bits: nats per molecule below which the KL is not pushed down", ": none")
+    opt("--word-dropout", float, "probability of dropping each decoder input")
+    opt("--bucket-pool", common.non_negative_int, "batches per length-sorted pool",
+        "; 0: random batches")
+    opt("--monitor-size", common.non_negative_int,
+        "held-out molecules for the per-epoch KL and active units", "; 0: none")
+    opt("--checkpoint-every", common.positive_int, "steps between checkpoints")
     common.add_train_basics(tr, out="runs/smiles", epochs=None)
     add("--epochs", type=common.positive_int, default=100, help="training epochs (default 100)")
-    add("--batch-size", type=common.positive_int, default=d["batch_size"],
-        help=f"molecules per step and process (default {d['batch_size']})")
+    opt("--batch-size", common.positive_int, "molecules per step and process")
     add("--lr", type=common.positive_float, default=d["lr"], help=f"Adam step ({d['lr']})")
     tr.set_defaults(run=train, memory_options=("--batch-size",))
 
     re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))
+    checkpoint = functools.partial(common.add_checkpoint_parser, actions,
+                                   memory_options=("--batch-size",))
 
-    ev = _checkpoint_parser(
-        actions, "evaluate", evaluate, help="test ELBO, KL, active units, sample metrics",
+    ev = checkpoint(
+        "evaluate", evaluate, help="test ELBO, KL, active units, sample metrics",
         description="The one-sample test ELBO, KL and active units of a checkpoint on MOSES "
         "test molecules; with RDKit, the greedy reconstruction accuracy and the validity, "
         "uniqueness and novelty of --samples molecules from the prior.")
@@ -221,8 +200,8 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     _sampling(ev)
     common.add_data_options(ev)
 
-    sa = _checkpoint_parser(
-        actions, "sample", sample, help="decode molecules from the prior into a text file",
+    sa = checkpoint(
+        "sample", sample, help="decode molecules from the prior into a text file",
         description="SMILES strings decoded from z ~ N(0, I), one per line.")
     sa.add_argument("--num", type=common.positive_int, default=100,
                     help="molecules (default 100)")
@@ -230,8 +209,8 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
                     help="text file, one SMILES a line (default samples.smi)")
     _sampling(sa)
 
-    op = _checkpoint_parser(
-        actions, "optimize", optimize, help="optimise a property in the latent space (RDKit)",
+    op = checkpoint(
+        "optimize", optimize, help="optimise a property in the latent space (RDKit)",
         description="Encode --subset of the run's training molecules, fit a property "
         "predictor on their codes, climb it from the --starts best codes, decode on the way; "
         "against as many decodes of prior draws. Writes metrics.json and top_found.png.")

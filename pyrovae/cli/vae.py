@@ -24,11 +24,6 @@ logger = logging.getLogger(__name__)
 FAMILY = "vae"
 
 
-def vae_images(model, n: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` decoder means ``E[x | z]``, ``z`` from the prior (the one call of the sampler)."""
-    return model.sample(n, mean=True, generator=generator)
-
-
 # ----------------------------------------------------------------- subcommands
 def train(args: argparse.Namespace) -> int:
     out, options = common.start_training(args, FAMILY, (
@@ -43,8 +38,7 @@ def train(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -> int:
     device = common.resolve_device(args.device)
-    data = family.data(options, root=args.data_root, download=not args.no_download,
-                       device=device)
+    data = family.data(options, device=device, **common.where(args))
     options["image_shape"] = list(data.image_shape)
     if options["likelihood"] == "bernoulli" and not data.binarized:
         logger.info("%s is in colour: its grey levels are not binarised; the Bernoulli "
@@ -70,8 +64,8 @@ def _fit(args: argparse.Namespace, out, options: dict[str, Any], resume: bool) -
 def evaluate(args: argparse.Namespace) -> int:
     device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
     test_size = args.test_size if args.test_size is not None else options["test_size"]
-    data = family.data(options, train_size=1, test_size=test_size, root=args.data_root,
-                       download=not args.no_download, device=device)
+    data = family.data(options, train_size=1, test_size=test_size, device=device,
+                       **common.where(args))
     torch.manual_seed(args.seed)
     metrics = family.metrics(model, data.test_x, num_samples=args.num_samples,
                           elbo_samples=args.elbo_samples, eval_examples=args.eval_examples)
@@ -89,7 +83,7 @@ def evaluate(args: argparse.Namespace) -> int:
 def sample(args: argparse.Namespace) -> int:
     device, out, options, model = common.open_checkpoint(args, FAMILY)
     generator = torch.Generator().manual_seed(args.seed)
-    images = vae_images(model, args.num, generator)
+    images = model.sample(args.num, mean=True, generator=generator)
     return common.write_samples(
         images, options, args.columns, out, f"{args.num} samples",
         title=f"VAE samples: decoder means E[x|z], z ~ N(0, I) ({options['dataset']})")

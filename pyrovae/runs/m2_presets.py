@@ -193,27 +193,13 @@ _PRESETS = {
         labelled_batch_size=200,
         epochs=50,
     ),
-    "cpu_fast": M2Preset(
-        name="cpu_fast",
-        reference="pyro_ssvae's networks and weighting with cheaper exact-in-expectation steps "
-        "(issue 26): bf16 autocast and sum-and-sample (top 3 summed, one sampled)",
-        model=dict(latent_dim=50, hidden_sizes=(500,), arch="mlp", classifier_arch="mlp",
-                   activation="softplus", labelled_weight=1.0, likelihood="bernoulli",
-                   allow_continuous=True, init_scale=None, analytic_kl=False),
-        input="grey",
-        alpha_factor=None,
-        alpha_per_labelled=46.0,
-        lr=4.2e-4,
-        betas=(0.95, 0.999),
-        batch_size=200,
-        labelled_batch_size=200,
-        epochs=100,
-        objective="sum_and_sample",
-        precision="bf16",
-        threads=2,
-    ),
 }
 
+_PRESETS["cpu_fast"] = _PRESETS["pyro_ssvae"].replace(
+    name="cpu_fast", epochs=100, objective="sum_and_sample", precision="bf16", threads=2,
+    reference="pyro_ssvae's networks and weighting with cheaper exact-in-expectation steps "
+    "(issue 26): bf16 autocast and sum-and-sample (top 3 summed, one sampled)",
+)
 _PRESETS["conv_relu"] = _PRESETS["pyrovae"].replace(
     name="conv_relu", model=dict(classifier_arch="conv", activation="relu"), epochs=300,
     reference="experiments.m2.mnist's default before presets (results/m2's early pilots)",

@@ -62,8 +62,7 @@ def data(options: dict[str, Any], *, root=None, download: bool = True, device=No
     load = dict(max_length=steps, num_steps=steps + 1, device=device, root=root,
                 download=download)
     test = load_sketches(option(options, "dataset"), "test", **load)
-    test_x, test_lengths = test.x[: options.get("test_limit")], test.lengths[
-        : options.get("test_limit")]
+    test_x, test_lengths = (t[: options.get("test_limit")] for t in (test.x, test.lengths))
     if not train:
         return Sketches(test_x[:0], test_lengths[:0], test_x, test_lengths, test.scale)
     every = load_sketches(option(options, "dataset"), "train", **load)
@@ -81,16 +80,11 @@ def kl_weight(options: dict[str, Any]) -> float:
 def build(options: dict[str, Any], device=None) -> SketchRNN:
     """The SketchRNN of a run (the one call of its constructor in both front ends), its KL
     weight at the annealing's start."""
-    latent_dim = option(options, "latent_dim")
+    sizes = ("latent_dim", "encoder_size", "decoder_size", "num_mixtures", "max_length")
     return SketchRNN(
-        latent_dim=latent_dim,
-        encoder_size=option(options, "encoder_size"),
-        decoder_size=option(options, "decoder_size"),
-        num_mixtures=option(options, "num_mixtures"),
-        max_length=option(options, "max_length"),
-        pen_loss=option(options, "pen_loss"),
+        **{name: option(options, name) for name in (*sizes, "pen_loss")},
         kl_weight=kl_weight(options) * option(options, "kl_eta_min"),
-        kl_floor=option(options, "kl_min") * latent_dim,
+        kl_floor=option(options, "kl_min") * option(options, "latent_dim"),
     ).to(device)
 
 
@@ -299,9 +293,10 @@ def complete(model: SketchRNN, x: torch.Tensor, lengths: torch.Tensor, out, data
                 stats["ended"] += float((drawn_lengths < model.max_length).sum())
                 stats["n"] += len(drawn_lengths)
         source = "the partial sketch" if latent == "encode" else "the prior"
-        sketch_figures.save_completion_grid(
-            out / f"completion_{latent}.png", rows, kept, titles,
-            f"{dataset}: finishing test sketches (black: given, blue: drawn), z from {source}")
+        sketch_figures.save_sketch_grid(
+            out / f"completion_{latent}.png", rows, titles,
+            f"{dataset}: finishing test sketches (black: given, blue: drawn), z from {source}",
+            prefix_rows=kept)
     for stats in summary.values():
         stats["mean_drawn_rows"] = stats.pop("drawn_rows") / stats["n"]
         stats["ended_fraction"] = stats.pop("ended") / stats["n"]

@@ -28,8 +28,11 @@ def draw(ax, sketch: np.ndarray) -> None:
     ax.axis("off")
 
 
-def save_sketch_grid(path: Path, rows, titles, title: str) -> Path:
-    """One row of sketches per ``(x [n, T, 5], lengths [n])`` of ``rows``, titled ``titles``."""
+def save_sketch_grid(path: Path, rows, titles, title: str,
+                     prefix_rows: list[int] | None = None) -> Path:
+    """One row of sketches per ``(x [n, T, 5], lengths [n])`` of ``rows``, titled ``titles``;
+    with ``prefix_rows``, the first ``prefix_rows[i]`` points of every sketch of row ``i`` in
+    black (what was given) and the rest in blue (what the model drew)."""
     plt = pyplot()
 
     decoded = [stroke5_to_stroke3(x, lengths) for x, lengths in rows]
@@ -39,8 +42,10 @@ def save_sketch_grid(path: Path, rows, titles, title: str) -> Path:
     for i, (sketches, label) in enumerate(zip(decoded, titles, strict=True)):
         for j in range(ncols):
             axes[i, j].axis("off")
-            if j < len(sketches):
+            if j < len(sketches) and prefix_rows is None:
                 draw(axes[i, j], sketches[j])
+            elif j < len(sketches):
+                _draw_split(axes[i, j], sketches[j], prefix_rows[i])
         axes[i, 0].set_title(label, fontsize=8, loc="left")
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)  # rank 0 alone writes in a data-parallel run
@@ -56,25 +61,6 @@ def save_interpolation(path: Path, ends, decoded, title: str) -> Path:
     x_ends[:, ends[0].shape[1]:, 4] = 1.0
     row = (torch.cat([x_ends[:1], x, x_ends[1:]]), torch.cat([l_ends[:1], lengths, l_ends[1:]]))
     return save_sketch_grid(path, [row], ["test A | interpolation (tau=0.1) | test B"], title)
-
-
-def save_completion_grid(path: Path, rows, prefix_rows: list[int], titles, title: str) -> Path:
-    """Like [`save_sketch_grid`][], with the first ``prefix_rows[i]`` points of every sketch of
-    row ``i`` in black (what was given) and the rest in blue (what the model drew)."""
-    plt = pyplot()
-
-    decoded = [stroke5_to_stroke3(x, lengths) for x, lengths in rows]
-    ncols = max(len(r) for r in decoded)
-    fig, axes = plt.subplots(len(decoded), ncols, figsize=(1.6 * ncols, 1.7 * len(decoded)),
-                             squeeze=False)
-    for i, (sketches, label) in enumerate(zip(decoded, titles, strict=True)):
-        for j in range(ncols):
-            axes[i, j].axis("off")
-            if j < len(sketches):
-                _draw_split(axes[i, j], sketches[j], prefix_rows[i])
-        axes[i, 0].set_title(label, fontsize=8, loc="left")
-    fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
 
 
 def _draw_split(ax, sketch: np.ndarray, given: int) -> None:
