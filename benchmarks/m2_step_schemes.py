@@ -52,6 +52,8 @@ def main() -> int:
                    help="joint: labelled images per step (default the preset's 200, which "
                    "cycles the labelled set N_u/N_l times per epoch; N_l * 200 / N_u visits it "
                    "once per epoch, as Kingma's scheme)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam's learning rate (default the preset's 4.2e-4)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--cpu-minutes", type=float, default=10.0,
                    help="stop before an epoch that would pass this much process CPU time")
@@ -69,7 +71,7 @@ def main() -> int:
     model = preset.build(data.num_train, args.labels)
     objective = (SumAndSampleELBO(topk=3) if args.objective == "sum_and_sample"
                  else make_objective(args.objective))
-    optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr, betas=preset.betas)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr or preset.lr, betas=preset.betas)
     device = torch.device("cpu")
 
     def step(loss_of) -> None:
@@ -132,7 +134,8 @@ def main() -> int:
                    val_error_percent=100 * error,
                    epoch_cpu_seconds=last_epoch_cpu,
                    cpu_seconds=time.process_time() - started, objective=args.objective,
-                   precision=args.precision, labels=args.labels, seed=args.seed)
+                   precision=args.precision, labels=args.labels, seed=args.seed,
+                   lr=args.lr or preset.lr)
         out.write(json.dumps(row) + "\n")
         out.flush()
         print(json.dumps(row), flush=True)

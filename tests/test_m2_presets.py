@@ -55,11 +55,13 @@ def test_cpu_preset_is_pyros_weighting_with_the_cheaper_steps():
     p = m2_preset("cpu_fast")
     m2 = p.build(num_train=50000, num_labelled=3000)
     assert m2.alpha == pytest.approx(46 * 3000)
-    assert p.fit_options() == {"objective": "sum_and_sample", "precision": "bf16"}
+    assert p.fit_options() == {"objective": "sum_and_sample", "precision": "bf16",
+                               "step_scheme": "alternating"}
     assert p.threads == 2
     # The papers' presets keep exact enumeration in float32 (faithful reproduction).
     for name in ("kingma2014", "pyro_ssvae"):
-        assert m2_preset(name).fit_options() == {"objective": "enum", "precision": "fp32"}
+        assert m2_preset(name).fit_options() == {"objective": "enum", "precision": "fp32",
+                                                 "step_scheme": "joint"}
 
 
 def test_cpu_preset_trains_through_fit():
@@ -72,6 +74,7 @@ def test_cpu_preset_trains_through_fit():
                           lr=p.lr, epochs=2, batch_size=20, **p.fit_options())
     assert history.configs[0]["config"]["precision"] == "bf16"
     assert history.configs[0]["config"]["objective"] == "SumAndSampleELBO(topk=3)"
+    assert history.configs[0]["config"]["step_scheme"] == "alternating"
     assert all(torch.isfinite(torch.tensor(history.column("loss"))))
 
 

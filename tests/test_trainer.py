@@ -128,6 +128,49 @@ def test_two_streams_sum_their_scaled_losses():
     assert history.losses[0] == pytest.approx(-log_px.sum().item(), rel=1e-6)
 
 
+def test_alternating_plan_takes_one_stream_per_step_each_once_per_epoch():
+    data = {"big": torch.zeros(1000, 2), "small": (torch.zeros(70, 2), torch.arange(70))}
+    streams = make_streams(data, torch.device("cpu"))
+    plan = BatchPlan(streams, [100, 20], seed=3, epoch=2, drop_last=False, scheme="alternating")
+    assert plan.num_steps == 10 + 4
+    active = [[i for i, b in enumerate(plan.step(k)) if b.numel()] for k in range(14)]
+    assert all(len(a) == 1 for a in active)
+    for i, n in enumerate([1000, 70]):
+        rows = torch.cat([plan.step(k)[i] for k in range(14)])
+        assert sorted(rows.tolist()) == list(range(n))
+    # The small stream's 4 batches are spread over the epoch, not bunched at one end.
+    small_steps = [k for k in range(14) if active[k] == [1]]
+    assert small_steps[0] <= 3 and small_steps[-1] >= 10
+    # Weight S * M / N on the N/M-scaled loss of the step's stream: 14 * 100/1000, 14 * 20/70
+    # (the last small batch has 10 rows).
+    weights = [plan.weights(k)[active[k][0]] for k in range(14)]
+    sizes = [plan.step(k)[active[k][0]].numel() for k in range(14)]
+    expected = [14 * m / (1000 if a == [0] else 70) for m, a in zip(sizes, active, strict=True)]
+    assert weights == pytest.approx(expected, rel=1e-12)
+    again = BatchPlan(streams, [100, 20], seed=3, epoch=2, drop_last=False, scheme="alternating")
+    assert all(torch.equal(a, b) for k in range(14)
+               for a, b in zip(plan.step(k), again.step(k), strict=True))
+
+
+def test_alternating_epoch_adds_up_to_the_full_objective():
+    x = ppca_data().double()
+    exact, log_px = exact_ppca(x)
+    two = TwoStreamModel(6, 2).double()
+    two.load_state_dict(exact.state_dict())
+    data = {"a": x[:300], "b": (x[300:], torch.zeros(100, dtype=torch.long))}
+    # With the exact model each step's weighted loss is S * sum_batch -log p(x_i) (S = 6 + 2
+    # steps), so the epoch's mean over its steps is the total -log p over both streams (the
+    # N/M-scaled losses unweighted would average to (6 A + 2 B) / 8 for stream totals A, B).
+    history = fit(two, data, lr=0.0, optimizer="sgd", epochs=1, batch_size={"a": 50, "b": 50},
+                  step_scheme="alternating")
+    assert history.epochs[0]["steps"] == 8
+    assert history.losses[0] == pytest.approx(-log_px.sum().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="step_scheme must be one of"):
+        fit(two, data, epochs=1, step_scheme="interleaved")
+    with pytest.raises(ValueError, match="step_scheme='joint'"):
+        fit(two, data, epochs=1, compiled=True, step_scheme="alternating")
+
+
 def test_user_functions_train_with_pyro_param():
     gen = torch.Generator().manual_seed(0)
     x = 3.0 + 2.0 * torch.randn(500, 1, generator=gen)

@@ -42,7 +42,7 @@ def train_m2(
     """
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     metrics: dict[str, Any] = dict(info, status="running")
 
     def test_callback(state):
@@ -57,6 +57,8 @@ def train_m2(
         metrics.update(
             epochs_done=len(state.history.epochs) + 1,
             wall_seconds=time.perf_counter() - started,
+            # user + system time of every thread of this process (this invocation)
+            cpu_seconds=time.process_time() - cpu_started,
             curve=[*state.history.epochs, row],
             best_epoch=best["epoch"],
             best_val_accuracy=best["val_accuracy"],

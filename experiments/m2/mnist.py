@@ -69,7 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test-curve", action="store_true",
                    help="also record the test error of every epoch (diagnostic only: the "
                    "protocol looks at the test set once, for the selected model)")
-    p.add_argument("--lr-decay", type=float, default=1.0, help="lr factor per epoch")
     p.add_argument("--jit", action="store_true")
     add_run_arguments(p, out="runs/m2_mnist")
     m2_family.add_options(p)
@@ -94,7 +93,8 @@ def run(args: argparse.Namespace) -> dict:
                         m1_dims_kept=data.m1_dims_kept,
                         m1_num_dims_kept=None if m1 is None else len(data.m1_dims_kept),
                         preset=args.preset, objective=args.objective,
-                        precision=args.precision,
+                        precision=args.precision, step_scheme=args.step_scheme,
+                        lr_decay=args.lr_decay, threads=args.threads,
                         binarization=args.binarization, lr=args.lr, adam_betas=args.adam_betas,
                         batch_size=batch_size, labelled_batch_size=labelled_batch_size)
             run_dir = args.out / f"labels{n_labels}_seed{seed}"
@@ -119,7 +119,7 @@ def finished_run(metrics: dict) -> dict:
     """A cell of the table from the metrics its run returned (a run finished by an earlier
     invocation returns them again when it is resumed)."""
     keys = ("labels", "seed", "test_error", "best_epoch", "epochs_done", "wall_seconds",
-            "time_to_best_seconds", "status", "command")
+            "cpu_seconds", "time_to_best_seconds", "status", "command")
     run = {k: metrics.get(k) for k in keys}
     run["seconds_per_epoch_median"] = statistics.median(row["seconds"] for row in metrics["curve"])
     return run

@@ -126,6 +126,10 @@ def _lr_factor(schedule: str | Callable[[int], float] | None, epoch: int, epochs
     return float(schedule.split(":", 1)[1]) ** epoch
 
 
+#: How a step uses the data streams: a batch of every stream, or of one stream in turn.
+STEP_SCHEMES = ("joint", "alternating")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How many epochs, which batches (sizes, last short batch, shuffling seed), on which device."""
@@ -135,10 +139,15 @@ class Schedule:
     drop_last: bool | None = None
     seed: int = 0
     device: Any = None
+    step_scheme: str = "joint"
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.step_scheme not in STEP_SCHEMES:
+            raise ValueError(
+                f"step_scheme must be one of {STEP_SCHEMES}, got {self.step_scheme!r}"
+            )
 
     def batch_sizes(self, stream_names: list[str]) -> list[int]:
         """One positive batch size per stream, in the streams' order."""

@@ -72,7 +72,7 @@ class RunState:
 def run_config(
     *, model: dict, data: dict[str, int], objective: Any, num_particles: int, optimizer: Any,
     lr: float, lr_schedule: Any, clip_norm: float | None, batch_size: list[int], seed: int,
-    precision: str = "fp32",
+    precision: str = "fp32", step_scheme: str = "joint",
 ) -> dict[str, Any]:
     """The run's settings that a resumed run is compared against (JSON-able values)."""
     return dict(
@@ -87,6 +87,7 @@ def run_config(
         batch_size=list(batch_size),
         seed=seed,
         precision=precision,
+        step_scheme=step_scheme,
     )
 
 

@@ -142,6 +142,15 @@ class BatchPlan:
     Smaller streams cycle through fresh permutations as often as needed, with batch size
     ``min(B, N_stream)``, so 100 labelled images pair with any number of unlabelled batches.
 
+    With ``scheme="alternating"`` every step takes a batch of one stream only (Pyro's SS-VAE
+    example; the others get an empty index batch, which the step skips): each stream goes
+    through one permutation in ``ceil(N_s / B_s)`` batches (planned ones as they come), and the
+    epoch's ``S = sum_s ceil(N_s / B_s)`` steps spread each stream's batches evenly over it.
+    Step ``k``'s loss weight is then ``S * M / N_s`` on its stream's N/M-scaled loss, so each
+    step is still an unbiased estimate of the whole objective and an epoch's gradients add up
+    to every stream's objective with weight 1. (Without the weight a labelled stream of 3000
+    images would count 3000/47000 as much as it should beside 47000 unlabelled ones.)
+
     With ``world_size > 1`` the batches above are the *global* ones (every rank computes the
     same plan) and `step` gives rank ``rank``'s contiguous shard of each (sizes differ by
     at most one row); `weights` gives each shard's loss weight ``world_size * M_r / M``.
@@ -156,10 +165,15 @@ class BatchPlan:
         drop_last: bool,
         rank: int = 0,
         world_size: int = 1,
+        scheme: str = "joint",
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of size {world_size}")
         self.rank, self.world_size = rank, world_size
+        self.step_weights: list[float] | None = None
+        if scheme == "alternating":
+            self._alternate(streams, batch_sizes, seed, epoch, drop_last)
+            return
         main = max(range(len(streams)), key=lambda i: streams[i].size)
         n, b = streams[main].size, batch_sizes[main]
         planned = [s.planned_batches(seed, epoch) for s in streams]
@@ -187,6 +201,33 @@ class BatchPlan:
                 chunks = list(perm[:needed].split(size))
             self.batches.append(chunks)
 
+    def _alternate(
+        self, streams: list[Stream], batch_sizes: list[int], seed: int, epoch: int,
+        drop_last: bool,
+    ) -> None:
+        own_batches = []
+        for i, (stream, size) in enumerate(zip(streams, batch_sizes, strict=True)):
+            own = stream.planned_batches(seed, epoch)
+            if own is None:
+                size = min(size, stream.size)
+                perm = torch.randperm(stream.size, generator=_generator(seed, epoch, i, 0))
+                own = list(perm.to(stream.device).split(size))
+                if drop_last and len(own) > 1 and own[-1].numel() < size:
+                    own = own[:-1]
+            own_batches.append(own)
+        # Batch j of a stream with n batches sits at (j + 1/2) / n of the epoch: evenly spread.
+        order = sorted(
+            ((j + 0.5) / len(own), i, j) for i, own in enumerate(own_batches) for j in range(len(own))
+        )
+        self.num_steps = len(order)
+        empty = [torch.zeros(0, dtype=torch.long, device=s.device) for s in streams]
+        self.batches = [[] for _ in streams]
+        self.step_weights = []
+        for _, i, j in order:
+            for s in range(len(streams)):
+                self.batches[s].append(own_batches[i][j] if s == i else empty[s])
+            self.step_weights.append(self.num_steps * own_batches[i][j].numel() / streams[i].size)
+
     def step(self, k: int) -> list[torch.Tensor]:
         """Step ``k``'s index batch of every stream (this rank's shard of it)."""
         if self.world_size == 1:
@@ -194,10 +235,13 @@ class BatchPlan:
         return [chunks[k].tensor_split(self.world_size)[self.rank] for chunks in self.batches]
 
     def weights(self, k: int) -> list[float]:
-        """Each stream's loss weight at step ``k``: ``world_size * M_r / M`` (1: equal shards)."""
+        """Each stream's loss weight at step ``k``: ``world_size * M_r / M`` (1: equal shards),
+        times the alternating scheme's weight of the step."""
         shards = self.step(k)
+        scheme = 1.0 if self.step_weights is None else self.step_weights[k]
         return [
-            self.world_size * shard.numel() / chunks[k].numel()
+            scheme * self.world_size * shard.numel() / chunks[k].numel() if chunks[k].numel()
+            else 1.0
             for shard, chunks in zip(shards, self.batches, strict=True)
         ]
 

@@ -69,6 +69,7 @@ def fit(
     epochs: int = 10,
     batch_size: int | Sequence[int] | Mapping[str, int] = 128,
     drop_last: bool | None = None,
+    step_scheme: str = "joint",
     device: Any = None,
     seed: int = 0,
     callbacks: Sequence[Callable[[EpochEnd], dict | None]] = (),
@@ -133,6 +134,11 @@ def fit(
             process with ``devices``/``num_nodes``.
         drop_last: drop the last short batch of the largest stream (default: only when
             ``jit``, since a compiled graph has a fixed batch size).
+        step_scheme: with several streams, ``"joint"`` (default: every step adds a batch of
+            each) or ``"alternating"`` (each step one stream's batch, every stream once per
+            epoch, its batches spread evenly; Pyro's SS-VAE example). Each step stays an
+            unbiased estimate of the whole objective ([`BatchPlan`][streams.BatchPlan]).
+            Not with ``compiled``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: where the data is.
         seed: seeds Pyro/torch at the start and the shuffling of every epoch (default 0).
         callbacks: ``callable(EpochEnd) -> dict | None`` run after each epoch; returned
@@ -194,7 +200,7 @@ def fit(
             compiled, dreg, precision,
         ),
         optimisation=Optimisation(optimizer, lr, lr_schedule, clip_norm),
-        schedule=Schedule(epochs, batch_size, drop_last, seed, device),
+        schedule=Schedule(epochs, batch_size, drop_last, seed, device, step_scheme),
         checkpointing=Checkpointing(
             checkpoint_dir, checkpoint_every, resume, allow_config_change, config
         ),
@@ -202,7 +208,9 @@ def fit(
     )
     parallel = launch(devices, num_nodes, fabric, device)
     if parallel is not None:
-        groups["schedule"] = Schedule(epochs, batch_size, drop_last, seed, parallel.device)
+        groups["schedule"] = Schedule(
+            epochs, batch_size, drop_last, seed, parallel.device, step_scheme
+        )
     pair = ModelPair(model, guide)
     quiet = parallel.quiet_unless_main() if parallel is not None else contextlib.nullcontext()
     with param_scope(pair.module), quiet:
@@ -236,6 +244,9 @@ class _Run:
         self.pair, self.optimisation, self.schedule = pair, optimisation, schedule
         self.checkpointing, self.monitoring = checkpointing, monitoring
         allow = allowed_changes(checkpointing.allow_config_change)
+        if loss.compiled and schedule.step_scheme != "joint":
+            raise ValueError("compiled=True takes a batch of every stream each step: use "
+                             "step_scheme='joint'")
         self._prepare_data(data, loss.jit or loss.compiled)
         self._prepare_step(loss)
         self._start_or_resume(allow)
@@ -285,7 +296,7 @@ class _Run:
             objective=objective, num_particles=loss.num_particles, optimizer=optimisation.optimizer,
             lr=optimisation.lr, lr_schedule=optimisation.lr_schedule,
             clip_norm=optimisation.clip_norm, batch_size=self.sizes, seed=schedule.seed,
-            precision=loss.precision,
+            precision=loss.precision, step_scheme=schedule.step_scheme,
         )
 
     def _start_or_resume(self, allow: set[str]) -> None:
@@ -321,7 +332,7 @@ class _Run:
         state, epoch = self.state, self.state.epoch
         plan = BatchPlan(
             self.streams, self.sizes, self.schedule.seed, epoch, self.drop_last,
-            rank=self.rank, world_size=self.world_size,
+            rank=self.rank, world_size=self.world_size, scheme=self.schedule.step_scheme,
         )
         tensors = [s.tensors(epoch) for s in self.streams]
         self.lr = self.optimisation.lr_at(epoch, self.schedule.epochs)
@@ -333,7 +344,7 @@ class _Run:
         bar = _progress_bar(progress, plan.num_steps, state.step_in_epoch, epoch)
         for k in range(state.step_in_epoch, plan.num_steps):
             batches = plan.step(k)
-            if self.parallel is not None:
+            if self.parallel is not None or plan.step_weights is not None:
                 self.step.weights = plan.weights(k)
             try:
                 state.step_losses[k] = self.step(tensors, batches)

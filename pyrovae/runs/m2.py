@@ -36,7 +36,8 @@ RECIPE_OPTIONS = {"binarization": "input", "alpha_factor": "alpha_factor",
                   "alpha_per_labelled": "alpha_per_labelled", "lr": "lr", "adam_betas": "betas",
                   "batch_size": "batch_size", "labelled_batch_size": "labelled_batch_size",
                   "epochs": "epochs", "batches_per_epoch": "batches_per_epoch",
-                  "objective": "objective", "precision": "precision", "threads": "threads"}
+                  "objective": "objective", "precision": "precision", "threads": "threads",
+                  "step_scheme": "step_scheme", "lr_decay": "lr_decay"}
 PRESET_OPTIONS = (*MODEL_OPTIONS, *RECIPE_OPTIONS)
 
 
@@ -71,6 +72,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--batches-per-epoch", type=positive_int, help="cut the unlabelled and the labelled set "
         "into this many batches each (Kingma's scheme; overrides the batch sizes)")
     add("--lr", type=positive_float, help="Adam's learning rate")
+    add("--lr-decay", type=positive_float, help="learning-rate factor per epoch")
+    add("--step-scheme", choices=["joint", "alternating"], help="each step a batch of both "
+        "sets (joint), or of one set in turn, each once per epoch (alternating: Pyro's example)")
     add("--adam-betas", type=float, nargs=2, help="Adam's betas")
     add("--objective", choices=["enum", "sum_and_sample"], help="the labels summed out exactly, "
         "or sum-and-sample (top 3 summed, one more sampled: unbiased, cheaper)")
@@ -183,8 +187,8 @@ def train(
     """The one training loop of an M2 run (``pyrovae m2 train``/``resume`` and the
     ``experiments/m2`` scripts): ``fit`` with the recipe's objective (``"enum"`` or
     ``"sum_and_sample"``) and precision on the unlabelled and
-    labelled streams, the recipe's batch sizes, Adam betas, ``lr``, ``epochs`` and ``seed``
-    (``options`` resolved against their preset), ``lr_decay`` per epoch (default 1), ``jit``,
+    labelled streams, the recipe's batch sizes, step scheme, Adam betas, ``lr``, ``lr_decay``
+    per epoch, ``epochs`` and ``seed`` (``options`` resolved against their preset), ``jit``,
     ``devices`` and ``num_nodes``; the validation accuracy after every epoch selects
     ``out/best.pt``; checkpoints in ``out`` (continued from ``out/last.pt`` with ``resume``);
     stopped by ``TimeBudget(minutes)``. ``callbacks`` run after the validation one,
@@ -192,11 +196,12 @@ def train(
     ``History`` and this invocation's seconds."""
     options = resolve(options)
     unlabelled, labelled = batch_sizes(options, data.num_train)
-    decay = options.get("lr_decay", 1.0)
+    decay = options["lr_decay"]
     started = time.perf_counter()
     history = fit(
         model, {"unlabelled": data.unlabelled, "labelled": data.labelled},
         objective=options["objective"], precision=options["precision"],
+        step_scheme=options["step_scheme"],
         jit=options.get("jit", False), lr=options["lr"], optimizer=optimizer(options),
         lr_schedule=f"exponential:{decay}" if decay != 1 else None, epochs=options["epochs"],
         batch_size={"unlabelled": unlabelled, "labelled": labelled}, seed=options["seed"],
