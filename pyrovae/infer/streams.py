@@ -217,7 +217,9 @@ class BatchPlan:
             own_batches.append(own)
         # Batch j of a stream with n batches sits at (j + 1/2) / n of the epoch: evenly spread.
         order = sorted(
-            ((j + 0.5) / len(own), i, j) for i, own in enumerate(own_batches) for j in range(len(own))
+            ((j + 0.5) / len(own), i, j)
+            for i, own in enumerate(own_batches)
+            for j in range(len(own))
         )
         self.num_steps = len(order)
         empty = [torch.zeros(0, dtype=torch.long, device=s.device) for s in streams]
