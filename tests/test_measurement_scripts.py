@@ -101,3 +101,21 @@ def test_smiles_bucket_speed(tmp_path):
     assert set(report["results"]) == {"random", "bucketed"} and report["provenance"]
     # bucketed batches are trimmed to their longest molecule: never wider than the padding
     assert report["results"]["bucketed"]["mean_columns_per_batch"] <= report["padded_columns"]
+
+
+def test_nll_against_cpu_hours_figure(tmp_path):
+    from experiments.vae.nll_vs_cpu import cpu_hours
+
+    curve = [{"seconds": s} for s in (10.0, 30.0, 20.0, 40.0)]
+    # Epochs 1:3 measured at 100 CPU-s against 50 wall-s: scaled x2; the others as they are.
+    assert cpu_hours(curve, {(1, 3): 100.0}) == pytest.approx(
+        [10 / 3600, 70 / 3600, 110 / 3600, 150 / 3600])
+    out = tmp_path / "nll.png"
+    printed = _run("-m", "experiments.vae.nll_vs_cpu", "--out", str(out),
+                   "--run", "iwae", "results/vae/headline/metrics.json", "iwae",
+                   "results/vae/headline/full_test_metrics.json", "runs/vae_headline/iwae/last.pt",
+                   "--run", "compressed", "results/vae/burda_compressed/metrics.json", "iwae",
+                   "-", "-", "--cpu-seconds", "2", "0:185=3424")
+    assert out.stat().st_size > 10_000
+    # The committed NLL of the batch-100 IWAE run is read from its evaluation file.
+    assert "iwae: 232 epochs" in printed and "NLL 88.35 ± 0.24" in printed
