@@ -14,8 +14,8 @@ and from the script that drew the figure (which classes it picked).
 
 Example::
 
-    python scripts/rerender_grids.py              # every figure below, in place
-    python scripts/rerender_grids.py --check      # read them back only, write nothing
+    python -m scripts.rerender_grids              # every figure below, in place
+    python -m scripts.rerender_grids --check      # read them back only, write nothing
 """
 
 from __future__ import annotations
