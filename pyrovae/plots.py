@@ -2,7 +2,8 @@
 ``scale`` x ``scale`` screen pixels), a title, and labels for rows and columns.
 
 Used by the ``pyrovae`` command (``vae sample``, ``m2 sample``, ``impute``) and by the
-experiment scripts (``experiments/figures.py``). Only numpy is imported here; matplotlib is
+experiment scripts (``experiments/figures.py``: rows of images, tables, side-by-side panels
+from `save_image_panels`). Only numpy is imported here; matplotlib is
 imported when a figure is drawn, with the non-interactive ``Agg`` backend.
 
 Images are flattened ``[N, D]`` tensors or arrays with values in [0, 1]; ``image_shape`` is
