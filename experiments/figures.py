@@ -35,14 +35,6 @@ def pyplot():
     return plt
 
 
-def show(ax, pixels: np.ndarray) -> None:
-    """``imshow`` of a grid from `image_grid`: grey black on white (``gray_r``), colour as RGB."""
-    if pixels.ndim == 2:
-        ax.imshow(pixels, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
-    else:
-        ax.imshow(np.clip(pixels, 0.0, 1.0), interpolation="nearest")
-
-
 def save_image_grid(
     path: str | Path,
     images,
@@ -67,19 +59,16 @@ def save_grids_side_by_side(
     titles: Sequence[str],
     image_shape: Sequence[int] = (28, 28),
     nrow: int | None = None,
-    panel_inches: float = 3.0,
+    scale: int | None = None,
 ) -> Path:
-    """One panel per set of images (e.g. samples for several latent sizes), side by side."""
-    if len(grids) != len(titles):
-        raise ValueError("need one title per grid")
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(grids), figsize=(panel_inches * len(grids), panel_inches + 0.4))
-    axes = np.atleast_1d(axes)
-    for ax, images, title in zip(axes, grids, titles, strict=True):
-        show(ax, image_grid(images, image_shape, nrow))
-        ax.set_title(title, fontsize=11)
-        ax.axis("off")
-    return save_figure(fig, path)
+    """One panel per set of images (e.g. samples for several latent sizes), side by side, each
+    under its title: [`pyrovae.plots.save_image_panels`][], upscaled nearest-neighbour (``scale``
+    screen pixels per image pixel, default at least 3). Rank 0 alone saves."""
+    from pyrovae.runs.provenance import is_main
+
+    if not is_main():
+        return Path(path)
+    return plots.save_image_panels(path, grids, image_shape, nrow, titles=titles, scale=scale)
 
 
 def save_image_rows(
@@ -87,28 +76,19 @@ def save_image_rows(
     rows: Sequence,
     labels: Sequence[str] | None = None,
     image_shape: Sequence[int] = (28, 28),
-    scale: float = 0.6,
+    scale: int | None = None,
     title: str | None = None,
+    col_labels: Sequence[str] | None = None,
 ) -> Path:
-    """Rows of images of equal length (interpolations, original vs reconstruction), each
-    labelled on the left, under an optional ``title``."""
+    """Rows of images of equal length (interpolations, original vs reconstruction) as one
+    upscaled grid (`save_image_grid`), each row labelled on the left (``labels``), each column
+    on top (``col_labels``), under an optional ``title``."""
     rows = [to_numpy(r).reshape(-1, int(np.prod(image_shape))) for r in rows]
-    ncol = max(r.shape[0] for r in rows)
-    plt = pyplot()
-    fig, axes = plt.subplots(
-        len(rows), 1, figsize=(scale * ncol + 1.5, scale * len(rows) + 0.2), squeeze=False
-    )
-    for i, (ax, r) in enumerate(zip(axes[:, 0], rows, strict=True)):
-        show(ax, image_grid(r, image_shape, nrow=ncol))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        if labels is not None:
-            ax.set_ylabel(labels[i], rotation=0, ha="right", va="center", fontsize=9)
-    if title:
-        axes[0, 0].set_title(title, fontsize=10)
-    return save_figure(fig, path)
+    lengths = {r.shape[0] for r in rows}
+    if len(lengths) != 1:
+        raise ValueError(f"rows must have equal lengths, got {sorted(lengths)}")
+    return save_image_grid(path, np.concatenate(rows), image_shape, nrow=lengths.pop(),
+                           title=title, row_labels=labels, col_labels=col_labels, scale=scale)
 
 
 def _scatter_by_class(ax, codes, labels, class_names=None, size=3.0, alpha=0.6) -> None:
@@ -156,29 +136,14 @@ def save_latent_panels(path: str | Path, panels: Sequence[tuple[str, object]], l
 
 
 def save_table_of_images(path, images, image_shape, column_titles=(), row_titles=(),
-                         title=None, inches=0.55) -> Path:
-    """Images ``[R, C, H*W]`` (values in [0, 1]) as an R x C table with optional headers."""
+                         title=None, scale: int | None = None) -> Path:
+    """Images ``[R, C, H*W]`` (values in [0, 1]) as an R x C upscaled grid
+    (`save_image_grid`) with optional column and row headers and a title."""
     images = to_numpy(images)
     n_rows, n_cols = images.shape[:2]
-    plt = pyplot()
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(inches * n_cols + 0.6,
-                                                      inches * n_rows + 0.5 + 0.3 * bool(title)),
-                             squeeze=False)
-    for r in range(n_rows):
-        for c in range(n_cols):
-            ax = axes[r, c]
-            show(ax, as_images(images[r, c], image_shape)[0])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0 and column_titles:
-                ax.set_title(column_titles[c], fontsize=8)
-            if c == 0 and row_titles:
-                ax.set_ylabel(row_titles[r], rotation=0, ha="right", va="center", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    top = 1 - 0.35 / (inches * n_rows + 0.8) if title else 1
-    fig.tight_layout(pad=0.3, h_pad=0.1, w_pad=0.1, rect=(0, 0, 1, top))
-    return save_figure(fig, path, dpi=110, tight=False)
+    return save_image_grid(path, images.reshape(n_rows * n_cols, -1), image_shape, nrow=n_cols,
+                           title=title, row_labels=list(row_titles) or None,
+                           col_labels=list(column_titles) or None, scale=scale)
 
 
 def save_learning_curve(path, curve: list[dict], title: str = "") -> Path:

@@ -165,6 +165,37 @@ def assert_curves(run, history) -> None:
     assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_resume_evaluate_sample_default_to_trains_run_folder(tmp_path, monkeypatch, capsys):
+    """``train`` puts a run in runs/FAMILY by default; ``resume``, ``evaluate`` and ``sample``
+    find it there with no --out or --checkpoint (issue 25), and say in one line when it is
+    not there."""
+    from pyrovae.cli import main
+
+    def call(args):
+        try:
+            return main(args)
+        except SystemExit as stop:
+            return stop.code
+
+    monkeypatch.chdir(tmp_path)
+    assert call(["vae", "sample"]) == 2
+    assert capsys.readouterr().err.strip() == "pyrovae: error: no checkpoint at runs/vae/last.pt"
+    assert call(["vae", "resume"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    tiny = ["--dataset", "digits", "--latent-dim", "2", "--hidden-sizes", "16", "--epochs", "1"]
+    assert call(["-q", "vae", "train", *tiny]) == 0
+    assert call(["-q", "vae", "resume", "--epochs", "2"]) == 0
+    record = json.loads((tmp_path / "runs" / "vae" / "train.json").read_text())
+    assert [row["epoch"] for row in record["history"]] == [0, 1]
+    assert call(["-q", "vae", "evaluate", "--num-samples", "0"]) == 0
+    assert "test ELBO" in capsys.readouterr().out
+    assert call(["-q", "vae", "sample", "--num", "4", "--columns", "2"]) == 0
+    assert (tmp_path / "samples.png").is_file()
+    assert call(["-q", "m2", "train", *tiny]) == 0
+    assert call(["-q", "m2", "sample", "--per-class", "1"]) == 0  # reads runs/m2/best.pt
+    assert (tmp_path / "m2_samples.png").is_file()
+
+
 SEQUENCE_EXAMPLES = "## Sequence models: `sketch` and `smiles`"
 
 

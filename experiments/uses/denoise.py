@@ -36,6 +36,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 
+from experiments.figures import save_image_rows
 from pyrovae import load_checkpoint
 from pyrovae.data import load_dataset
 from pyrovae.infer.denoising import denoise
@@ -83,31 +84,24 @@ def run_denoise(model, noisy: torch.Tensor, flip_prob: float, args) -> tuple:
             torch.cat([p.effective_sample_size for p in parts]))
 
 
-def save_figure(path: Path, clean: torch.Tensor, rows: dict[float, dict[str, torch.Tensor]],
-                image_shape: tuple[int, int]) -> None:
-    """One row of images per (e, reconstruction), the clean images on top; grey = probability."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def figure_rows(clean: torch.Tensor, rows: dict[float, dict[str, torch.Tensor]]):
+    """The labels and image strips of the figure: the clean images, then per e and kind."""
     labels, strips = ["clean"], [clean]
     for e, by_kind in rows.items():
         for kind, images in by_kind.items():
             labels.append(f"e={e:g} {kind}")
             strips.append(images)
-    h, w = image_shape
-    n = clean.shape[0]
-    # [rows, n, h, w] -> one mosaic with a 1-pixel grey gap between images
-    tiles = torch.stack([s.detach().cpu().float().view(n, h, w) for s in strips])
-    tiles = F.pad(tiles, (0, 1, 0, 1), value=0.5)
-    mosaic = tiles.permute(0, 2, 1, 3).reshape(len(strips) * (h + 1), n * (w + 1))
-    fig, ax = plt.subplots(figsize=(0.75 * n + 1.6, 0.75 * len(strips)))
-    ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks([(h + 1) * (i + 0.5) for i in range(len(labels))], labels, fontsize=7)
-    ax.set_xticks([])
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    return labels, strips
+
+
+def save_figure(path: Path, clean: torch.Tensor, rows: dict[float, dict[str, torch.Tensor]],
+                image_shape: tuple[int, int]) -> None:
+    """One row of images per (e, reconstruction), the clean images on top; grey = probability;
+    upscaled and labelled by `save_image_rows`."""
+    labels, strips = figure_rows(clean, rows)
+    save_image_rows(path, strips, labels, image_shape,
+                    title=f"denoising the first {clean.shape[0]} test images, flip rate e",
+                    col_labels=[str(i + 1) for i in range(clean.shape[0])])
 
 
 def main(argv=None) -> int:

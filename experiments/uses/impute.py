@@ -37,6 +37,7 @@ import numpy as np
 import pyro
 import torch
 
+from experiments.figures import save_image_grid
 from pyrovae import load_checkpoint
 from pyrovae.data import binarize, load_dataset
 from pyrovae.infer.imputation import (
@@ -58,30 +59,22 @@ def train_classifier(x: np.ndarray, y: np.ndarray, seed: int):
 
 
 def save_grid(path: Path, columns: dict[str, torch.Tensor], observed: torch.Tensor,
-              rows: int = 8, side: int = 28) -> None:
-    """One row per image; columns: observed (missing pixels grey), each method, truth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+              rows: int = 8, side: int = 28, title: str | None = None) -> None:
+    """One row per image; columns: observed (missing pixels blue), each method, truth; black
+    on white, upscaled and labelled by `save_image_grid`."""
     names = list(columns)
-    fig, axes = plt.subplots(rows, len(names), figsize=(1.1 * len(names), 1.1 * rows))
+    missing = torch.tensor([0.35, 0.35, 0.8])
+    tiles = []
     for r in range(rows):
-        for c, name in enumerate(names):
-            img = columns[name][r].detach().cpu().float().clone()
-            rgb = img[:, None].repeat(1, 3)
+        for name in names:
+            ink = columns[name][r].detach().cpu().float()
+            rgb = (1.0 - ink)[:, None].repeat(1, 3)  # [D, 3]
             if name == "observed":
-                rgb[~observed[r]] = torch.tensor([0.35, 0.35, 0.8])
-            ax = axes[r, c]
-            ax.imshow(rgb.view(side, side, 3).numpy(), vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name.replace("_", "\n"), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                rgb[~observed[r]] = missing
+            tiles.append(rgb.T.reshape(-1))  # channel-major, as save_image_grid takes colour
+    save_image_grid(path, torch.stack(tiles), (3, side, side), nrow=len(names), title=title,
+                    col_labels=[name.replace("_", " ") for name in names],
+                    row_labels=[str(r + 1) for r in range(rows)])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -182,7 +175,8 @@ def main(argv=None) -> int:
                   f"error {row['methods'][method]['class_error']:.3f}  {seconds:.1f} s")
         columns["truth"] = x
         rows = min(args.figure_rows, x.shape[0])
-        save_grid(out / f"inpainting_{pattern}.png", columns, observed.cpu(), rows=rows)
+        save_grid(out / f"inpainting_{pattern}.png", columns, observed.cpu(), rows=rows,
+                  title=f"inpainting ({pattern}) the first {rows} test images; blue: missing")
         payload["patterns"][pattern] = row
         write_json(out / "impute.json", payload)
     print(f"wrote {out / 'impute.json'}")

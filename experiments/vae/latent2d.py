@@ -25,11 +25,26 @@ FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
            "Bag", "Boot"]
 
 
+def grid_values(n: int = 20, edge: float = 0.05) -> torch.Tensor:
+    """``Phi^{-1}(u)`` for ``n`` values of u evenly spaced in [edge, 1-edge]: [n]."""
+    return torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(edge, 1 - edge, n))
+
+
+def save_manifold(path, images, name: str, image_shape, n: int = 20,
+                  edge: float = 0.05) -> None:
+    """The ``n`` x ``n`` decoder means of `manifold_grid`, columns labelled with z_1, rows with
+    z_2."""
+    values = grid_values(n, edge).tolist()
+    save_image_grid(path, images, image_shape, nrow=n,
+                    title=f"{name}: decoder means at z = Phi^-1(grid), z_1 across, z_2 down",
+                    col_labels=[f"{v:.1f}" for v in values],
+                    row_labels=[f"{v:.1f}" for v in reversed(values)])
+
+
 def manifold_grid(model, n: int = 20, edge: float = 0.05) -> torch.Tensor:
     """Decoder means ``[n*n, D]`` on the grid ``Phi^{-1}(u)``, u in [edge, 1-edge]^2, with the
     second latent coordinate decreasing down the rows (so the picture matches the scatter)."""
-    u = torch.linspace(edge, 1 - edge, n)
-    values = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    values = grid_values(n, edge)
     z1, z2 = torch.meshgrid(values, values.flip(0), indexing="xy")
     z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
     return model.decode(z.to(next(model.parameters())))
@@ -47,8 +62,8 @@ def main(argv=None) -> None:
     if not evaluates():
         return
 
-    save_image_grid(out / "manifold.png", manifold_grid(model, args.grid), data.image_shape,
-                    nrow=args.grid, title=f"{data.name}: decoder means over Phi^-1(grid)")
+    save_manifold(out / "manifold.png", manifold_grid(model, args.grid), data.name,
+                  data.image_shape, args.grid)
     loc, _ = model.encode(data.test_x)
     names = FASHION if data.name == "fashion-mnist" else None
     save_latent_scatter(out / "latent_scatter.png", loc, data.test_y, class_names=names,

@@ -22,6 +22,13 @@ from pyrovae.runs.provenance import evaluates, write_json
 from pyrovae.runs.script import run_script
 
 
+def save_samples(path, panels, name: str, sizes, image_shape) -> None:
+    """One square grid of samples per latent size, side by side, each titled with its size."""
+    nrow = int(round(len(panels[0]) ** 0.5))
+    save_grids_side_by_side(path, panels, [f"{name}, {k}-D latent" for k in sizes], image_shape,
+                            nrow=nrow)
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
         "| latent size | test ELBO | reconstruction | KL | NLL (K, images) | train s |",
@@ -59,10 +66,8 @@ def main(argv=None) -> None:
         write_json(out / "metrics.json", dict(**vae.run_header(args, data), runs=rows))
     if not evaluating:
         return
-    nrow = int(round(args.samples**0.5))
-    save_grids_side_by_side(out / "samples_by_latent_size.png", panels,
-                            [f"{data.name}, {k}-D latent" for k in args.sizes],
-                            data.image_shape, nrow=nrow)
+    save_samples(out / "samples_by_latent_size.png", panels, data.name, args.sizes,
+                 data.image_shape)
     (out / "table.md").write_text(markdown_table(rows))
 
 

@@ -52,6 +52,33 @@ def along(model, x_start: torch.Tensor, direction: torch.Tensor, scales) -> torc
     return model.decode(loc + t * direction)
 
 
+def save_reconstructions(path, originals, reconstructions, classes, image_shape) -> None:
+    """Test images (top row) over their reconstructions, one column per class."""
+    save_image_rows(path, [originals, reconstructions], ["data", "reconstruction"], image_shape,
+                    title="test images and the decoder means at their posterior means",
+                    col_labels=[f"class {c}" for c in classes])
+
+
+def save_interpolations(path, rows, class_pairs, image_shape) -> None:
+    """One row per pair of test images ``(class a, class b)``, t from 0 to 1 across."""
+    steps = len(rows[0])
+    save_image_rows(path, rows, [f"{a} -> {b}" for a, b in class_pairs], image_shape,
+                    title="decode((1 - t) mu(x_a) + t mu(x_b)), t = 0 ... 1",
+                    col_labels=[f"t={t:.2f}" for t in torch.linspace(0, 1, steps).tolist()])
+
+
+def save_attribute_directions(path, rows, start_classes, class_pair, scales,
+                              image_shape) -> None:
+    """Rows along the class direction (``class_pair`` a -> b), then along the ink direction,
+    from test images of ``start_classes``; t (``scales``) across."""
+    a, b = class_pair
+    labels = [f"{c}: +t({a}->{b})" for c in start_classes]
+    labels += [f"{c}: +t(ink)" for c in start_classes]
+    save_image_rows(path, rows, labels, image_shape,
+                    title=f"decode(mu(x) + t d), t = {scales[0]:g} ... {scales[-1]:g}",
+                    col_labels=[f"t={t:.2f}" for t in scales])
+
+
 def main(argv=None) -> None:
     parser = vae.script_parser(__doc__.splitlines()[0], out="runs/vae_visualise", epochs=10)
     parser.add_argument("--latent-dim", type=int, default=20)
@@ -71,15 +98,14 @@ def main(argv=None) -> None:
     # Reconstructions of the first test image of every class.
     picks = first_of_each_class(data.test_y, range(10))
     originals = data.test_x[picks]
-    save_image_rows(out / "reconstructions.png", [originals, model.reconstruct(originals)],
-                    ["data", "reconstruction"], shape)
+    save_reconstructions(out / "reconstructions.png", originals, model.reconstruct(originals),
+                         data.test_y[picks].tolist(), shape)
 
     # Interpolations between pairs of different classes.
     pairs = list(zip(picks[:-1:2], picks[1::2], strict=False))[:5]
     rows = [interpolate(model, data.test_x[a], data.test_x[b], args.steps) for a, b in pairs]
-    labels = [f"{int(data.test_y[a])} -> {int(data.test_y[b])}" for a, b in pairs]
-    save_image_rows(out / "interpolations.png", rows, labels, shape,
-                    title="decode((1 - t) mu(x_a) + t mu(x_b)), t = 0 ... 1")
+    save_interpolations(out / "interpolations.png", rows,
+                        [(int(data.test_y[a]), int(data.test_y[b])) for a, b in pairs], shape)
 
     # Attribute directions from training images: class a -> class b, and light -> heavy ink.
     x_train = data.train_x[:10000]
@@ -94,10 +120,8 @@ def main(argv=None) -> None:
     starts = picks[:5]
     rows = [along(model, data.test_x[i], to_class, scales) for i in starts]
     rows += [along(model, data.test_x[i], to_heavy, scales) for i in starts]
-    labels = [f"{int(data.test_y[i])}: +t({class_a}->{class_b})" for i in starts]
-    labels += [f"{int(data.test_y[i])}: +t(ink)" for i in starts]
-    save_image_rows(out / "attribute_directions.png", rows, labels, shape,
-                    title=f"decode(mu(x) + t d), t = {scales[0]:g} ... {scales[-1]:g}")
+    save_attribute_directions(out / "attribute_directions.png", rows,
+                              data.test_y[starts].tolist(), (class_a, class_b), scales, shape)
 
     metrics = dict(
         **vae.run_header(args, data), **vae.trained_record(args, data, model, history, wall),

@@ -168,7 +168,8 @@ def add_resume_parser(
         description=f"Continue the run in --out (started by `pyrovae {command} train`) from its "
         "last checkpoint with the options it was started with; --epochs raises its total.",
     )
-    parser.add_argument("--out", required=True, help="the run folder to continue")
+    out = f"runs/{command}"  # where `train` puts a run by default
+    parser.add_argument("--out", default=out, help=f"the run folder to continue (default {out})")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="new total number of epochs (default: the run's)")
     add_device_options(parser)
@@ -180,12 +181,15 @@ def add_resume_parser(
 
 
 def add_checkpoint_parser(
-    actions, name: str, run: Callable[..., int], memory_options: tuple[str, ...], **texts: str
+    actions, name: str, run: Callable[..., int], memory_options: tuple[str, ...], *,
+    checkpoint: str, **texts: str
 ) -> argparse.ArgumentParser:
-    """``pyrovae FAMILY NAME`` reading ``--checkpoint``, with the device and seed options."""
+    """``pyrovae FAMILY NAME`` reading ``--checkpoint`` (default ``checkpoint``: the one
+    ``train`` writes with its default ``--out``), with the device and seed options."""
     parser = actions.add_parser(name, **texts)
-    parser.add_argument("--checkpoint", required=True,
-                        help="a checkpoint written by train (RUN/last.pt or RUN/best.pt)")
+    parser.add_argument("--checkpoint", default=checkpoint,
+                        help="a checkpoint written by train (RUN/last.pt or RUN/best.pt; "
+                        f"default {checkpoint})")
     add_device_seed(parser)
     parser.set_defaults(run=run, memory_options=memory_options)
     return parser
@@ -312,12 +316,12 @@ def write_samples(images: torch.Tensor, options: dict[str, Any], columns: int, o
 
 def add_evaluate_parser(
     actions, run: Callable[..., int], *, help: str, description: str, num_samples: int,
-    test_size_help: str,
+    test_size_help: str, checkpoint: str,
 ) -> argparse.ArgumentParser:
     """``evaluate``: the checkpoint, device and seed, ``--num-samples`` (default
     ``num_samples``), ``--eval-examples``, ``--test-size``, ``--out`` and the data options."""
     parser = add_checkpoint_parser(actions, "evaluate", run, ("--num-samples",), help=help,
-                                   description=description)
+                                   description=description, checkpoint=checkpoint)
     parser.add_argument("--num-samples", type=non_negative_int, default=num_samples,
                         help=f"importance samples K for the NLL (default {num_samples}; "
                         "0 skips it)")
@@ -331,11 +335,11 @@ def add_evaluate_parser(
 
 def add_sample_parser(
     actions, run: Callable[..., int], *, help: str, description: str, out: str,
-    memory_options: tuple[str, ...],
+    memory_options: tuple[str, ...], checkpoint: str,
 ) -> argparse.ArgumentParser:
     """``sample``: the checkpoint, device and seed and ``--out`` (default ``out``, a PNG)."""
     parser = add_checkpoint_parser(actions, "sample", run, memory_options, help=help,
-                                   description=description)
+                                   description=description, checkpoint=checkpoint)
     parser.add_argument("--out", default=out, help=f"PNG file (default {out})")
     return parser
 

@@ -126,12 +126,14 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
         description="Test error of argmax q(y|x), the unlabelled bound U(x) and the "
         "importance-sampled NLL of a checkpoint (nats per image).",
         num_samples=100, test_size_help="first N test images (default all)",
+        checkpoint="runs/m2/best.pt",
     )
 
     sa = common.add_sample_parser(
         actions, sample, help="one row of images per class into a PNG",
         description="Decoder means E[x|y,z]: one row per class y, one style z from the prior "
         "per column.", out="m2_samples.png", memory_options=("--per-class",),
+        checkpoint="runs/m2/best.pt",
     )
     sa.add_argument("--per-class", type=common.positive_int, default=8,
                     help="images per class (default 8)")

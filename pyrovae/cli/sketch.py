@@ -26,6 +26,7 @@ from pyrovae.runs import sketch as family
 from pyrovae.runs.provenance import write_json
 
 FAMILY = "sketch"
+CHECKPOINT = "runs/sketch/last.pt"  # what `train` writes with its default --out
 MODEL_KEYS = ("latent_dim", "encoder_size", "decoder_size", "num_mixtures", "max_length",
               "pen_loss", "w_kl", "kl_eta_min", "kl_rate", "kl_min")
 TRAIN_KEYS = ("train_limit", "test_limit", "epochs", "batch_size", "bucket_pool", "lr",
@@ -167,7 +168,8 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))
 
     ev = common.add_checkpoint_parser(
-        actions, "evaluate", evaluate, (), help="test reconstruction loss and KL of a checkpoint",
+        actions, "evaluate", evaluate, (), checkpoint=CHECKPOINT,
+        help="test reconstruction loss and KL of a checkpoint",
         description="Mean test reconstruction loss (nats per sketch, and per step as the "
         "paper's L_R) and KL of a checkpoint, one z ~ q(z|x) per sketch.")
     ev.add_argument("--out", default=None, help="also write the metrics to this JSON file")
@@ -176,13 +178,13 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     sa = common.add_sample_parser(
         actions, sample, help="draw sketches from the prior into a PNG",
         description="Sketches decoded from z ~ N(0, I), one row per temperature.",
-        out="samples.png", memory_options=("--num",))
+        out="samples.png", memory_options=("--num",), checkpoint=CHECKPOINT)
     sa.add_argument("--num", type=common.positive_int, default=8,
                     help="sketches per temperature (default 8)")
     _temperatures(sa, [0.1, 0.5, 1.0])
 
     co = common.add_checkpoint_parser(
-        actions, "complete", complete, ("--samples",),
+        actions, "complete", complete, ("--samples",), checkpoint=CHECKPOINT,
         help="finish test sketches from their first strokes",
         description="Keep the first --strokes strokes of --sketches test sketches and let the "
         "decoder draw the rest, with z from the partial sketch and from the prior; writes "

@@ -185,7 +185,8 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
 
     re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))
     checkpoint = functools.partial(common.add_checkpoint_parser, actions,
-                                   memory_options=("--batch-size",))
+                                   memory_options=("--batch-size",),
+                                   checkpoint="runs/smiles/last.pt")
 
     ev = checkpoint(
         "evaluate", evaluate, help="test ELBO, KL, active units, sample metrics",

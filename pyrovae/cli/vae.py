@@ -119,6 +119,7 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
         description="Test ELBO (all test images) and the importance-sampled NLL (the first "
         "--eval-examples) of a checkpoint, nats per image.",
         num_samples=1000, test_size_help="first N test images (default: as in training)",
+        checkpoint="runs/vae/last.pt",
     )
     ev.add_argument("--elbo-samples", type=common.positive_int, default=10,
                     help="samples per image for the ELBO (default 10)")
@@ -126,7 +127,7 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     sa = common.add_sample_parser(
         actions, sample, help="draw images from a checkpoint into a PNG",
         description="Decoder means E[x|z] for z from the prior, as a grid.",
-        out="samples.png", memory_options=("--num",),
+        out="samples.png", memory_options=("--num",), checkpoint="runs/vae/last.pt",
     )
     sa.add_argument("--num", type=common.positive_int, default=64, help="images (default 64)")
     sa.add_argument("--columns", type=common.positive_int, default=8, help="grid width (8)")
