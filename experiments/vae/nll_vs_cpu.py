@@ -11,16 +11,7 @@ Each ``--run`` names a label, a headline ``metrics.json``, the objective inside 
 NLL evaluated by ``experiments.vae.evaluate``, that file and the checkpoint key (``-`` when the
 NLL is in the metrics file itself).
 
-Usage (the figure in results/vae)::
-
-    python -m experiments.vae.nll_vs_cpu --out results/vae/nll_vs_cpu.png \\
-        --run "ELBO, batch 100, 180 ep." results/vae/headline/metrics.json elbo \\
-            results/vae/headline/full_test_metrics.json runs/vae_headline/elbo/last.pt \\
-        --run "IWAE k=5, batch 100, 232 ep." results/vae/headline/metrics.json iwae \\
-            results/vae/headline/full_test_metrics.json runs/vae_headline/iwae/last.pt \\
-        --run "burda-compressed: IWAE k=5 DReG, batch 20" \\
-            results/vae/burda_compressed/metrics.json iwae - - \\
-        --cpu-seconds 2 0:185=3424 185:300=2460
+Usage: the command of ``results/vae/nll_vs_cpu.png`` is in ``results/vae/README.md``.
 """
 
 from __future__ import annotations
