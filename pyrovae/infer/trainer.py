@@ -137,7 +137,7 @@ def fit(
         step_scheme: with several streams, ``"joint"`` (default: every step adds a batch of
             each) or ``"alternating"`` (each step one stream's batch, every stream once per
             epoch, its batches spread evenly; Pyro's SS-VAE example). Each step stays an
-            unbiased estimate of the whole objective ([`BatchPlan`][streams.BatchPlan]).
+            unbiased estimate of the whole objective (``pyrovae.infer.streams.BatchPlan``).
             Not with ``compiled``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: where the data is.
         seed: seeds Pyro/torch at the start and the shuffling of every epoch (default 0).
