@@ -9,6 +9,7 @@ with the code's weights set to zero the VAE's decoder *is* the language model (t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -85,7 +86,7 @@ class SmilesGRUDecoder(ConfigurableModule):
         """
         inputs = self.drop_words(tokens[:, :-1])
         batch = z.shape[:-1]
-        flat_z = z.reshape(-1, z.shape[-1])
+        flat_z = z.reshape(math.prod(batch), z.shape[-1])  # not -1: K may be 0
         repeats = flat_z.shape[0] // inputs.shape[0]
         embedded = self.embedding(inputs).repeat(repeats, 1, 1)
         steps = inputs.shape[1]

@@ -80,7 +80,8 @@ def check_options(options: dict[str, Any]) -> str:
         given = [key for key in VAE_ONLY if option(options, key) != DEFAULTS[key]]
         if given:
             flags = ", ".join("--" + key.replace("_", "-") for key in given)
-            raise RunError(f"{flags} do(es) not apply to --model charrnn (it has no latent code "
+            verb = "does" if len(given) == 1 else "do"
+            raise RunError(f"{flags} {verb} not apply to --model charrnn (it has no latent code "
                            "or encoder): leave them out")
     return name
 
