@@ -32,7 +32,7 @@ class SmilesGRUDecoder(ConfigurableModule):
         h_t = GRU(h_t-1, [embed(x_t-1), z])              # x_0 = <bos>
         x_t | x_<t, z ~ Categorical(softmax(W_o h_t + b_o))
 
-    Subclasses call [`_build_decoder`][] in their constructor (where, in the order of creation,
+    Subclasses call ``_build_decoder`` in their constructor (where, in the order of creation,
     it draws its initial weights) and write ``model``/``guide``. Parameter names
     (``embedding``, ``initial_state``, ``decoder``, ``output``) are those of the SMILES VAE's
     checkpoints. With K = 0, ``initial_state`` is a vector parameter: ``nn.Linear`` cannot take
