@@ -37,7 +37,7 @@ def plain_cross_entropy(state: dict, tokens, lengths) -> torch.Tensor:
     gru.load_state_dict({k.removeprefix("decoder."): v for k, v in state.items()
                          if k.startswith("decoder.")})
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    h0 = torch.tanh(state["initial_state"]).expand(1, tokens.shape[0], hidden).contiguous()
+    h0 = torch.tanh(state["initial_state.bias"]).expand(1, tokens.shape[0], hidden).contiguous()
     with torch.no_grad():
         out, _ = gru(nn.functional.embedding(inputs, embedding), h0)
     logits = out @ state["output.weight"].T + state["output.bias"]
@@ -51,7 +51,7 @@ def test_fit_loss_is_the_exact_cross_entropy():
     vocab, tokens, lengths = _encoded()
     model = CharRNN(vocab.tokens, **SIZES).double()
     with torch.no_grad():  # a learned initial state that is not zero, so that it is tested
-        model.initial_state.normal_()
+        model.initial_state.bias.normal_()
     before = copy.deepcopy(model.state_dict())
     # one step on the whole batch: the epoch's loss is the loss at the initial weights
     history = fit(model, (tokens, lengths), epochs=1, batch_size=len(MOLECULES), lr=1e-2,
@@ -73,14 +73,12 @@ def _vae_holding(lm: CharRNN, latent_dim: int = 3) -> SMILESVAE:
                     **SIZES).double()
     state, embedding_dim = vae.state_dict(), lm.embedding.embedding_dim
     for key, value in lm.state_dict().items():
-        if key == "initial_state":
-            state["initial_state.weight"].zero_()
-            state["initial_state.bias"].copy_(value)
-        elif key == "decoder.weight_ih_l0":
+        if key == "decoder.weight_ih_l0":
             state[key][:, :embedding_dim].copy_(value)
             state[key][:, embedding_dim:].zero_()
         else:
             state[key].copy_(value)
+    state["initial_state.weight"].zero_()
     vae.load_state_dict(state)
     return vae
 
@@ -90,7 +88,7 @@ def test_the_vae_decoder_without_its_code_is_the_language_model():
     vocab, tokens, lengths = _encoded()
     lm = CharRNN(vocab.tokens, **SIZES).double()
     with torch.no_grad():
-        lm.initial_state.normal_()
+        lm.initial_state.bias.normal_()
     vae = _vae_holding(lm)
     z = torch.randn(len(MOLECULES), 3)
     trace = pyro.poutine.trace(pyro.poutine.condition(vae.model, {"z": z})).get_trace(
@@ -112,6 +110,8 @@ def test_checkpoint_registry_rebuilds_it(tmp_path):
     model = CharRNN(vocab.tokens, **SIZES)
     fit(model, (tokens, lengths), epochs=1, batch_size=4, checkpoint_dir=tmp_path,
         progress=False)
+    other = CharRNN(vocab.tokens, **SIZES)  # another model in the process shares nothing
+    other.log_marginal(tokens, lengths)
     loaded = load_checkpoint(tmp_path / "last.pt")
     assert type(loaded) is CharRNN and loaded.config == model.config
     torch.testing.assert_close(loaded.log_marginal(tokens, lengths),

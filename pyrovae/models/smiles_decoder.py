@@ -22,7 +22,7 @@ from pyrovae.data.smiles import SmilesVocabulary
 from .base import ConfigurableModule, DataError, check_once, check_positive_int
 from .sequence import masked_sequence, step_mask
 
-__all__ = ["SmilesGRUDecoder", "check_lengths", "check_token_shapes"]
+__all__ = ["LearnedState", "SmilesGRUDecoder", "check_lengths", "check_token_shapes"]
 
 
 class SmilesGRUDecoder(ConfigurableModule):
@@ -35,8 +35,8 @@ class SmilesGRUDecoder(ConfigurableModule):
     Subclasses call ``_build_decoder`` in their constructor (where, in the order of creation,
     it draws its initial weights) and write ``model``/``guide``. Parameter names
     (``embedding``, ``initial_state``, ``decoder``, ``output``) are those of the SMILES VAE's
-    checkpoints. With K = 0, ``initial_state`` is a vector parameter: ``nn.Linear`` cannot take
-    zero inputs without a warning, and ``W_h z`` is then empty anyway.
+    checkpoints. With K = 0, ``initial_state`` is a [`LearnedState`][] (``b_h`` alone, named
+    ``initial_state.bias`` as the VAE's).
     """
 
     latent_dim: int
@@ -56,7 +56,7 @@ class SmilesGRUDecoder(ConfigurableModule):
         if latent_dim > 0:
             self.initial_state = nn.Linear(latent_dim, num_layers * hidden_size)
         else:
-            self.initial_state = nn.Parameter(torch.zeros(num_layers * hidden_size))
+            self.initial_state = LearnedState(num_layers * hidden_size)
         self.decoder = nn.GRU(
             embedding_dim + latent_dim, hidden_size, num_layers=num_layers, batch_first=True
         )
@@ -65,10 +65,7 @@ class SmilesGRUDecoder(ConfigurableModule):
     # ------------------------------------------------------------------------------ networks
     def _initial_hidden(self, z: Tensor) -> Tensor:
         """GRU state [layers, B, H] from ``z`` [B, K]."""
-        if self.latent_dim > 0:
-            h = torch.tanh(self.initial_state(z))
-        else:
-            h = torch.tanh(self.initial_state).expand(z.shape[0], -1)
+        h = torch.tanh(self.initial_state(z))
         return h.reshape(z.shape[0], self.num_layers, -1).transpose(0, 1).contiguous()
 
     def drop_words(self, inputs: Tensor) -> Tensor:
@@ -187,6 +184,23 @@ class SmilesGRUDecoder(ConfigurableModule):
         tokens, lengths = self.vocab.encode(list(smiles))
         device = self._like().device
         return tokens.to(device), lengths.to(device)
+
+
+class LearnedState(nn.Module):
+    """``b`` [size], one learned vector for every row: ``forward(z)`` is ``b`` repeated for each
+    of ``z``'s B rows (``z`` [B, 0]), the ``W z + b`` of ``nn.Linear`` with no inputs.
+
+    A plain module, not a parameter of the ``PyroModule`` that holds it: Pyro shares such
+    parameters by name through its global param store, so two models in one process would
+    share one ``initial_state``. It starts at zero (``nn.Linear`` with no inputs would too).
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(size))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.bias.expand(z.shape[0], -1)
 
 
 def check_token_shapes(tokens: Tensor, lengths: Tensor) -> None:
