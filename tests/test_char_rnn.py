@@ -154,3 +154,42 @@ def test_cpu_budget_counts_across_invocations_and_stops():
     assert resumed(_epoch_end(2, history)) == {"cpu_seconds": 60.0 + 400.0}
     with pytest.raises(ValueError, match="minutes must be positive"):
         CpuBudget(minutes=0)
+
+
+def test_evaluate_script_gives_it_the_vaes_sample_metrics_and_its_exact_nll(tmp_path):
+    """``experiments.smiles.evaluate`` on a CharRNN trained by ``pyrovae smiles train``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_smiles_vae import moses_root
+
+    from pyrovae.cli import main
+
+    root = moses_root()
+    pytest.importorskip("rdkit")
+    run = tmp_path / "run"
+    assert main(["-q", "smiles", "train", "--model", "charrnn", "--train-limit", "120",
+                 "--epoch-size", "60", "--batch-size", "30", "--embedding-dim", "4",
+                 "--decoder-size", "8", "--monitor-size", "0", "--epochs", "1",
+                 "--data-root", root, "--out", str(run)]) == 0
+    env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    subprocess.run(
+        [sys.executable, "-m", "experiments.smiles.evaluate", "--checkpoint",
+         str(run / "last.pt"), "--samples", "20", "--reconstruct", "10", "--projection", "20",
+         "--novelty-size", "100", "--data-root", root, "--device", "cpu",
+         "--out", str(tmp_path / "eval")],
+        check=True, cwd=REPO, env=env, capture_output=True, timeout=300,
+    )
+    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = result["metrics"]
+    assert result["model_class"].endswith("CharRNN") and "interpolation" not in result
+    assert metrics["test_molecules"] == 10 and 0.0 <= metrics["validity"] <= 1.0
+    # the exact NLL of the same 10 molecules, recomputed here from the checkpoint
+    model = load_checkpoint(run / "last.pt")
+    targets = family.covered_molecules(model, family.load_smiles("test", size=20, seed=0,
+                                                                 root=root))[:10]
+    log_p = model.log_marginal(*model.vocab.encode(targets))
+    assert metrics["test_nll_per_molecule"] == pytest.approx(-float(log_p.mean()), rel=1e-6)
