@@ -210,7 +210,8 @@ def test_documented_sequence_examples_run(tmp_path, monkeypatch, capsys):
     commands = doc_commands(SEQUENCE_EXAMPLES)
     assert [c.split()[1:3] for c in commands] == [
         ["sketch", action] for action in ("train", "resume", "evaluate", "sample", "complete")
-    ] + [["smiles", action] for action in ("train", "resume", "evaluate", "sample", "optimize")]
+    ] + [["smiles", action] for action in ("train", "resume", "evaluate", "sample", "optimize")
+         ] + [["smiles", action] for action in ("train", "resume", "evaluate", "sample")]
     outputs = [run_in_process(c, capsys) for c in commands]
 
     for family in ("sketch", "smiles"):
@@ -238,6 +239,22 @@ def test_documented_sequence_examples_run(tmp_path, monkeypatch, capsys):
     assert len(samples) == 10
     result = json.loads((tmp_path / "runs" / "smiles_optimize" / "metrics.json").read_text())
     assert result["latent_search"]["decodes"] == 3 * 2  # 3 paths, a decode every 10 of 20
+
+    # the CharRNN baseline: the same run folder files, the CPU time summed over invocations,
+    # and evaluate's exact NLL of the same 50 held-out molecules as train's last row
+    lm_run = tmp_path / "runs" / "charrnn_smoke"
+    record = json.loads((lm_run / "train.json").read_text())
+    assert record["options"]["model"] == "charrnn" and "latent_dim" not in record["options"]
+    history = record["history"]
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert 0 < history[0]["cpu_seconds"] < history[1]["cpu_seconds"]
+    assert_curves(lm_run, history)
+    assert "test NLL" in outputs[12] and "validity" in outputs[12]
+    test = json.loads((lm_run / "test.json").read_text())
+    assert test["test_molecules"] == 50
+    assert test["test_nll_per_molecule"] == pytest.approx(
+        history[-1]["held_out_nll_per_molecule"], rel=1e-5)  # float32 sums, another order
+    assert len((lm_run / "samples.smi").read_text().splitlines()) == 10
 
 
 def test_progress_lines_by_default_and_quiet_with_q(tmp_path, capsys, caplog):

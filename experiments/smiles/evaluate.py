@@ -9,6 +9,10 @@ Also the guide's KL to the prior and its active units (posterior collapse).
 Figures: molecules decoded along the line between two test molecules' codes, and a PCA of test
 codes coloured by logP (or QED).
 
+A CharRNN checkpoint (``pyrovae smiles train --model charrnn``, the VAE's baseline) gets the
+same sample metrics and, in place of the reconstruction, KL and figures (it has no latent
+code), its exact test NLL per molecule and per token on the same test molecules.
+
     python -m experiments.smiles.evaluate --checkpoint runs/smiles/main/last.pt \
         --out runs/smiles/eval
 """
@@ -114,6 +118,36 @@ def main(argv=None) -> None:
     timings["reconstruction_s"] = time.perf_counter() - tick
 
     args.out.mkdir(parents=True, exist_ok=True)
+    figures = latent_figures(model, targets, covered, args) if model.latent_dim else {}
+    history = payload.get("history") or [None]
+    result = {
+        **provenance(device),
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_epoch": payload.get("epoch"),
+        "checkpoint_step": payload.get("step"),
+        "model_class": payload.get("model_class"),
+        "model_config": {k: v for k, v in payload["model_config"].items() if k != "tokens"},
+        "vocabulary": vocab.tokens,
+        "training_config": (payload.get("fit_config") or {}).get("user"),
+        "training_last_epoch": history[-1],
+        "metrics": metrics,
+        "anchor_moses_charvae": MOSES_CHARVAE,
+        "samples_first_20": samples[:20],
+        **figures,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "seconds": time.perf_counter() - started,
+        "timings": timings,
+    }
+    write_json(args.out / "metrics.json", result)
+    (args.out / "samples.txt").write_text("\n".join(samples) + "\n")
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in metrics.items()))
+    print(f"wrote {args.out / 'metrics.json'}")
+
+
+def latent_figures(model, targets: list[str], covered: list[str], args) -> dict:
+    """The VAE's figures in ``args.out``: greedy decodings along the line between two test
+    molecules' codes, and a PCA of test codes coloured by a property; their summaries."""
     ends = targets[:2]
     codes = model.encode(ends)[0]
     weights = torch.linspace(0, 1, args.steps, device=codes.device).unsqueeze(-1)
@@ -132,30 +166,8 @@ def main(argv=None) -> None:
         {"logp": "Crippen logP", "qed": "QED"}[args.property],
     )
 
-    history = payload.get("history") or [None]
-    result = {
-        **provenance(device),
-        "checkpoint": str(args.checkpoint),
-        "checkpoint_epoch": payload.get("epoch"),
-        "checkpoint_step": payload.get("step"),
-        "model_config": {k: v for k, v in payload["model_config"].items() if k != "tokens"},
-        "vocabulary": vocab.tokens,
-        "training_config": (payload.get("fit_config") or {}).get("user"),
-        "training_last_epoch": history[-1],
-        "metrics": metrics,
-        "anchor_moses_charvae": MOSES_CHARVAE,
-        "samples_first_20": samples[:20],
-        "interpolation": {"start": ends[0], "end": ends[1], "decoded": line},
-        "projection": {"property": args.property, **projection},
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "seconds": time.perf_counter() - started,
-        "timings": timings,
-    }
-    write_json(args.out / "metrics.json", result)
-    (args.out / "samples.txt").write_text("\n".join(samples) + "\n")
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in metrics.items()))
-    print(f"wrote {args.out / 'metrics.json'}")
+    return {"interpolation": {"start": ends[0], "end": ends[1], "decoded": line},
+            "projection": {"property": args.property, **projection}}
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1000, help="most epochs (default 1000)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="wall-time budget of this invocation (default: none)")
+    parser.add_argument("--cpu-minutes", type=float, default=None,
+                        help="CPU-time budget of the whole run, resumed invocations included "
+                             "(every epoch records cpu_seconds; default: none)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--clip-norm", type=float, default=50.0)

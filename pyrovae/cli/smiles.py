@@ -1,12 +1,15 @@
 """``pyrovae smiles {train,resume,evaluate,sample,optimize}``: the SMILES VAE
-(Gómez-Bombarelli et al. 2018) on molecules of the MOSES benchmark.
+(Gómez-Bombarelli et al. 2018) on molecules of the MOSES benchmark, and (``train --model
+charrnn``) its baseline, the same decoder with no latent code.
 
 ``train`` fits it (`pyrovae.runs.smiles`: a chunked, length-bucketed stream, a KL schedule with
 a cap, the collapse monitor on held-out molecules) into a run folder (``last.pt``,
 ``options.json``, ``train.json``, the curve and ``metrics.csv``); ``resume`` continues it;
 ``evaluate`` reports a checkpoint's test ELBO, KL, active units and, with RDKit, reconstruction
-accuracy and MOSES-style sample metrics; ``sample`` writes molecules decoded from the prior;
-``optimize`` climbs a property predictor in the latent space (RDKit).
+accuracy and MOSES-style sample metrics (a CharRNN: its exact test NLL and the sample
+metrics); ``sample`` writes molecules decoded from the prior; ``optimize`` climbs a property
+predictor in the latent space (RDKit; the VAE only). ``--cpu-minutes`` stops training once it
+has used that much CPU time, so that a CharRNN can be given a VAE run's ``cpu_seconds``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ FAMILY = "smiles"
 KEYS = ("train_limit", "epoch_size", "epochs", "batch_size", "lr", "clip_norm", "latent_dim",
         "embedding_dim", "decoder_size", "encoder_size", "layers", "kl_start", "kl_epochs",
         "kl_cap", "kl_cap_per_token", "bucket_pool", "monitor_size", "word_dropout", "kl_floor",
-        "checkpoint_every", "seed")
+        "checkpoint_every", "seed", "model", "cpu_minutes")
 
 
 def _rdkit() -> bool:
@@ -41,7 +44,10 @@ def _rdkit() -> bool:
 
 # ----------------------------------------------------------------- subcommands
 def train(args: argparse.Namespace) -> int:
-    out, options = common.start_training(args, FAMILY, KEYS)
+    # a charrnn run refuses the VAE's options before its folder exists, and stores none of them
+    vae = family.check_options(vars(args)) == "vae"
+    keys = KEYS if vae else tuple(k for k in KEYS if k not in family.VAE_ONLY)
+    out, options = common.start_training(args, FAMILY, keys)
     with folder.releasing(out):
         return _fit(args, out, options, resume=False)
 
@@ -56,14 +62,19 @@ def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: b
                                     resume=resume, config=options,
                                     progress=common.progress_enabled(args), **where)
     final = history.epochs[-1] if history.epochs else {}
+    vae = family.check_options(options) == "vae"
     common.write_train_report(out, options, device, seconds, history,
                               vocabulary=molecules.vocab.tokens,
-                              kl_cap_per_molecule=family.kl_cap(options, molecules))
+                              **({"kl_cap_per_molecule": family.kl_cap(options, molecules)}
+                                 if vae else {}))
     watch = (f", held-out KL {final['kl_per_example']:.2f} nats, {final['active_units']} "
              f"active units" if "active_units" in final else "")
-    print(f"SMILES VAE (K={options['latent_dim']}) on {len(molecules.smiles)} MOSES molecules: "
-          f"{len(history.epochs)} epochs, loss {final.get('loss_per_example', 0):.3f} "
-          f"nats/molecule{watch} ({seconds:.1f} s); checkpoint {out / 'last.pt'}")
+    if "held_out_nll_per_molecule" in final:
+        watch = f", held-out NLL {final['held_out_nll_per_molecule']:.3f} nats/molecule"
+    name = f"SMILES VAE (K={options['latent_dim']})" if vae else "CharRNN"
+    print(f"{name} on {len(molecules.smiles)} MOSES molecules: {len(history.epochs)} epochs, "
+          f"loss {final.get('loss_per_example', 0):.3f} nats/molecule{watch} ({seconds:.1f} s, "
+          f"{final.get('cpu_seconds', 0):.1f} CPU-s in all); checkpoint {out / 'last.pt'}")
     return 0
 
 
@@ -74,9 +85,14 @@ def evaluate(args: argparse.Namespace) -> int:
     pool = load_smiles("test", size=args.test_limit, seed=args.seed, **where)
     targets = family.covered_molecules(model, pool)
     metrics = family.test_metrics(model, targets, args.batch_size)
-    print(f"test ELBO {metrics['test_elbo_per_molecule_one_sample']:.3f} nats/molecule (one "
-          f"sample), KL {metrics['test_kl_per_molecule']:.3f}, {metrics['active_units']} of "
-          f"{metrics['latent_dim']} active units ({len(targets)} test molecules)")
+    if "test_nll_per_molecule" in metrics:
+        print(f"test NLL {metrics['test_nll_per_molecule']:.3f} nats/molecule (exact), "
+              f"{metrics['test_nll_per_token']:.4f} nats/token ({len(targets)} test molecules)")
+    else:
+        print(f"test ELBO {metrics['test_elbo_per_molecule_one_sample']:.3f} nats/molecule "
+              f"(one sample), KL {metrics['test_kl_per_molecule']:.3f}, "
+              f"{metrics['active_units']} of {metrics['latent_dim']} active units "
+              f"({len(targets)} test molecules)")
     if "reconstruction_accuracy" in metrics:
         print(f"greedy reconstruction accuracy {metrics['reconstruction_accuracy']:.3f}")
     if args.samples and _rdkit():
@@ -100,17 +116,21 @@ def sample(args: argparse.Namespace) -> int:
     out.write_text("\n".join(samples) + "\n")
     for smiles in samples[:5]:
         print(smiles)
-    print(f"wrote {len(samples)} molecules (z ~ N(0, I), temperature {args.temperature}) "
+    source = "z ~ N(0, I)" if model.latent_dim else "no latent code"
+    print(f"wrote {len(samples)} molecules ({source}, temperature {args.temperature}) "
           f"to {out}")
     return 0
 
 
 def optimize(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
+    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
+    if family.check_options(options) != "vae":  # before --out is made
+        raise common.UsageError(f"--checkpoint {args.checkpoint} holds a {options['model']} "
+                                "model, which has no latent space to optimise in")
     out = folder.check_writable_dir(args.out)
     if not _rdkit():
         raise common.UsageError("smiles optimize scores molecules with RDKit: pip install rdkit")
-    options = common.training_options(read_checkpoint(args.checkpoint), args.checkpoint, FAMILY)
     model = load_checkpoint(args.checkpoint, map_location=device).eval()
     pool = family.data(options, **common.where(args)).smiles
     found = family.latent_search(
@@ -146,36 +166,45 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     parser = sub.add_parser(
         FAMILY, help="train, resume, evaluate, sample or optimize the SMILES VAE",
         description="The SMILES VAE (Gómez-Bombarelli et al. 2018): a bidirectional-GRU "
-        "encoder and a GRU decoder over SMILES tokens, on MOSES molecules.")
+        "encoder and a GRU decoder over SMILES tokens, on MOSES molecules; and its baseline, "
+        "the same decoder with no latent code (train --model charrnn).")
     actions = parser.add_subparsers(dest="action", required=True)
     tr = actions.add_parser(
         "train", help="train the SMILES VAE into a run folder",
         description="Train the SMILES VAE on --train-limit molecules drawn from MOSES's "
         "training split (an epoch is a chunk of --epoch-size of them); the run folder gets "
-        "last.pt (resumable), options.json, train.json, metrics.csv and curve.png.")
+        "last.pt (resumable), options.json, train.json, metrics.csv and curve.png. "
+        "--model charrnn trains the same decoder with no latent code instead (the options "
+        "marked VAE do not apply to it).")
     add, opt = tr.add_argument, functools.partial(common.add_defaulted, tr, d)
+    add("--model", choices=sorted(family.MODELS), default=d["model"],
+        help="vae (default): the SMILES VAE; charrnn: its decoder alone, a language model")
+    add("--cpu-minutes", type=common.positive_float, default=None,
+        help="stop after the epoch in which training has used this much CPU time, resumed "
+        "invocations included (every epoch records cpu_seconds; default: no budget)")
     opt("--train-limit", common.positive_int,
         "molecules drawn (with --seed) from MOSES's training split")
     opt("--epoch-size", common.positive_int, "molecules per epoch, a chunk of them")
-    opt("--latent-dim", common.positive_int, "K")
+    opt("--latent-dim", common.positive_int, "K (VAE)")
     opt("--embedding-dim", common.positive_int, "token embedding width")
-    opt("--encoder-size", common.positive_int, "encoder GRU width, each direction")
+    opt("--encoder-size", common.positive_int, "encoder GRU width, each direction (VAE)")
     opt("--decoder-size", common.positive_int, "decoder GRU width")
     opt("--layers", common.positive_int, "decoder GRU layers")
     opt("--clip-norm", common.positive_float, "clip the gradient's global norm")
-    opt("--kl-start", float, "KL weight of the first epoch")
-    opt("--kl-epochs", common.positive_int, "epochs over which the KL weight rises to its cap")
-    opt("--kl-cap", common.positive_float, "the KL weight's final value, per molecule",
+    opt("--kl-start", float, "KL weight of the first epoch (VAE)")
+    opt("--kl-epochs", common.positive_int,
+        "epochs over which the KL weight rises to its cap (VAE)")
+    opt("--kl-cap", common.positive_float, "the KL weight's final value, per molecule (VAE)",
         ": the ELBO")
     add("--kl-cap-per-token", type=common.positive_float, default=None,
-        help="the cap on MOSES's token-mean scale (overrides --kl-cap; default: none)")
+        help="the cap on MOSES's token-mean scale (VAE; overrides --kl-cap; default: none)")
     opt("--kl-floor", float,
-        "free bits: nats per molecule below which the KL is not pushed down", ": none")
-    opt("--word-dropout", float, "probability of dropping each decoder input")
+        "free bits (VAE): nats per molecule below which the KL is not pushed down", ": none")
+    opt("--word-dropout", float, "probability of dropping each decoder input (VAE)")
     opt("--bucket-pool", common.non_negative_int, "batches per length-sorted pool",
         "; 0: random batches")
     opt("--monitor-size", common.non_negative_int,
-        "held-out molecules for the per-epoch KL and active units", "; 0: none")
+        "held-out molecules for the per-epoch KL and active units (charrnn: NLL)", "; 0: none")
     opt("--checkpoint-every", common.positive_int, "steps between checkpoints")
     common.add_train_basics(tr, out="runs/smiles", epochs=None)
     add("--epochs", type=common.positive_int, default=100, help="training epochs (default 100)")

@@ -364,7 +364,7 @@ def known_model_classes() -> dict[str, type]:
     from pyrovae import models
 
     known = (models.PPCA, models.FactorAnalysis, models.ICA, models.NMF, models.VAE, models.M2,
-             models.SketchRNN, models.SMILESVAE)
+             models.SketchRNN, models.SMILESVAE, models.CharRNN)
     return {class_path(cls): cls for cls in known}
 
 

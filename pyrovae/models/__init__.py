@@ -1,6 +1,7 @@
 """Model/guide pairs."""
 
 from .base import ConfigurableModule, DataError, data_plate, take
+from .char_rnn import CharRNN
 from .factor_analysis import FactorAnalysis, FAParams
 from .ica import ICA, match_components
 from .m2 import M2
@@ -11,6 +12,7 @@ from .smiles_vae import SMILESVAE
 from .vae import VAE
 
 __all__ = [
+    "CharRNN",
     "ConfigurableModule",
     "DataError",
     "FAParams",

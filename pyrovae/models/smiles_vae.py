@@ -30,12 +30,15 @@ from torch import Tensor, nn
 
 from pyrovae.data.smiles import SmilesVocabulary
 
-from .base import ConfigurableModule, DataError, check_once, check_positive_int, data_plate, take
+from .base import check_positive_int, data_plate, take
 from .free_bits import check_kl_floor, kl_floor_factor
-from .sequence import masked_sequence, reverse_within_length, step_mask, trim_to_longest
+from .sequence import reverse_within_length, trim_to_longest
+from .smiles_decoder import SmilesGRUDecoder, check_lengths, check_token_shapes
+
+__all__ = ["SMILESVAE", "check_lengths", "check_token_shapes"]
 
 
-class SMILESVAE(ConfigurableModule):
+class SMILESVAE(SmilesGRUDecoder):
     """VAE of token sequences: Gaussian latent code, autoregressive GRU decoder.
 
     Generative story (model), for each molecule n with tokens ``x_n = (x_n1, ..., x_nL, <eos>)``::
@@ -56,6 +59,10 @@ class SMILESVAE(ConfigurableModule):
     fixed width of 120 characters; a recurrent encoder reads each molecule only up to its own
     end, which makes the padding invariance exact, and is what MOSES's character VAE uses.
 
+    The decoder (its networks, teacher-forced likelihood, sampler and data checks) is
+    [`SmilesGRUDecoder`][pyrovae.models.smiles_decoder.SmilesGRUDecoder]'s, which the
+    baseline [`CharRNN`][pyrovae.models.char_rnn.CharRNN] shares with no latent code.
+
     Sites: ``"z"`` (``.to_event(1)``, scaled by `kl_weight` in model and guide, so the
     KL term of the ELBO is multiplied by it: KL annealing) and ``"x"`` (the next-token
     categoricals, masked after ``<eos>``, ``.to_event(1)``), both in the data plate at
@@ -74,8 +81,9 @@ class SMILESVAE(ConfigurableModule):
       particles. The objective trained is then the ELBO of a decoder that reads corrupted
       inputs; in eval mode (what [`pyrovae.load_checkpoint`][] returns, and what
       [`pyrovae.fit`][] leaves), and in [`generate`][], [`generate_smiles`][], [`reconstruct`][]
-      and [`sample`][], nothing is dropped, so ELBOs and likelihoods evaluated there are those of
-      the model as written above.
+      and [`sample`][pyrovae.models.smiles_decoder.SmilesGRUDecoder.sample], nothing is
+      dropped, so ELBOs and likelihoods evaluated there are those of the model as written
+      above.
     - *Free bits* (``kl_floor``, the same option and factor as SketchRNN's, see
       [`pyrovae.models.free_bits`][]): the guide adds the factor ``"kl_floor"``, so that with
       ``Trace_ELBO`` the loss per molecule is ``recon + kl_weight * max(mean KL, kl_floor)``
@@ -90,8 +98,9 @@ class SMILESVAE(ConfigurableModule):
         hidden_size: decoder GRU width (default 256).
         encoder_hidden_size: width of each direction of the encoder GRU (default 128).
         num_layers: decoder GRU layers (default 1).
-        max_length: most tokens [`generate`][] and [`sample`][] generate before giving up on
-            ``<eos>`` (default 100).
+        max_length: most tokens [`generate`][] and
+            [`sample`][pyrovae.models.smiles_decoder.SmilesGRUDecoder.sample] generate before
+            giving up on ``<eos>`` (default 100).
         kl_weight: initial weight of the KL term, in (0, 1] (default 1.0: the ELBO); a buffer,
             so a checkpoint keeps the annealed value. See
             [`KLAnnealing`][pyrovae.infer.callbacks.KLAnnealing].
@@ -115,12 +124,8 @@ class SMILESVAE(ConfigurableModule):
         kl_floor: float = 0.0,
     ) -> None:
         vocab = SmilesVocabulary(tokens)
-        for value, name in [
-            (latent_dim, "latent_dim"), (embedding_dim, "embedding_dim"),
-            (hidden_size, "hidden_size"), (encoder_hidden_size, "encoder_hidden_size"),
-            (num_layers, "num_layers"), (max_length, "max_length"),
-        ]:
-            check_positive_int(value, name)
+        check_positive_int(latent_dim, "latent_dim")
+        check_positive_int(encoder_hidden_size, "encoder_hidden_size")
         if not 0.0 < kl_weight <= 1.0:
             raise ValueError(f"kl_weight must be in (0, 1], got {kl_weight}")
         if not 0.0 <= word_dropout <= 1.0:
@@ -132,23 +137,15 @@ class SMILESVAE(ConfigurableModule):
             num_layers=num_layers, max_length=max_length, kl_weight=kl_weight,
             word_dropout=word_dropout, kl_floor=kl_floor,
         )
-        self.vocab = vocab
-        self.latent_dim, self.num_layers, self.max_length = latent_dim, num_layers, max_length
         self.word_dropout, self.kl_floor = float(word_dropout), kl_floor
-        size = len(vocab)
         self.register_buffer("kl_weight", torch.tensor(float(kl_weight)))
-        # guide
-        self.encoder_embedding = nn.Embedding(size, embedding_dim, padding_idx=vocab.pad)
+        # guide, built first: the order in which the initial weights are drawn
+        self.encoder_embedding = nn.Embedding(len(vocab), embedding_dim, padding_idx=vocab.pad)
         self.encoder_forward = nn.GRU(embedding_dim, encoder_hidden_size, batch_first=True)
         self.encoder_backward = nn.GRU(embedding_dim, encoder_hidden_size, batch_first=True)
         self.encoder_head = nn.Linear(2 * encoder_hidden_size, 2 * latent_dim)
         # model
-        self.embedding = nn.Embedding(size, embedding_dim, padding_idx=vocab.pad)
-        self.initial_state = nn.Linear(latent_dim, num_layers * hidden_size)
-        self.decoder = nn.GRU(
-            embedding_dim + latent_dim, hidden_size, num_layers=num_layers, batch_first=True
-        )
-        self.output = nn.Linear(hidden_size, size)
+        self._build_decoder(vocab, latent_dim, embedding_dim, hidden_size, num_layers, max_length)
 
     # ------------------------------------------------------------------------------ networks
     def _guide_params(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,30 +161,6 @@ class SMILESVAE(ConfigurableModule):
         summary = torch.cat([forward[rows, last], backward[rows, last]], dim=-1)
         loc, raw_scale = self.encoder_head(summary).chunk(2, dim=-1)
         return loc, nn.functional.softplus(raw_scale) + 1e-4
-
-    def _initial_hidden(self, z: Tensor) -> Tensor:
-        """GRU state [layers, B, H] from ``z`` [B, K]."""
-        h = torch.tanh(self.initial_state(z))
-        return h.reshape(z.shape[0], self.num_layers, -1).transpose(0, 1).contiguous()
-
-    def decoder_logits(self, z: Tensor, tokens: Tensor) -> Tensor:
-        """Next-token logits [..., N, T - 1, V] under teacher forcing.
-
-        Args:
-            z: codes [..., N, K] (leading dimensions: vectorised particles).
-            tokens: [N, T], rows starting with ``<bos>``; step t reads token t and predicts
-                token t + 1.
-        """
-        inputs = self.drop_words(tokens[:, :-1])
-        batch = z.shape[:-1]
-        flat_z = z.reshape(-1, z.shape[-1])
-        repeats = flat_z.shape[0] // inputs.shape[0]
-        embedded = self.embedding(inputs).repeat(repeats, 1, 1)
-        steps = inputs.shape[1]
-        x = torch.cat([embedded, flat_z.unsqueeze(1).expand(-1, steps, -1)], dim=-1)
-        out, _ = self.decoder(x, self._initial_hidden(flat_z))
-        logits = self.output(out)
-        return logits.reshape(*batch, steps, logits.shape[-1])
 
     def drop_words(self, inputs: Tensor) -> Tensor:
         """Decoder inputs [N, T] with word dropout applied in training mode (class docstring).
@@ -212,11 +185,7 @@ class SMILESVAE(ConfigurableModule):
             zeros = self._like().new_zeros(self.latent_dim)
             with poutine.scale(scale=self.kl_weight):
                 z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))
-            logits = self.decoder_logits(z, tb)
-            mask = step_mask(lb, logits.shape[-2])
-            pyro.sample(
-                "x", masked_sequence(dist.Categorical(logits=logits), mask), obs=tb[:, 1:]
-            )
+            self._observe_tokens(z, tb, lb)
 
     def guide(self, tokens: Tensor, lengths: Tensor, subsample: Tensor | None = None) -> None:
         """``q(z | x) = N(loc(x), diag scale(x)^2)`` for the rows ``subsample``; plus the
@@ -229,41 +198,7 @@ class SMILESVAE(ConfigurableModule):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
         kl_floor_factor(loc, scale, self.kl_floor, self.kl_weight, tokens.shape[0])
 
-    # ------------------------------------------------------------------------------ data checks
-    def _check_inputs(self, tokens: Tensor, lengths: Tensor) -> None:
-        """The data-check rule of [`pyrovae.models.base`][]: shapes now, values once per
-        tensor (an id outside the vocabulary would be an ``IndexError``, a device assert on a
-        GPU)."""
-        check_token_shapes(tokens, lengths)
-        check_once(tokens, f"smiles_ids_{len(self.vocab)}", self._check_ids)
-        check_once(lengths, f"smiles_lengths_{tokens.shape[1]}",
-                   lambda lengths: check_lengths(lengths, tokens.shape[1]))
-
-    def check_data(self, tokens: Tensor, lengths: Tensor) -> None:
-        """Check shapes, token ids and lengths of all the data now (one host sync)."""
-        check_token_shapes(tokens, lengths)
-        self._check_ids(tokens)
-        check_lengths(lengths, tokens.shape[1])
-
-    def _check_ids(self, tokens: Tensor) -> None:
-        size = len(self.vocab)
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= size:
-            raise DataError(
-                f"tokens hold ids {low}..{high}, outside this model's vocabulary of {size} "
-                f"tokens (0..{size - 1}): encode the SMILES with the vocabulary it was built "
-                "with (model.vocab.encode)"
-            )
-
     # ------------------------------------------------------------------------------ utilities
-    def _like(self) -> Tensor:
-        return self.output.weight
-
-    def _encode_strings(self, smiles: Sequence[str]) -> tuple[Tensor, Tensor]:
-        tokens, lengths = self.vocab.encode(list(smiles))
-        device = self._like().device
-        return tokens.to(device), lengths.to(device)
-
     @torch.no_grad()
     def encode(self, smiles: Sequence[str] | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """The guide's ``(loc, scale)`` [N, K] for SMILES strings or ``(tokens, lengths)``."""
@@ -289,28 +224,7 @@ class SMILESVAE(ConfigurableModule):
         """
         if z.dim() != 2 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must have shape [N, {self.latent_dim}], got {list(z.shape)}")
-        if not greedy and not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        n = z.shape[0]
-        hidden = self._initial_hidden(z)
-        token = torch.full((n,), self.vocab.bos, dtype=torch.long, device=z.device)
-        done = torch.zeros(n, dtype=torch.bool, device=z.device)
-        out = []
-        for _ in range(self.max_length + 1):
-            x = torch.cat([self.embedding(token), z], dim=-1).unsqueeze(1)
-            step, hidden = self.decoder(x, hidden)
-            logits = self.output(step[:, 0])
-            if greedy:
-                token = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            token = token.masked_fill(done, self.vocab.pad)
-            out.append(token)
-            done = done | (token == self.vocab.eos)
-            if bool(done.all()):
-                break
-        return torch.stack(out, dim=1)
+        return self._generate(z, temperature, greedy, generator)
 
     @torch.no_grad()
     def generate_smiles(self, z: Tensor, **options: Any) -> list[str]:
@@ -322,44 +236,3 @@ class SMILESVAE(ConfigurableModule):
         """``generate_smiles(encode(smiles).loc)``: greedy by default, as MOSES-style accuracy
         uses."""
         return self.generate_smiles(self.encode(smiles)[0], greedy=greedy, **options)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        temperature: float = 1.0,
-        greedy: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> list[str]:
-        """``n`` strings from the model: ``z ~ N(0, I)``, then [`generate_smiles`][].
-
-        ``generator``, if given, must live on the model's device.
-        """
-        check_positive_int(n, "n")
-        like = self._like()
-        z = torch.randn(
-            n, self.latent_dim, generator=generator, dtype=like.dtype, device=like.device
-        )
-        return self.generate_smiles(z, temperature=temperature, greedy=greedy, generator=generator)
-
-
-
-def check_token_shapes(tokens: Tensor, lengths: Tensor) -> None:
-    """``tokens`` a long [N, T] with T >= 2 (``<bos>`` and one more), ``lengths`` a long [N]."""
-    for name, value, dims in (("tokens", tokens, 2), ("lengths", lengths, 1)):
-        if not isinstance(value, Tensor) or value.dtype != torch.long or value.dim() != dims:
-            got = (f"{value.dtype} of shape {list(value.shape)}" if isinstance(value, Tensor)
-                   else type(value).__name__)
-            raise ValueError(f"{name} must be a {dims}-D torch.long tensor, got {got}")
-    if tokens.shape[1] < 2 or lengths.shape[0] != tokens.shape[0]:
-        raise ValueError(f"tokens [N, T >= 2] and lengths [N] must agree, got "
-                         f"{list(tokens.shape)} and {list(lengths.shape)}")
-
-
-def check_lengths(lengths: Tensor, columns: int) -> None:
-    """Each length (tokens after ``<bos>``, ``<eos>`` included) in ``1..columns - 1``."""
-    low, high = int(lengths.min()), int(lengths.max())
-    if low < 1 or high > columns - 1:
-        raise DataError(f"lengths must be in 1..{columns - 1} (the tokens after <bos>, <eos> "
-                        f"included), got {low}..{high}")
-

@@ -1,7 +1,17 @@
 """The SMILES VAE family of a run: its molecules and vocabulary, its model built from the run's
-options, the training stream and callbacks (KL schedule with a cap, the collapse monitor), and
-the metrics of a trained model (MOSES-style sample metrics, reconstruction, ELBO, KL and active
-units). ``pyrovae smiles`` and ``experiments/smiles`` both build through here.
+options, the training stream and callbacks (KL schedule with a cap, the collapse monitor, the
+CPU time and its budget), and the metrics of a trained model (MOSES-style sample metrics,
+reconstruction, ELBO, KL and active units). ``pyrovae smiles`` and ``experiments/smiles`` both
+build through here.
+
+**Models** (``model``, `MODELS`): ``"vae"``, the SMILES VAE, and ``"charrnn"``, its baseline
+(issue 24): the same decoder with no latent code, a character-level language model
+([`CharRNN`][pyrovae.models.char_rnn.CharRNN]), trained on the same molecules, vocabulary and
+bucketed batches, evaluated on the same sample metrics and by its exact test NLL. The options of
+`VAE_ONLY` (the code, the encoder, the KL) do not apply to it: a value other than the default
+is a `RunError`. ``cpu_minutes`` stops either model once its training has used that much CPU
+time (`pyrovae.runs.cpu_budget`), so the baseline can be given the VAE's CPU time; every epoch's
+row records ``cpu_seconds`` so far.
 
 A run's options are a dict (the command line's ``options.json``, or a script's ``vars(args)``)
 holding the names of `DEFAULTS`. An "epoch" is one pass over a chunk of ``epoch_size``
@@ -30,8 +40,11 @@ from pyrovae.data.buckets import bucketed_batches
 from pyrovae.data.smiles import SmilesVocabulary, load_smiles
 from pyrovae.infer import KLAnnealing, TimeBudget, fit
 from pyrovae.infer.collapse import CollapseMonitor
+from pyrovae.models.char_rnn import CharRNN
 from pyrovae.models.free_bits import KL_FLOOR_SITE
 from pyrovae.models.smiles_vae import SMILESVAE
+from pyrovae.runs.cpu_budget import CpuBudget
+from pyrovae.runs.launch import RunError
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +54,36 @@ DEFAULTS: dict[str, Any] = {
     "clip_norm": 50.0, "latent_dim": 64, "embedding_dim": 32, "decoder_size": 256,
     "encoder_size": 128, "layers": 1, "kl_start": 0.1, "kl_epochs": 5, "kl_cap": 1.0,
     "kl_cap_per_token": None, "bucket_pool": 50, "monitor_size": 1000, "word_dropout": 0.0,
-    "kl_floor": 0.0, "checkpoint_every": 100, "seed": 0,
+    "kl_floor": 0.0, "checkpoint_every": 100, "seed": 0, "model": "vae", "cpu_minutes": None,
 }
+
+#: The classes ``model`` names.
+MODELS: dict[str, type] = {"vae": SMILESVAE, "charrnn": CharRNN}
+
+#: The options only the VAE reads: its code, its encoder and its KL term.
+VAE_ONLY = ("latent_dim", "encoder_size", "kl_start", "kl_epochs", "kl_cap", "kl_cap_per_token",
+            "word_dropout", "kl_floor")
 
 
 def option(options: dict[str, Any], name: str) -> Any:
     """``options[name]``, else its default."""
     return options.get(name, DEFAULTS[name])
+
+
+def check_options(options: dict[str, Any]) -> str:
+    """The run's ``model`` (a key of `MODELS`), after checking that a ``"charrnn"`` run sets
+    none of `VAE_ONLY` to another value than its default; a `RunError` names the option."""
+    name = option(options, "model")
+    if name not in MODELS:
+        raise RunError(f"--model {name} is not one of {sorted(MODELS)}")
+    if name == "charrnn":
+        given = [key for key in VAE_ONLY if option(options, key) != DEFAULTS[key]]
+        if given:
+            flags = ", ".join("--" + key.replace("_", "-") for key in given)
+            verb = "does" if len(given) == 1 else "do"
+            raise RunError(f"{flags} {verb} not apply to --model charrnn (it has no latent code "
+                           "or encoder): leave them out")
+    return name
 
 
 class SmilesChunks:
@@ -113,18 +149,23 @@ def kl_cap(options: dict[str, Any], molecules: Molecules) -> float:
     return per_token * molecules.mean_tokens
 
 
-def build(options: dict[str, Any], molecules: Molecules) -> SMILESVAE:
-    """The SMILES VAE of a run (the one call of its constructor in both front ends), its KL
-    weight at the schedule's start; the initial weights are drawn with ``seed``."""
+def build(options: dict[str, Any], molecules: Molecules) -> SMILESVAE | CharRNN:
+    """The model of a run (the one call of its constructor in both front ends): the SMILES VAE,
+    its KL weight at the schedule's start, or with ``model="charrnn"`` its decoder alone; the
+    decoder options are shared, the initial weights drawn with ``seed``."""
+    name = check_options(options)
+    decoder = dict(embedding_dim=option(options, "embedding_dim"),
+                   hidden_size=option(options, "decoder_size"),
+                   num_layers=option(options, "layers"))
     pyro.set_rng_seed(option(options, "seed"))
+    if name == "charrnn":
+        return CharRNN(molecules.vocab.tokens, **decoder)
     return SMILESVAE(
         molecules.vocab.tokens, latent_dim=option(options, "latent_dim"),
-        embedding_dim=option(options, "embedding_dim"),
-        hidden_size=option(options, "decoder_size"),
         encoder_hidden_size=option(options, "encoder_size"),
-        num_layers=option(options, "layers"),
         kl_weight=min(option(options, "kl_start"), kl_cap(options, molecules)),
         word_dropout=option(options, "word_dropout"), kl_floor=option(options, "kl_floor"),
+        **decoder,
     )
 
 
@@ -132,20 +173,25 @@ def fit_options(options: dict[str, Any], molecules: Molecules, *, device=None,
                 root=None, download: bool = True) -> dict[str, Any]:
     """``fit``'s keyword arguments for the run (all but the model, the checkpoint folder and
     the seed, epochs, lr, device): the chunked stream (length-bucketed unless ``bucket_pool``
-    is 0), the batch size, the clipping, and the callbacks: the KL weight rising linearly from
-    ``kl_start`` to the cap over ``kl_epochs`` epochs, then held; the collapse monitor on
-    ``monitor_size`` held-out molecules (MOSES test split) unless it is 0."""
-    cap = kl_cap(options, molecules)
-    start = min(option(options, "kl_start"), cap)
-    callbacks: list = [KLAnnealing(start / cap, epochs=option(options, "kl_epochs"),
-                                   weight=cap)]
+    is 0), the batch size, the clipping, and the callbacks. The VAE's: the KL weight rising
+    linearly from ``kl_start`` to the cap over ``kl_epochs`` epochs, then held; the collapse
+    monitor on ``monitor_size`` held-out molecules (MOSES test split) unless it is 0. The
+    ``charrnn``'s: the exact NLL per molecule of the same held-out molecules."""
+    vae = check_options(options) == "vae"
+    callbacks: list = []
+    if vae:
+        cap = kl_cap(options, molecules)
+        start = min(option(options, "kl_start"), cap)
+        callbacks.append(KLAnnealing(start / cap, epochs=option(options, "kl_epochs"),
+                                     weight=cap))
     monitor = option(options, "monitor_size")
     if monitor > 0:
         vocab = molecules.vocab
         held_out = [s for s in load_smiles("test", size=monitor, seed=option(options, "seed"),
                                            root=root, download=download) if vocab.covers(s)]
         held = tuple(t.to(device) for t in vocab.encode(held_out))
-        callbacks.append(CollapseMonitor(lambda m: m.encode(held)))
+        callbacks.append(CollapseMonitor(lambda m: m.encode(held)) if vae
+                         else held_out_nll(*held))
     batch_size, pool = option(options, "batch_size"), option(options, "bucket_pool")
     chunk = option(options, "epoch_size")
     if pool > 0:
@@ -156,19 +202,21 @@ def fit_options(options: dict[str, Any], molecules: Molecules, *, device=None,
                 checkpoint_every=option(options, "checkpoint_every"), callbacks=callbacks)
 
 
-def train(model: SMILESVAE, molecules: Molecules, options: dict[str, Any], *,
+def train(model: SMILESVAE | CharRNN, molecules: Molecules, options: dict[str, Any], *,
           device: torch.device, out=None, resume: bool = False, minutes: float | None = None,
           root=None, download: bool = True, **fit_extra: Any):
-    """The one training loop of a SMILES VAE run (``pyrovae smiles train``/``resume`` and
-    ``experiments.smiles.train``): ``fit`` with the stream and callbacks of `fit_options`,
-    ``options``' ``epochs``, ``lr``, ``seed``, ``devices`` and ``num_nodes``, stopped by
-    ``TimeBudget(minutes)``; checkpoints in ``out`` (continued from ``out/last.pt`` with
-    ``resume``); ``root``/``download``: where the held-out molecules lie; ``fit_extra``:
-    ``fit``'s other arguments (``config``, ``progress``). Returns the ``History`` (earlier
-    invocations' epochs included) and this invocation's seconds."""
+    """The one training loop of a SMILES run, VAE or CharRNN (``pyrovae smiles train`` and
+    ``resume``, ``experiments.smiles.train``): ``fit`` with the stream and callbacks of
+    `fit_options`, ``options``' ``epochs``, ``lr``, ``seed``, ``devices`` and ``num_nodes``,
+    stopped by ``TimeBudget(minutes)`` (wall time) and ``CpuBudget`` of ``options``'
+    ``cpu_minutes`` (CPU time of the whole run; it records ``cpu_seconds`` in every row);
+    checkpoints in ``out`` (continued from ``out/last.pt`` with ``resume``);
+    ``root``/``download``: where the held-out molecules lie; ``fit_extra``: ``fit``'s other
+    arguments (``config``, ``progress``). Returns the ``History`` (earlier invocations' epochs
+    included) and this invocation's seconds."""
     started = time.perf_counter()
     training = fit_options(options, molecules, device=device, root=root, download=download)
-    training["callbacks"].append(TimeBudget(minutes))
+    training["callbacks"] += [TimeBudget(minutes), CpuBudget(option(options, "cpu_minutes"))]
     history = fit(
         model, epochs=options["epochs"], lr=option(options, "lr"), seed=option(options, "seed"),
         device=device, devices=options.get("devices") or 1,
@@ -178,14 +226,25 @@ def train(model: SMILESVAE, molecules: Molecules, options: dict[str, Any], *,
     return history, time.perf_counter() - started
 
 
+def held_out_nll(tokens: torch.Tensor, lengths: torch.Tensor):
+    """A ``fit`` callback: ``{"held_out_nll_per_molecule": -mean log p(x)}`` of a `CharRNN` on
+    the encoded molecules ``(tokens, lengths)``, exact (`CharRNN.log_marginal`)."""
+    def callback(info) -> dict[str, float]:
+        log_p = info.module.log_marginal(tokens, lengths)
+        return {"held_out_nll_per_molecule": -float(log_p.mean())}
+
+    return callback
+
+
 # ------------------------------------------------------------------------ a trained model
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def sample_molecules(model: SMILESVAE, n: int, temperature: float, batch_size: int,
+def sample_molecules(model: SMILESVAE | CharRNN, n: int, temperature: float, batch_size: int,
                      seed: int) -> list[str]:
-    """``n`` molecules decoded from ``z ~ N(0, I)`` at ``temperature``, in batches."""
+    """``n`` molecules from the model's ``sample`` (the decoder's sampler: tokens drawn at
+    ``temperature`` after ``z ~ N(0, I)``, or with no code for a `CharRNN`), in batches."""
     generator = torch.Generator(device=_device(model)).manual_seed(seed)
     out: list[str] = []
     while len(out) < n:
@@ -216,7 +275,7 @@ def sample_metrics(samples: list[str], train: list[str]) -> dict[str, Any]:
     }
 
 
-def covered_molecules(model: SMILESVAE, pool: list[str]) -> list[str]:
+def covered_molecules(model: SMILESVAE | CharRNN, pool: list[str]) -> list[str]:
     """The molecules of ``pool`` the model's vocabulary and length can encode."""
     vocab = model.vocab
     return [s for s in pool if vocab.covers(s)
@@ -228,7 +287,10 @@ def test_metrics(model: SMILESVAE, targets: list[str], batch_size: int) -> dict[
     written (KL weight 1, the free-bits factor hidden, no word dropout in eval mode), the
     guide's KL to the prior and its active units (latent dimensions whose guide mean varies
     across molecules, variance > 0.01: Burda et al. 2016), and the greedy reconstruction
-    accuracy from the guide's mean when RDKit is installed."""
+    accuracy from the guide's mean when RDKit is installed. For a `CharRNN`,
+    `language_model_metrics` instead."""
+    if isinstance(model, CharRNN):
+        return language_model_metrics(model, targets, batch_size)
     tokens, lengths = (t.to(_device(model)) for t in model.vocab.encode(targets))
     was_training = model.training
     model.eval()
@@ -258,6 +320,20 @@ def test_metrics(model: SMILESVAE, targets: list[str], batch_size: int) -> dict[
         logger.info("RDKit is not installed: no reconstruction accuracy")
     model.train(was_training)
     return result
+
+
+def language_model_metrics(model: CharRNN, targets: list[str], batch_size: int) -> dict[str, Any]:
+    """On the test molecules ``targets``: the exact negative log-likelihood per molecule and per
+    predicted token (``<eos>`` included) of a `CharRNN`, computed ``batch_size`` at a time."""
+    total, tokens_seen = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(targets), batch_size):
+            tokens, lengths = (t.to(_device(model)) for t in
+                               model.vocab.encode(targets[start:start + batch_size]))
+            total -= float(model.log_marginal(tokens, lengths).sum())
+            tokens_seen += int(lengths.sum())
+    return {"test_nll_per_molecule": total / len(targets),
+            "test_nll_per_token": total / tokens_seen, "test_molecules": len(targets)}
 
 
 def save_molecule_grid(path, smiles: list[str], legends: list[str]) -> None:
