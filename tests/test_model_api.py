@@ -29,7 +29,7 @@ from pyrovae.models.factor_analysis import log_marginal as fa_log_marginal
 from pyrovae.models.ppca import log_marginal as ppca_log_marginal
 from pyrovae.models.ppca import posterior as ppca_posterior
 
-# Every committed checkpoint; ``log_px.pt`` files hold an evaluation's per-image log p(x), not a model.
+# Every committed checkpoint (a ``log_px.pt`` holds per-image log p(x), not a model).
 COMMITTED = sorted(p for p in REPO.glob("results/**/*.pt") if p.name != "log_px.pt")
 
 
