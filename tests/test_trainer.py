@@ -14,6 +14,7 @@ from pyrovae.infer import (
     make_objective,
     param_scope,
 )
+from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.infer.streams import BatchPlan, make_streams
 from pyrovae.models.ppca import PPCA, fit_closed_form, log_marginal
 
@@ -390,3 +391,28 @@ def test_a_model_that_ignores_subsample_is_warned_once(model, seen):
     assert len(caught) == 1
     # The whole data as one batch is no evidence either way: no warning (errors in this suite).
     fit(model(6, 2), ppca_data(n=100), epochs=1, batch_size=100)
+
+
+def test_a_resumed_run_keeps_the_best_epoch_and_its_checkpoint(tmp_path):
+    x = ppca_data(n=40).float()
+    scores = [1.0, 5.0, 2.0, 3.0]  # best at epoch 1, before the interruption
+
+    def run(folder, epochs, resume=False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        return fit(PPCA(6, 2), x, epochs=epochs, batch_size=20, checkpoint_dir=folder,
+                   resume=resume, callbacks=[lambda end: {"score": scores[end.epoch]}],
+                   select_metric="score")
+
+    whole = run(tmp_path / "whole", 4)
+    run(tmp_path / "parts", 2)
+    resumed = run(tmp_path / "parts", 4, resume=True)
+    assert whole.best["epoch"] == 1
+    timeless = [{k: v for k, v in h.best.items() if k != "seconds"} for h in (whole, resumed)]
+    assert timeless[0] == timeless[1]
+    assert resumed.best_checkpoint == tmp_path / "parts" / "best.pt"
+    assert resumed.last_checkpoint == tmp_path / "parts" / "last.pt"
+    kept = [read_checkpoint(h.best_checkpoint) for h in (whole, resumed)]
+    assert kept[0]["epoch"] == kept[1]["epoch"] == 2  # saved at the end of epoch 1
+    for name, value in kept[0]["model_state"].items():
+        assert torch.equal(kept[1]["model_state"][name], value), name

@@ -34,7 +34,15 @@ from .checkpoint import rng_state
 from .distributed import DataParallel, launch, rank_seed
 from .objectives import make_objective
 from .options import Checkpointing, LossOptions, Monitoring, Optimisation, Schedule
-from .resume import RunState, allowed_changes, restore_run, resume_source, run_config, save_run
+from .resume import (
+    RunState,
+    allowed_changes,
+    restore_checkpoint_paths,
+    restore_run,
+    resume_source,
+    run_config,
+    save_run,
+)
 from .scope import param_scope
 from .step import ModelPair, check_subsampling, make_step
 from .streams import BatchPlan, make_streams, resolve_device
@@ -314,6 +322,7 @@ class _Run:
                 source, pair, self.optimizer_state, self.device, self.config, allow,
                 rank=self.rank,
             )
+            restore_checkpoint_paths(self.state.history, checkpointing)
             if self.state.epoch > self.schedule.epochs:  # else a silent no-op
                 raise ValueError(
                     f"epochs={self.schedule.epochs} is fewer than the {self.state.epoch} epochs "
