@@ -416,3 +416,16 @@ def test_a_resumed_run_keeps_the_best_epoch_and_its_checkpoint(tmp_path):
     assert kept[0]["epoch"] == kept[1]["epoch"] == 2  # saved at the end of epoch 1
     for name, value in kept[0]["model_state"].items():
         assert torch.equal(kept[1]["model_state"][name], value), name
+
+
+def test_the_epoch_line_is_short_and_the_history_keeps_every_metric(caplog):
+    many = {f"held_out_metric_number_{i}": float(i) / 3 for i in range(8)}
+    caplog.set_level("INFO", logger="pyrovae.infer.trainer")
+    history = fit(PPCA(6, 2), ppca_data(n=40).float(), epochs=2, batch_size=20,
+                  callbacks=[lambda end: many], select_metric="held_out_metric_number_5")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2 and all(len(line) <= 100 for line in lines), lines
+    row = history.epochs[1]
+    assert lines[1] == (f"epoch 1: loss/example {row['loss_per_example']:.5g}, "
+                        f"held_out_metric_number_5 1.6667, lr 0.001, {row['seconds']:.3g} s")
+    assert set(many) | {"epoch", "steps", "loss", "loss_per_example", "lr", "seconds"} == set(row)
