@@ -429,3 +429,21 @@ def test_the_epoch_line_is_short_and_the_history_keeps_every_metric(caplog):
     assert lines[1] == (f"epoch 1: loss/example {row['loss_per_example']:.5g}, "
                         f"held_out_metric_number_5 1.6667, lr 0.001, {row['seconds']:.3g} s")
     assert set(many) | {"epoch", "steps", "loss", "loss_per_example", "lr", "seconds"} == set(row)
+
+
+def test_a_best_pt_from_another_branch_of_the_run_is_not_named_the_best(tmp_path, caplog):
+    x = ppca_data(n=40).float()
+
+    def run(scores, epochs, resume=False):
+        return fit(PPCA(6, 2), x, epochs=epochs, batch_size=20, checkpoint_dir=tmp_path,
+                   resume=resume, callbacks=[lambda end: {"score": scores[end.epoch]}],
+                   select_metric="score")
+
+    run([1.0, 5.0], 2)
+    older = tmp_path / "older.pt"
+    older.write_bytes((tmp_path / "last.pt").read_bytes())
+    run([1.0, 5.0, 2.0, 9.0], 4, resume=True)  # best.pt now holds epoch 3
+    rewound = run([1.0, 5.0, 2.0, 3.0], 4, resume=older)  # back to epoch 2: best is epoch 1
+    assert rewound.best["epoch"] == 1 and rewound.best_checkpoint is None
+    assert "holds epoch 3, not the resumed run's best epoch 1" in caplog.text
+    assert read_checkpoint(tmp_path / "best.pt")["best"]["epoch"] == 3  # left as it was
