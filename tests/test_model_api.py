@@ -25,6 +25,7 @@ from pyrovae.models import (
     SketchRNN,
     networks,
 )
+from pyrovae.models.char_rnn import CharRNN
 from pyrovae.models.factor_analysis import log_marginal as fa_log_marginal
 from pyrovae.models.ppca import log_marginal as ppca_log_marginal
 from pyrovae.models.ppca import posterior as ppca_posterior
@@ -204,6 +205,42 @@ def test_sample_draws_z_from_the_prior_and_decodes_it():
     for model in (PPCA(16, 2), FactorAnalysis(16, 2)):
         got = model.sample(5, generator=torch.Generator().manual_seed(3))
         assert torch.allclose(got, z @ model.W.detach().T + model.mu.detach())
+
+
+SMILES_TOKENS = SmilesVocabulary.build(["CCO", "c1ccccc1"]).tokens
+SAMPLERS = {
+    "vae": (lambda: VAE(16, 2, hidden_sizes=[8]), dict(num_samples=6)),
+    "m2": (lambda: M2(16, 3, 2, hidden_sizes=[8], alpha=1.0), dict(y=torch.tensor([0, 2, 1]))),
+    "ppca": (lambda: PPCA(16, 2), dict(num_samples=6)),
+    "factor_analysis": (lambda: FactorAnalysis(16, 2), dict(num_samples=6)),
+    "smiles_vae": (lambda: SMILESVAE(SMILES_TOKENS, latent_dim=2, embedding_dim=3, hidden_size=4,
+                                     encoder_hidden_size=3, max_length=5), dict(n=6)),
+    "char_rnn": (lambda: CharRNN(SMILES_TOKENS, embedding_dim=3, hidden_size=4, max_length=5),
+                 dict(n=6)),
+}
+
+
+# The sequence models always draw their tokens: they take no ``mean``.
+@pytest.mark.parametrize("name, mean", [(name, mean) for name in sorted(SAMPLERS)
+                                        for mean in ([None] if name in ("smiles_vae", "char_rnn")
+                                                     else [True, False])])
+def test_sample_is_decided_by_its_generator_in_the_models_dtype(name, mean):
+    build, arguments = SAMPLERS[name]
+    model = build().double()
+    if mean is not None:
+        arguments = dict(arguments, mean=mean)
+    global_state = torch.get_rng_state()
+    first = model.sample(**arguments, generator=torch.Generator().manual_seed(5))
+    again = model.sample(**arguments, generator=torch.Generator().manual_seed(5))
+    other = model.sample(**arguments, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(torch.get_rng_state(), global_state)  # the generator alone draws
+    if isinstance(first, list):  # SMILES strings
+        assert first == again and first != other
+        return
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    parameter = next(model.parameters())
+    assert first.dtype == parameter.dtype == torch.float64
+    assert first.device == parameter.device
 
 
 def test_encoder_and_decoder_are_networks_and_decode_is_the_mean_where_it_exists():

@@ -456,3 +456,33 @@ def test_train_and_evaluate_scripts_run_and_resume(tmp_path):
     assert result["metrics"]["test_kl_per_molecule"] >= 0
     for name in ("interpolation.png", "latent_pca_logp.png", "samples.txt"):
         assert (evaluation / name).stat().st_size > 0
+
+
+def test_cli_evaluate_measures_novelty_against_every_moses_training_molecule(
+        tmp_path, monkeypatch):
+    """As ``experiments.smiles.evaluate`` does, not against the run's ``--train-limit``."""
+    pytest.importorskip("rdkit")
+    root = moses_root()
+    from pyrovae.cli import main
+    from pyrovae.runs import smiles as family
+
+    run, report = tmp_path / "run", tmp_path / "report.json"
+    assert main(["-q", "smiles", "train", "--train-limit", "100", "--epoch-size", "50",
+                 "--batch-size", "50", "--latent-dim", "2", "--embedding-dim", "4",
+                 "--encoder-size", "4", "--decoder-size", "8", "--monitor-size", "0",
+                 "--epochs", "1", "--data-root", root, "--device", "cpu",
+                 "--out", str(run)]) == 0
+    references = []
+
+    def recording(samples, train):
+        references.append(train)
+        return measure(samples, train)
+
+    measure = family.sample_metrics
+    monkeypatch.setattr(family, "sample_metrics", recording)
+    assert main(["-q", "smiles", "evaluate", "--checkpoint", str(run / "last.pt"),
+                 "--test-limit", "10", "--samples", "10", "--data-root", root,
+                 "--device", "cpu", "--out", str(report)]) == 0
+    everything = load_smiles("train", root=root)
+    assert len(references) == 1 and references[0] == everything
+    assert json.loads(report.read_text())["novelty_reference_size"] == len(everything)

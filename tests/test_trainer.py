@@ -14,6 +14,7 @@ from pyrovae.infer import (
     make_objective,
     param_scope,
 )
+from pyrovae.infer.checkpoint import read_checkpoint
 from pyrovae.infer.streams import BatchPlan, make_streams
 from pyrovae.models.ppca import PPCA, fit_closed_form, log_marginal
 
@@ -390,3 +391,59 @@ def test_a_model_that_ignores_subsample_is_warned_once(model, seen):
     assert len(caught) == 1
     # The whole data as one batch is no evidence either way: no warning (errors in this suite).
     fit(model(6, 2), ppca_data(n=100), epochs=1, batch_size=100)
+
+
+def test_a_resumed_run_keeps_the_best_epoch_and_its_checkpoint(tmp_path):
+    x = ppca_data(n=40).float()
+    scores = [1.0, 5.0, 2.0, 3.0]  # best at epoch 1, before the interruption
+
+    def run(folder, epochs, resume=False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        return fit(PPCA(6, 2), x, epochs=epochs, batch_size=20, checkpoint_dir=folder,
+                   resume=resume, callbacks=[lambda end: {"score": scores[end.epoch]}],
+                   select_metric="score")
+
+    whole = run(tmp_path / "whole", 4)
+    run(tmp_path / "parts", 2)
+    resumed = run(tmp_path / "parts", 4, resume=True)
+    assert whole.best["epoch"] == 1
+    timeless = [{k: v for k, v in h.best.items() if k != "seconds"} for h in (whole, resumed)]
+    assert timeless[0] == timeless[1]
+    assert resumed.best_checkpoint == tmp_path / "parts" / "best.pt"
+    assert resumed.last_checkpoint == tmp_path / "parts" / "last.pt"
+    kept = [read_checkpoint(h.best_checkpoint) for h in (whole, resumed)]
+    assert kept[0]["epoch"] == kept[1]["epoch"] == 2  # saved at the end of epoch 1
+    for name, value in kept[0]["model_state"].items():
+        assert torch.equal(kept[1]["model_state"][name], value), name
+
+
+def test_the_epoch_line_is_short_and_the_history_keeps_every_metric(caplog):
+    many = {f"held_out_metric_number_{i}": float(i) / 3 for i in range(8)}
+    caplog.set_level("INFO", logger="pyrovae.infer.trainer")
+    history = fit(PPCA(6, 2), ppca_data(n=40).float(), epochs=2, batch_size=20,
+                  callbacks=[lambda end: many], select_metric="held_out_metric_number_5")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2 and all(len(line) <= 100 for line in lines), lines
+    row = history.epochs[1]
+    assert lines[1] == (f"epoch 1: loss/example {row['loss_per_example']:.5g}, "
+                        f"held_out_metric_number_5 1.6667, lr 0.001, {row['seconds']:.3g} s")
+    assert set(many) | {"epoch", "steps", "loss", "loss_per_example", "lr", "seconds"} == set(row)
+
+
+def test_a_best_pt_from_another_branch_of_the_run_is_not_named_the_best(tmp_path, caplog):
+    x = ppca_data(n=40).float()
+
+    def run(scores, epochs, resume=False):
+        return fit(PPCA(6, 2), x, epochs=epochs, batch_size=20, checkpoint_dir=tmp_path,
+                   resume=resume, callbacks=[lambda end: {"score": scores[end.epoch]}],
+                   select_metric="score")
+
+    run([1.0, 5.0], 2)
+    older = tmp_path / "older.pt"
+    older.write_bytes((tmp_path / "last.pt").read_bytes())
+    run([1.0, 5.0, 2.0, 9.0], 4, resume=True)  # best.pt now holds epoch 3
+    rewound = run([1.0, 5.0, 2.0, 3.0], 4, resume=older)  # back to epoch 2: best is epoch 1
+    assert rewound.best["epoch"] == 1 and rewound.best_checkpoint is None
+    assert "holds epoch 3, not the resumed run's best epoch 1" in caplog.text
+    assert read_checkpoint(tmp_path / "best.pt")["best"]["epoch"] == 3  # left as it was

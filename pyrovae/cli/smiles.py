@@ -79,7 +79,7 @@ def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: b
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
+    device, report_path, _, model = common.open_checkpoint(args, FAMILY, optional_out=True)
     model.eval()
     where = common.where(args)
     pool = load_smiles("test", size=args.test_limit, seed=args.seed, **where)
@@ -98,10 +98,14 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.samples and _rdkit():
         samples = family.sample_molecules(model, args.samples, args.temperature,
                                           args.batch_size, args.seed)
-        train = family.data(options, **where).smiles
+        # novelty against every MOSES training molecule, not the run's subset: the reference
+        # of experiments.smiles.evaluate and of the MOSES benchmark, so the numbers compare
+        train = load_smiles("train", **where)
         metrics |= family.sample_metrics(samples, train)
+        metrics["novelty_reference_size"] = len(train)
         print(f"{args.samples} samples: validity {metrics['validity']:.3f}, "
-              f"unique@10k {metrics['unique@10k']}, novelty {metrics['novelty']}")
+              f"unique@10k {metrics['unique@10k']}, novelty {metrics['novelty']} "
+              f"(against all {len(train)} MOSES training molecules)")
     elif args.samples:
         print("sample metrics need RDKit (pip install rdkit): skipped")
     common.write_report(report_path, args, metrics)
@@ -221,7 +225,8 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
         "evaluate", evaluate, help="test ELBO, KL, active units, sample metrics",
         description="The one-sample test ELBO, KL and active units of a checkpoint on MOSES "
         "test molecules; with RDKit, the greedy reconstruction accuracy and the validity, "
-        "uniqueness and novelty of --samples molecules from the prior.")
+        "uniqueness and novelty (against all MOSES training molecules) of --samples "
+        "molecules from the prior.")
     ev.add_argument("--test-limit", type=common.positive_int, default=1000,
                     help="test molecules drawn (default 1000)")
     ev.add_argument("--samples", type=common.non_negative_int, default=1000,

@@ -255,6 +255,32 @@ def restore_run(
     return state
 
 
+def restore_checkpoint_paths(history: History, checkpointing: Checkpointing) -> None:
+    """Point a resumed history at the folder's ``last.pt`` and ``best.pt``.
+
+    ``best.pt`` counts only if it was written at the resumed history's best epoch: one from
+    another branch of the run (resumed from ``previous.pt`` or an older file) is left unnamed,
+    and the next epoch that improves on the history's best replaces it.
+    """
+    last, best = checkpointing.last, checkpointing.best
+    if last is not None and last.exists():
+        history.last_checkpoint = last
+    if history.best is None or best is None or not best.exists():
+        return
+    try:
+        kept = read_checkpoint(best).get("best") or {}
+    except CheckpointError as err:
+        logger.warning("%s; it is replaced when an epoch improves on the best", err)
+        return
+    if kept.get("epoch") == history.best.get("epoch"):
+        history.best_checkpoint = best
+    else:
+        logger.warning(
+            "%s holds epoch %s, not the resumed run's best epoch %s; it is replaced when an "
+            "epoch improves on the best", best, kept.get("epoch"), history.best.get("epoch"),
+        )
+
+
 def _restore_param_store(state: dict[str, Any]) -> None:
     """Load a saved param store into the live one. Parameters that exist already (the
     optimiser holds them) take the saved values in place: ``set_state`` would replace them

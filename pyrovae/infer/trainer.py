@@ -34,7 +34,15 @@ from .checkpoint import rng_state
 from .distributed import DataParallel, launch, rank_seed
 from .objectives import make_objective
 from .options import Checkpointing, LossOptions, Monitoring, Optimisation, Schedule
-from .resume import RunState, allowed_changes, restore_run, resume_source, run_config, save_run
+from .resume import (
+    RunState,
+    allowed_changes,
+    restore_checkpoint_paths,
+    restore_run,
+    resume_source,
+    run_config,
+    save_run,
+)
 from .scope import param_scope
 from .step import ModelPair, check_subsampling, make_step
 from .streams import BatchPlan, make_streams, resolve_device
@@ -314,6 +322,7 @@ class _Run:
                 source, pair, self.optimizer_state, self.device, self.config, allow,
                 rank=self.rank,
             )
+            restore_checkpoint_paths(self.state.history, checkpointing)
             if self.state.epoch > self.schedule.epochs:  # else a silent no-op
                 raise ValueError(
                     f"epochs={self.schedule.epochs} is fewer than the {self.state.epoch} epochs "
@@ -412,8 +421,7 @@ class _Run:
             row = self.parallel.from_main(row)
         stop = bool(row.pop("stop", False))
         state.history.epochs.append(row)
-        # the data set's total loss stays in the history; a reader compares per example
-        logger.info("epoch %d: %s", epoch, _fmt({k: v for k, v in row.items() if k != "loss"}))
+        logger.info("%s", _epoch_line(row, self.monitoring.select_metric))
         self.checkpoint(improved=self._update_best(row))
         if stop:
             logger.info("a callback stopped training after epoch %d", epoch)
@@ -498,5 +506,19 @@ def _progress_bar(progress: bool | None, total: int, initial: int, epoch: int):
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", leave=False)
 
 
-def _fmt(row: dict) -> str:
-    return ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+#: The row's keys that every epoch has; what the callbacks add comes after them.
+_ROW_KEYS = ("epoch", "steps", "loss", "loss_per_example", "lr", "seconds")
+
+
+def _epoch_line(row: dict, select_metric: str | None) -> str:
+    """One short line per epoch (the full row stays in the history): the loss per example (a
+    reader compares runs per example, not by the data set's total), one metric (the selected
+    one, else the first a callback added), the learning rate and the seconds."""
+    metric = select_metric if select_metric in row else next(
+        (k for k, v in row.items() if k not in _ROW_KEYS and isinstance(v, (int, float))), None)
+    parts = [f"loss/example {row['loss_per_example']:.5g}"]
+    if metric is not None:
+        value = row[metric]
+        parts.append(f"{metric} {value:.5g}" if isinstance(value, float) else f"{metric} {value}")
+    parts += [f"lr {row['lr']:.3g}", f"{row['seconds']:.3g} s"]
+    return f"epoch {row['epoch']}: " + ", ".join(parts)

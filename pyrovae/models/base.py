@@ -31,7 +31,12 @@ Vocabulary (one meaning per name, in every model that has the method):
   ``generate_smiles`` gives the SMILES VAE's strings).
 - ``sample(n, ..., generator=None)``: data from the model: ``z`` from its prior (``prior``,
   where the model names one), then ``decode(z)`` (or a draw of ``x``) or ``generate(z)``; M2
-  takes the labels ``y`` in place of ``n``.
+  takes the labels ``y`` in place of ``n``. Every draw, ``x``'s included, comes from
+  ``generator`` when one is given (the global RNG is left alone), in the parameters' dtype and
+  on their device. Models that decode in one shot draw on the generator's device (the CPU
+  without one) and move the draw, so a seeded sample is the same on every device
+  (`standard_normal`, `draw_data`); the autoregressive decoders draw every token on the
+  model's device, where their ``generator`` must live.
 - ``reconstruct(x)``: ``decode`` or ``generate`` at the guide's mean, ``encode(x)[0]``.
 - ``encoder`` and ``decoder`` attributes are networks (``torch.nn.Module``), never methods;
   ``encoder=``/``decoder=`` constructor arguments replace them with the user's own.
@@ -149,6 +154,23 @@ def draw(
             f"the generator lives on {device} but the distribution draws on {value.device}"
         )
     return value
+
+
+def standard_normal(
+    shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``N(0, I)`` draws of ``shape`` in ``like``'s dtype, on ``like``'s device: drawn on the
+    generator's device (the CPU without one) and moved, so a seeded draw is device-independent."""
+    where = "cpu" if generator is None else generator.device
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=where).to(like.device)
+
+
+def draw_data(likelihood: Any, out: torch.Tensor, generator: torch.Generator | None = None):
+    """A draw of ``x ~ likelihood.distribution(out)`` on ``out``'s device; with a generator,
+    drawn from its stream on its device (as `standard_normal`) and moved."""
+    if generator is None:
+        return likelihood.distribution(out).sample()
+    return draw(likelihood.distribution(out.to(generator.device)), (), generator).to(out.device)
 
 
 def check_positive_int(value: int, name: str) -> int:

@@ -27,6 +27,7 @@ from .base import (
     check_once,
     check_positive_int,
     data_plate,
+    standard_normal,
     take,
 )
 
@@ -161,17 +162,14 @@ class LinearGaussianModel(LinearGaussianGuide):
     ) -> torch.Tensor:
         """``z ~ N(0, I)``, then ``E[x | z]`` (default) or a draw of ``x``: [num_samples, D].
 
-        The draws use ``generator`` (default: torch's) on the CPU, then move to the model's
-        device, so a seeded sample is the same on every device.
+        The draws use ``generator`` (default: torch's) on its device (the CPU without one), then
+        move to the model's device, so a seeded sample is the same on every device.
         """
         check_positive_int(num_samples, "num_samples")
-        like = self.mu
-        z = torch.randn(num_samples, self.latent_dim, generator=generator, dtype=like.dtype)
-        x = self.decode(z.to(like.device))
+        x = self.decode(standard_normal((num_samples, self.latent_dim), self.mu, generator))
         if mean:
             return x
-        noise = torch.randn(x.shape, generator=generator, dtype=like.dtype).to(like.device)
-        return x + self.noise_variance.detach().sqrt() * noise
+        return x + self.noise_variance.detach().sqrt() * standard_normal(x.shape, x, generator)
 
     @torch.no_grad()
     def set_guide_to_posterior(self, params=None) -> None:

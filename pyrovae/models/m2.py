@@ -110,6 +110,8 @@ from .base import (
     check_once,
     check_positive_int,
     data_plate,
+    draw_data,
+    standard_normal,
     take,
 )
 from .likelihoods import make_likelihood
@@ -543,12 +545,13 @@ class M2(ConfigurableModule):
         Args:
             y: labels [N].
             mean: return ``E[x | y, z]`` (default True) instead of a draw from ``p(x | y, z)``.
-            generator: optional ``torch.Generator`` for ``z`` (default: the global RNG).
+            generator: optional ``torch.Generator`` for ``z`` and ``x`` (default: the global
+                RNG); drawn on its device and moved to the model's, as ``VAE.sample`` does.
 
         Returns ``[N, D]``.
         """
         check_labels(y, self.num_classes)
         weight = next(self.decoder.parameters())
-        z = torch.randn(y.shape[0], self.latent_dim, generator=generator, dtype=weight.dtype)
-        out = self.decoder_logits(z.to(weight.device), y)
-        return self.likelihood.mean(out) if mean else self.likelihood.distribution(out).sample()
+        z = standard_normal((y.shape[0], self.latent_dim), weight, generator)
+        out = self.decoder_logits(z, y)
+        return self.likelihood.mean(out) if mean else draw_data(self.likelihood, out, generator)

@@ -24,6 +24,7 @@ from .base import (
     check_positive_int,
     data_plate,
     draw,
+    draw_data,
     take,
 )
 from .likelihoods import make_likelihood
@@ -238,14 +239,14 @@ class VAE(ConfigurableModule):
         Args:
             num_samples: number of images.
             mean: return ``E[x | z]`` (default True) instead of a draw from ``p(x | z)``.
-            generator: optional ``torch.Generator`` for ``z`` (default: torch's global RNG).
-                [`prior`][] is asked for ``p(z)`` on the generator's device (the CPU without
-                one) and ``z`` moved to the model's, so a seeded sample of the standard prior
-                is the same on every device.
+            generator: optional ``torch.Generator`` for ``z`` and ``x`` (default: torch's
+                global RNG). [`prior`][] is asked for ``p(z)`` on the generator's device (the
+                CPU without one) and ``z`` moved to the model's, so a seeded sample of the
+                standard prior is the same on every device; ``x`` is drawn likewise.
         """
         check_positive_int(num_samples, "num_samples")
         like = self._like()
         where = like.new_empty(0, device="cpu" if generator is None else generator.device)
         z = draw(self.prior(where), (num_samples,), generator).to(like.device)
         out = self.decoder(z)
-        return self.likelihood.mean(out) if mean else self.likelihood.distribution(out).sample()
+        return self.likelihood.mean(out) if mean else draw_data(self.likelihood, out, generator)
