@@ -119,3 +119,16 @@ def test_nll_against_cpu_hours_figure(tmp_path):
     assert out.stat().st_size > 10_000
     # The committed NLL of the batch-100 IWAE run is read from its evaluation file.
     assert "iwae: 232 epochs" in printed and "NLL 88.35 ± 0.24" in printed
+
+
+def test_m1_code_clusters(tmp_path):
+    _data("MNIST", "raw", "train-images-idx3-ubyte.gz")
+    out = tmp_path / "clusters.json"
+    _run("benchmarks/m1_code_clusters.py", "--m1", "results/m2/m1/m1.pt", "--limit", "1500",
+         "--validation", "500", "--components", "3", "--max-fit", "500", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert 1 <= report["dims_kept"] <= report["latent_dim"] and report["provenance"]
+    errors = report["val_error_percent"]
+    assert set(errors) == {"logistic_regression", "nearest_neighbour", "mixture_3"}
+    # naming components by the validation labels themselves can only do better
+    assert errors["mixture_3"]["oracle"] <= errors["mixture_3"]["labels"]
