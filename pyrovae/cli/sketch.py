@@ -100,7 +100,7 @@ def sample(args: argparse.Namespace) -> int:
 
 def complete(args: argparse.Namespace) -> int:
     device, out, options, model = common.open_checkpoint(args, FAMILY, out_dir=True,
-                                                  script_model=SketchRNN)
+                                                         script_model=SketchRNN)
     model.eval()
     sketches = _test_sketches(args, options, device)
     n = min(args.sketches, len(sketches.test_x))
