@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -344,4 +345,28 @@ def test_train_script_smoke(tmp_path):
     # the same command with more epochs resumes from the checkpoint and keeps the history
     subprocess.run([*cmd, "--epochs", "2"], cwd=REPO, env=env, check=True, capture_output=True,
                    timeout=120)
-    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_done"] == 2
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs_done"] == 2
+    # the test L_R on dequantised offsets beside the raw one, every epoch, and said so
+    assert all(math.isfinite(row["test_dq_recon_per_step"]) for row in metrics["history"])
+    assert all(row["test_dq_offsets_nll_pixels"] >= 0 for row in metrics["history"])
+    assert "dequantised" in metrics["test_metrics"]
+    assert metrics["args"]["random_scale"] == 0.15 and metrics["args"]["dequantize"]
+    # resuming with other noise options would change the run's data: refused in one line
+    refused = subprocess.run([*cmd, "--epochs", "3", "--no-dequantize"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--random-scale 0.15 --dequantize" in refused.stderr
+    # the command line samples and evaluates the script's checkpoint (no 'family' in it)
+    checkpoint = str(tmp_path / "checkpoints" / "last.pt")
+    cli = [sys.executable, "-m", "pyrovae.cli", "sketch"]
+    subprocess.run([*cli, "sample", "--checkpoint", checkpoint, "--out",
+                    str(tmp_path / "cli_samples.png"), "--num", "2", "--temperatures", "0.5",
+                    "--device", "cpu"], cwd=REPO, env=env, check=True, capture_output=True,
+                   timeout=120)
+    assert (tmp_path / "cli_samples.png").read_bytes()[:4] == b"\x89PNG"
+    evaluated = subprocess.run([*cli, "evaluate", "--checkpoint", checkpoint, "--device", "cpu"],
+                               cwd=REPO, env=env, check=True, capture_output=True, text=True,
+                               timeout=120).stdout
+    # the script's last test row, recomputed from its checkpoint (same sketches, same seed)
+    dq = float(re.search(r"on dequantised offsets: reconstruction ([-\d.]+)", evaluated).group(1))
+    assert dq == pytest.approx(metrics["history"][-1]["test_dq_recon"], abs=1e-3)

@@ -24,7 +24,7 @@ import torch
 
 from pyrovae.cli import arguments
 from pyrovae.infer import History, distributed, load_checkpoint
-from pyrovae.infer.checkpoint import read_checkpoint
+from pyrovae.infer.checkpoint import class_path, read_checkpoint
 from pyrovae.plots import save_image_grid
 from pyrovae.runs import curves, folder
 from pyrovae.runs.data import COLOUR_DATASETS, channels_first
@@ -204,9 +204,18 @@ def add_defaulted(parser: argparse.ArgumentParser, defaults: dict[str, Any], opt
                         help=f"{help} (default {default}{note})", **kwargs)
 
 
-def training_options(checkpoint: dict[str, Any], path: str | os.PathLike, family: str) -> dict:
-    """The CLI options stored in a checkpoint by ``train``; a clear error for another file."""
+def training_options(checkpoint: dict[str, Any], path: str | os.PathLike, family: str,
+                     script_model: type | None = None) -> dict:
+    """The CLI options stored in a checkpoint by ``train``; a clear error for another file.
+
+    With ``script_model``, a checkpoint of that class written by an experiment script is
+    accepted too: a script stores its ``vars(args)`` as ``{"args": ...}`` and no family, and its
+    option names are the command line's."""
     options = (checkpoint.get("fit_config") or {}).get("user") or {}
+    script_args = options.get("args")
+    if (script_model is not None and "family" not in options and isinstance(script_args, dict)
+            and checkpoint.get("model_class") == class_path(script_model)):
+        return {**script_args, "family": family}
     if options.get("family") != family:
         raise UsageError(
             f"--checkpoint {path} was not written by 'pyrovae {family} train' "
@@ -273,10 +282,12 @@ class OpenedCheckpoint(NamedTuple):
 
 
 def open_checkpoint(
-    args: argparse.Namespace, family: str, *, optional_out: bool = False, out_dir: bool = False
+    args: argparse.Namespace, family: str, *, optional_out: bool = False, out_dir: bool = False,
+    script_model: type | None = None,
 ) -> OpenedCheckpoint:
     """``evaluate``'s and ``sample``'s checks, in order (``--device``, ``--out``, then
-    ``--checkpoint`` written by ``pyrovae FAMILY train``) and the model loaded on the device.
+    ``--checkpoint`` written by ``pyrovae FAMILY train``, or by a script for ``script_model``,
+    see `training_options`) and the model loaded on the device.
     With ``optional_out`` an empty ``--out`` means no file; with ``out_dir`` it is a folder."""
     device = resolve_device(args.device)
     if out_dir:
@@ -284,7 +295,8 @@ def open_checkpoint(
     else:
         out = None if optional_out and not args.out else folder.check_output_file(
             args.out, inputs={"--checkpoint": args.checkpoint})
-    options = training_options(read_checkpoint(args.checkpoint), args.checkpoint, family)
+    options = training_options(read_checkpoint(args.checkpoint), args.checkpoint, family,
+                               script_model)
     return OpenedCheckpoint(device, out, options,
                             load_checkpoint(args.checkpoint, map_location=device))
 

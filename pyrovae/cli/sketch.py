@@ -20,9 +20,10 @@ import torch
 
 from pyrovae.cli import _common as common
 from pyrovae.data.sketches import SKETCH_DATASETS
-from pyrovae.models.sketch_rnn import PEN_LOSSES
+from pyrovae.models.sketch_rnn import PEN_LOSSES, SketchRNN
 from pyrovae.runs import folder, sketch_figures
 from pyrovae.runs import sketch as family
+from pyrovae.runs.launch import fraction
 from pyrovae.runs.provenance import write_json
 
 FAMILY = "sketch"
@@ -30,7 +31,7 @@ CHECKPOINT = "runs/sketch/last.pt"  # what `train` writes with its default --out
 MODEL_KEYS = ("latent_dim", "encoder_size", "decoder_size", "num_mixtures", "max_length",
               "pen_loss", "w_kl", "kl_eta_min", "kl_rate", "kl_min")
 TRAIN_KEYS = ("train_limit", "test_limit", "epochs", "batch_size", "bucket_pool", "lr",
-              "lr_decay", "min_lr", "clip_value", "clip_norm", "seed")
+              "lr_decay", "min_lr", "clip_value", "clip_norm", "random_scale", "dequantize", "seed")
 
 
 # ----------------------------------------------------------------- subcommands
@@ -42,6 +43,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: bool) -> int:
+    if resume:  # a run that predates the noise options goes on without noise, as it began
+        options = {**family.BEFORE_NOISE_OPTIONS, **options}
     device = common.resolve_device(args.device)
     sketches = family.data(options, device=device, **common.where(args))
     torch.manual_seed(options["seed"])
@@ -68,20 +71,23 @@ def _test_sketches(args: argparse.Namespace, options: dict[str, Any], device) ->
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True)
+    device, report_path, options, model = common.open_checkpoint(args, FAMILY, optional_out=True,
+                                                                 script_model=SketchRNN)
     sketches = _test_sketches(args, options, device)
     metrics = family.evaluate(model, sketches.test_x, sketches.test_lengths,
-                              options["batch_size"], args.seed)
+                              options["batch_size"], args.seed, scale=sketches.scale)
     print(f"test reconstruction {metrics['test_recon']:.3f} nats/sketch "
           f"(L_R {metrics['test_recon_per_step']:.4f} per step; paper's, pen states over "
           f"N_max: {metrics['test_paper_recon_per_step']:.4f}), KL {metrics['test_kl']:.3f} "
-          f"({len(sketches.test_x)} test sketches)")
+          f"({len(sketches.test_x)} test sketches); on dequantised offsets: reconstruction "
+          f"{metrics['test_dq_recon']:.3f} nats/sketch (L_R "
+          f"{metrics['test_dq_recon_per_step']:.4f})")
     common.write_report(report_path, args, {**metrics, "num_sketches": len(sketches.test_x)})
     return 0
 
 
 def sample(args: argparse.Namespace) -> int:
-    device, out, options, model = common.open_checkpoint(args, FAMILY)
+    device, out, options, model = common.open_checkpoint(args, FAMILY, script_model=SketchRNN)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     model.eval()
     rows = [model.sample(args.num, temperature=tau, generator=generator)
@@ -93,7 +99,8 @@ def sample(args: argparse.Namespace) -> int:
 
 
 def complete(args: argparse.Namespace) -> int:
-    device, out, options, model = common.open_checkpoint(args, FAMILY, out_dir=True)
+    device, out, options, model = common.open_checkpoint(args, FAMILY, out_dir=True,
+                                                         script_model=SketchRNN)
     model.eval()
     sketches = _test_sketches(args, options, device)
     n = min(args.sketches, len(sketches.test_x))
@@ -160,6 +167,12 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     opt("--lr-decay", common.positive_float, "learning-rate factor per step")
     opt("--min-lr", common.positive_float, "floor of the decayed rate")
     opt("--clip-value", float, "clip each gradient value of the mean loss", "; 0: none")
+    opt("--random-scale", fraction,
+        "scale each training sketch's dx and dy by factors uniform in [1-R, 1+R), fresh every "
+        "epoch (the paper's augmentation)", "; 0: off")
+    add("--dequantize", action=argparse.BooleanOptionalAction, default=d["dequantize"],
+        help="add uniform noise of one pixel's width to the training offsets, fresh every "
+        f"epoch (default {'on' if d['dequantize'] else 'off'})")
     add("--clip-norm", type=common.positive_float, default=None,
         help="clip the global norm of the summed-loss gradient (default: none)")
     common.add_train_basics(tr, out="runs/sketch", epochs=100)

@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -84,17 +85,23 @@ class LengthBuckets:
     passed on, so ``fit(..., seed=s)`` fixes the batches of every epoch.
 
     Args:
-        tensors: the model's arguments, each with N rows (e.g. ``(x, lengths)``).
+        tensors: the model's arguments, each with N rows (e.g. ``(x, lengths)``), or a stream
+            with ``__len__`` and ``for_epoch(epoch)`` (e.g.
+            [`pyrovae.data.sketch_augment.AugmentedSketches`][]) whose epochs are batched.
         lengths: ``[N]`` the length each sequence is sorted by.
         batch_size: B (``fit``'s ``batch_size`` is not used for this stream).
         pool: batches per sorted pool (default 50, see the module docstring).
     """
 
     def __init__(
-        self, tensors: Sequence[Tensor], lengths: Tensor, batch_size: int, pool: int = 50
+        self, tensors: Sequence[Tensor] | Any, lengths: Tensor, batch_size: int, pool: int = 50
     ) -> None:
-        self.tensors = tuple(tensors)
-        sizes = {t.shape[0] for t in self.tensors}
+        if hasattr(tensors, "for_epoch"):
+            self.source, self.tensors = tensors, None
+            sizes = {len(tensors)}
+        else:
+            self.source, self.tensors = None, tuple(tensors)
+            sizes = {t.shape[0] for t in self.tensors}
         if len(sizes) != 1 or sizes != {lengths.shape[0]}:
             raise ValueError(
                 f"tensors and lengths must have the same number of rows, got {sorted(sizes)} "
@@ -108,7 +115,7 @@ class LengthBuckets:
         return self.lengths.numel()
 
     def for_epoch(self, epoch: int) -> tuple[Tensor, ...]:
-        return self.tensors
+        return self.tensors if self.source is None else tuple(self.source.for_epoch(epoch))
 
     def batches(self, seed: int, epoch: int) -> list[Tensor]:
         """Epoch ``epoch``'s index batches, see [`bucketed_batches`][]."""

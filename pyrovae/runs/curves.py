@@ -22,6 +22,8 @@ CURVE_FILE = "curve.png"
 TEST_METRICS = {
     "test_elbo": ("test ELBO", "test ELBO (nats per example)"),
     "val_accuracy": ("validation accuracy", "validation accuracy"),
+    "test_dq_recon": ("test reconstruction, dequantised offsets",
+                      "test reconstruction loss, dequantised (nats per sketch)"),
     "test_recon": ("test reconstruction", "test reconstruction loss (nats per sketch)"),
     "kl_per_example": ("held-out KL", "held-out KL (nats per example)"),
 }

@@ -53,6 +53,11 @@ def positive_float(text: str) -> float:
     return _number(text, float, "a positive number", lambda value: 0 < value < float("inf"))
 
 
+def fraction(text: str) -> float:
+    """argparse type: a float in [0, 1)."""
+    return _number(text, float, "a number in [0, 1)", lambda value: 0 <= value < 1)
+
+
 # ---------------------------------------------------------------------------------- options
 def add_device_options(parser: argparse.ArgumentParser, threads: int | None = None) -> None:
     """``--device`` and ``--threads`` (default ``threads``; None leaves torch's choice)."""

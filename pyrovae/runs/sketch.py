@@ -9,23 +9,30 @@ decaying by ``lr_decay`` per step to ``min_lr``, every gradient value clipped at
 on the *mean* loss (``fit``'s loss is summed over the data set, so
 `pyrovae.infer.clipping.MeanLossAdam` divides by N * N_max before clipping), the KL
 weight ``w_kl`` annealed as ``w_kl (1 - (1 - kl_eta_min) kl_rate^step)``, a KL floor of
-``kl_min`` nats per latent dimension; batches of sketches of similar length.
+``kl_min`` nats per latent dimension; batches of sketches of similar length; every epoch, each
+training sketch's offsets scaled by two factors uniform in ``[1 - random_scale, 1 + random_scale)``
+(the paper's data augmentation) and, with ``dequantize``, moved by uniform noise of one pixel's
+width (`pyrovae.data.sketch_augment`), so that narrow mixture components on the integer pixel
+lattice no longer pay. The test metrics are given on the raw offsets and on dequantised ones.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Any, NamedTuple
 
 import torch
 
 from pyrovae.data.buckets import LengthBuckets, bucketed_batches
+from pyrovae.data.sketch_augment import AugmentedSketches, dequantized
 from pyrovae.data.sketches import load_sketches
 from pyrovae.infer import KLAnnealing, TimeBudget, fit
 from pyrovae.infer.clipping import MeanLossAdam
 from pyrovae.models.sketch_rnn import SketchRNN
 from pyrovae.runs import sketch_figures
+from pyrovae.runs.launch import RunError
 
 #: The options a run reads, with their defaults (the paper's, at a CPU-sized network).
 DEFAULTS: dict[str, Any] = {
@@ -33,8 +40,11 @@ DEFAULTS: dict[str, Any] = {
     "decoder_size": 512, "num_mixtures": 20, "pen_loss": "sketch", "w_kl": 0.5,
     "kl_eta_min": 0.01, "kl_rate": 0.99995, "kl_min": 0.2, "train_limit": None,
     "test_limit": None, "batch_size": 100, "bucket_pool": 50, "lr": 1e-3, "lr_decay": 0.9999,
-    "min_lr": 1e-5, "clip_value": 1.0, "clip_norm": None, "seed": 0,
+    "min_lr": 1e-5, "clip_value": 1.0, "clip_norm": None, "seed": 0, "random_scale": 0.15,
+    "dequantize": True,
 }
+#: What the noise options meant before they existed (a run that predates them had neither).
+BEFORE_NOISE_OPTIONS: dict[str, Any] = {"random_scale": 0.0, "dequantize": False}
 
 #: Temperatures of the sample and reconstruction figures.
 TEMPERATURES = (0.1, 0.5, 1.0)
@@ -43,6 +53,19 @@ TEMPERATURES = (0.1, 0.5, 1.0)
 def option(options: dict[str, Any], name: str) -> Any:
     """``options[name]``, else its default."""
     return options.get(name, DEFAULTS[name])
+
+
+def check_same_noise(stored: dict[str, Any], options: dict[str, Any]) -> None:
+    """Refuse (``RunError``) to resume a run whose stored options ``stored`` trained with other
+    noise options than ``options``: its data would change in mid-run. A run that predates the
+    options had no noise (`BEFORE_NOISE_OPTIONS`)."""
+    was = {name: stored.get(name, before) for name, before in BEFORE_NOISE_OPTIONS.items()}
+    now = {name: option(options, name) for name in BEFORE_NOISE_OPTIONS}
+    if was != now:
+        flags = (f"--random-scale {was['random_scale']} "
+                 f"--{'' if was['dequantize'] else 'no-'}dequantize")
+        raise RunError(f"the run being resumed was trained with {was}, not {now}: continue it "
+                       f"with {flags}, or start a new run in another folder")
 
 
 class Sketches(NamedTuple):
@@ -128,18 +151,24 @@ def fit_options(options: dict[str, Any], sketches: Sketches, *, minutes: float |
     test metrics, CPU clock, wall-time budget)."""
     x, lengths = sketches.train_x, sketches.train_lengths
     batch_size, pool = option(options, "batch_size"), option(options, "bucket_pool")
+    seed = option(options, "seed")
+    random_scale, dequantize = option(options, "random_scale"), option(options, "dequantize")
+    source = (x, lengths)
+    if random_scale > 0 or dequantize:
+        source = AugmentedSketches(x, lengths, sketches.scale, random_scale=random_scale,
+                                   dequantize=dequantize, seed=seed)
     if pool > 0:
-        stream = LengthBuckets((x, lengths), lengths, batch_size, pool=pool)
+        stream = LengthBuckets(source, lengths, batch_size, pool=pool)
         steps_per_epoch = len(bucketed_batches(lengths, batch_size, 0, 0, pool))
     else:
-        stream = (x, lengths)
+        stream = source
         steps_per_epoch = -(-len(x) // batch_size)
     # fit's loss is the data set's total; the paper's is the mean per sketch over N_max steps
     loss_scale = len(x) * option(options, "max_length")
-    seed = option(options, "seed")
 
     def test_metrics(info):
-        return evaluate(info.module, sketches.test_x, sketches.test_lengths, batch_size, seed)
+        return evaluate(info.module, sketches.test_x, sketches.test_lengths, batch_size, seed,
+                        scale=sketches.scale)
 
     return dict(
         data=stream, objective="elbo", batch_size=batch_size,
@@ -188,7 +217,8 @@ def scoring_pen_states(model: SketchRNN, pen_loss: str):
         model.pen_loss = kept
 
 
-def evaluate(model: SketchRNN, x, lengths, batch_size: int, seed: int = 0) -> dict[str, float]:
+def evaluate(model: SketchRNN, x, lengths, batch_size: int, seed: int = 0,
+             scale: float | None = None) -> dict[str, float]:
     """Mean per-sketch test reconstruction loss and KL (one ``z ~ q`` per sketch, fixed seed).
 
     ``recon`` = -(log p(offsets | z) + log p(pen | z)) in nats per sketch with the pen states
@@ -197,27 +227,36 @@ def evaluate(model: SketchRNN, x, lengths, batch_size: int, seed: int = 0) -> di
     steps (``pen_loss="padded"``, the paper's L_R, which also counts predicting "ended" over
     the padding), with the same ``z``. The KL is also given per latent dimension (L_KL).
     Sketches are evaluated in order of length, so that each batch is cut short.
+
+    With ``scale`` (the ``s`` the integer pixel offsets were divided by), the same terms on the
+    test sketches dequantised with the noise of ``seed`` (`pyrovae.data.sketch_augment`) are
+    added as ``test_dq_*``: their offset NLL is that of a continuous density on continuous data,
+    which narrow components on the pixel lattice cannot make arbitrarily good;
+    ``test_dq_offsets_nll_pixels`` adds ``2 log s`` per point (the density in pixel units), an
+    upper bound on ``-log P(integer offsets | z)`` and so never negative. The ``z`` of each
+    batch is drawn with the same seed in every pass.
     """
     was_training = model.training
     model.eval()
-    totals = {"offsets": 0.0, "pen": 0.0, "kl": 0.0, "paper_pen": 0.0}
+    passes = [("", x, "sketch"), ("paper_", x, "padded")]
+    if scale is not None:
+        passes.append(("dq_", dequantized(x, lengths, scale, seed), "sketch"))
+    totals = {key + name: 0.0 for key, _, _ in passes for name in ("offsets", "pen", "kl")}
     order = torch.argsort(lengths)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         for start in range(0, len(x), batch_size):
             rows = order[start:start + batch_size]
-            for pen_loss, key in (("sketch", ""), ("padded", "paper_")):
-                torch.manual_seed(seed + start)  # the same z for both pen losses
+            for key, sketches, pen_loss in passes:
+                torch.manual_seed(seed + start)  # the same z draws in every pass
                 with scoring_pen_states(model, pen_loss):
-                    terms = model.loss_terms(x[rows], lengths[rows])
-                totals[key + "pen"] += float(terms["pen"].sum())
-                if not key:
-                    for name in ("offsets", "kl"):
-                        totals[name] += float(terms[name].sum())
+                    terms = model.loss_terms(sketches[rows], lengths[rows])
+                for name in ("offsets", "pen", "kl"):
+                    totals[key + name] += float(terms[name].sum())
     model.train(was_training)
     n = len(x)
     recon = -(totals["offsets"] + totals["pen"]) / n
     paper = -(totals["offsets"] + totals["paper_pen"]) / n
-    return {
+    metrics = {
         "test_recon": recon,
         "test_offsets_nll": -totals["offsets"] / n,
         "test_pen_nll": -totals["pen"] / n,
@@ -226,6 +265,18 @@ def evaluate(model: SketchRNN, x, lengths, batch_size: int, seed: int = 0) -> di
         "test_paper_recon_per_step": paper / model.max_length,
         "test_kl_per_dim": totals["kl"] / n / model.latent_dim,
     }
+    if scale is not None:
+        dq_recon = -(totals["dq_offsets"] + totals["dq_pen"]) / n
+        points = float(lengths.sum()) / n
+        metrics.update({
+            "test_dq_recon": dq_recon,
+            "test_dq_offsets_nll": -totals["dq_offsets"] / n,
+            "test_dq_pen_nll": -totals["dq_pen"] / n,
+            "test_dq_kl": totals["dq_kl"] / n,
+            "test_dq_recon_per_step": dq_recon / model.max_length,
+            "test_dq_offsets_nll_pixels": -totals["dq_offsets"] / n + 2 * math.log(scale) * points,
+        })
+    return metrics
 
 
 def save_figures(model: SketchRNN, sketches: Sketches, out, dataset: str, seed: int,
