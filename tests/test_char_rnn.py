@@ -193,3 +193,32 @@ def test_evaluate_script_gives_it_the_vaes_sample_metrics_and_its_exact_nll(tmp_
                                                                  root=root))[:10]
     log_p = model.log_marginal(*model.vocab.encode(targets))
     assert metrics["test_nll_per_molecule"] == pytest.approx(-float(log_p.mean()), rel=1e-6)
+
+
+def test_resume_raises_the_cpu_budget(tmp_path):
+    """``pyrovae smiles resume --cpu-minutes`` continues a run its budget stopped, as
+    ``--epochs`` raises its total; without it the run stops again after one epoch."""
+    import json
+
+    from test_smiles_vae import moses_root
+
+    from pyrovae.cli import main
+
+    root = moses_root()
+    run = tmp_path / "run"
+    small = ["--data-root", root, "--out", str(run)]
+    assert main(["-q", "smiles", "train", "--model", "charrnn", "--train-limit", "60",
+                 "--epoch-size", "30", "--batch-size", "30", "--embedding-dim", "4",
+                 "--decoder-size", "8", "--monitor-size", "0", "--epochs", "50",
+                 "--cpu-minutes", "1e-6", *small]) == 0
+
+    def epochs() -> list[dict]:
+        return json.loads((run / "train.json").read_text())["history"]
+
+    assert len(epochs()) == 1                     # the budget stops it after its first epoch
+    assert main(["-q", "smiles", "resume", *small]) == 0
+    assert len(epochs()) == 2                     # the stored budget: one more epoch, stopped
+    assert main(["-q", "smiles", "resume", "--cpu-minutes", "10", "--epochs", "4",
+                 *small]) == 0
+    assert len(epochs()) == 4                     # the raised budget lets it reach --epochs
+    assert json.loads((run / "options.json").read_text())["cpu_minutes"] == 10

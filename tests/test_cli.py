@@ -245,6 +245,7 @@ def test_documented_sequence_examples_run(tmp_path, monkeypatch, capsys):
     lm_run = tmp_path / "runs" / "charrnn_smoke"
     record = json.loads((lm_run / "train.json").read_text())
     assert record["options"]["model"] == "charrnn" and "latent_dim" not in record["options"]
+    assert record["options"]["cpu_minutes"] == 20  # resume --cpu-minutes raised the budget of 10
     history = record["history"]
     assert [row["epoch"] for row in history] == [0, 1]
     assert 0 < history[0]["cpu_seconds"] < history[1]["cpu_seconds"]

@@ -53,6 +53,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace, out: Path, options: dict[str, Any], resume: bool) -> int:
+    if resume and args.cpu_minutes is not None:
+        options["cpu_minutes"] = args.cpu_minutes  # matching another run's CPU time needs more
     device = common.resolve_device(args.device)
     where = common.where(args)
     molecules = family.data(options, **where)
@@ -217,6 +219,9 @@ def add_parser(sub) -> list[argparse.ArgumentParser]:
     tr.set_defaults(run=train, memory_options=("--batch-size",))
 
     re = common.add_resume_parser(actions, FAMILY, _fit, ("--batch-size",))
+    re.add_argument("--cpu-minutes", type=common.positive_float, default=None,
+                    help="new CPU-time budget of the whole run, as --epochs raises its total "
+                    "(default: the run's)")
     checkpoint = functools.partial(common.add_checkpoint_parser, actions,
                                    memory_options=("--batch-size",),
                                    checkpoint="runs/smiles/last.pt")
