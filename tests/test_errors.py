@@ -299,9 +299,12 @@ def subprocess_env() -> dict:
 
 def test_ctrl_c_after_the_first_checkpoint_says_they_are_intact_and_how_to_resume(tmp_path):
     out = tmp_path / "run"
+    # A shell gives the command Ctrl-C's default action; the test process may ignore SIGINT (an
+    # earlier test's launcher can leave it so), and an ignored SIGINT is inherited.
     proc = subprocess.Popen(command(*TINY_VAE, "--epochs", "100000", "--out", out),
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=subprocess_env())
+                            env=subprocess_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (out / "last.pt").exists():
