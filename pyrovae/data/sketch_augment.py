@@ -27,9 +27,10 @@ References:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from .transforms import mixed_seed
 
 __all__ = ["AugmentedSketches", "dequantization_noise", "dequantized", "random_scale_factors"]
 
@@ -38,9 +39,7 @@ _TRAIN_TAG, _TEST_TAG = 0x5CE7C4, 0x7E57
 
 
 def _generator(*words: int) -> torch.Generator:
-    generator = torch.Generator(device="cpu")
-    state = np.random.SeedSequence([int(w) for w in words]).generate_state(1, dtype=np.uint64)
-    return generator.manual_seed(int(state[0]) & (2**63 - 1))
+    return torch.Generator(device="cpu").manual_seed(mixed_seed(*words) & (2**63 - 1))
 
 
 def _points(lengths: Tensor, num_steps: int) -> Tensor:

@@ -80,10 +80,15 @@ def threshold(x: Tensor, level: float = 0.5) -> Tensor:
     return (x > level).to(x.dtype)
 
 
+def mixed_seed(*words: int) -> int:
+    """A 64-bit seed that is a deterministic, well-mixed function of the integers ``words``."""
+    state = np.random.SeedSequence([int(w) for w in words]).generate_state(1, dtype=np.uint64)
+    return int(state[0])
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 64-bit seed that is a deterministic, well-mixed function of ``(seed, epoch)``."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)
-    return int(state[0])
+    return mixed_seed(seed, epoch)
 
 
 class DynamicBinarized:
