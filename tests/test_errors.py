@@ -260,6 +260,18 @@ def test_experiment_run_folder_refuses_other_options_and_force_new_moves_it_asid
     assert json.loads((out / RUN_OPTIONS_FILE).read_text())["options"] == {"epochs": 5, "lr": 0.1}
 
 
+def test_an_option_no_longer_compared_is_ignored_in_the_stored_options_too(tmp_path):
+    from pyrovae.runs.folder import NOT_COMPARED, guard_run_folder
+
+    out = tmp_path / "run"
+    # a run started when "minutes" was still compared (it is stored) ...
+    guard_run_folder(out, {"epochs": 3, "minutes": 5.0}, ignore=frozenset(), lock=False)
+    # ... resumes under today's rule with another budget, or none
+    assert "minutes" in NOT_COMPARED
+    guard_run_folder(out, {"epochs": 3, "minutes": 9.0}, lock=False)
+    guard_run_folder(out, {"epochs": 3}, lock=False)
+
+
 def test_experiment_script_refuses_a_changed_rerun(tmp_path):
     """End to end through a script's own parser (start_run), before any training."""
     from pyrovae.runs.script import add_run_arguments, start_run

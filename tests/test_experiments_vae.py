@@ -162,3 +162,25 @@ def test_image_grid_draws_grey_and_colour_images():
     assert np.array_equal(image_grid(grey, (1, 2, 2)), image_grid(grey, (2, 2)))
     assert image_grid(grey, (2, 2), nrow=2, padding=0).tolist() == [
         [0.0, 0.125, 0.5, 0.625], [0.25, 0.375, 0.75, 0.875]]
+
+
+def test_a_finished_recipe_run_is_extended_in_its_last_stage(tmp_path):
+    """``--epochs 10 --schedule-epochs 8`` resumes a finished 8-epoch recipe run: its two new
+    epochs run at the last stage's rate (1e-3 * 10^(-7/7)) and the run is evaluated again;
+    a larger ``--epochs`` alone would change the schedule and is refused."""
+    args = ["--dataset", "digits", "--recipe", "burda-compressed", "--train-size", "1100",
+            "--epochs", "8", "--eval-examples", "10", "--num-samples", "20",
+            "--monitor-examples", "50", "--threads", "1"]
+    first = run("headline", args, tmp_path)["runs"]["iwae"]
+    assert first["complete"] and first["evaluated_at_epoch"] == 8
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    refused = subprocess.run(
+        [sys.executable, "-m", "experiments.vae.headline", *TINY, *args, "--epochs", "10",
+         "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "epochs: 8 -> 10" in refused.stderr
+    second = run("headline", [*args, "--epochs", "10", "--schedule-epochs", "8"], tmp_path)
+    rows = second["runs"]["iwae"]["curve"]
+    assert [row["epoch"] for row in rows] == list(range(10))
+    assert rows[8]["lr"] == rows[9]["lr"] == pytest.approx(1e-4)
+    assert rows[7]["lr"] == pytest.approx(1e-4) and rows[0]["lr"] == pytest.approx(1e-3)
+    assert second["runs"]["iwae"]["evaluated_at_epoch"] == 10

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 import torch
 
@@ -64,6 +65,7 @@ from pyrovae.data import DynamicBinarized, binarize
 from pyrovae.infer import BurdaSchedule, burda_adam, held_out_bound_callback, read_checkpoint
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
 from pyrovae.runs import vae as vae_family
+from pyrovae.runs.folder import RUN_OPTIONS_FILE
 from pyrovae.runs.provenance import command_line, evaluates, provenance, read_json, write_json
 from pyrovae.runs.script import run_script
 
@@ -97,6 +99,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="training wall-time budget per objective (one value or one each); "
                         "a later run with the same --out resumes each objective's last.pt")
     parser.add_argument("--lr-schedule", default="burda", choices=["burda", "constant"])
+    parser.add_argument("--schedule-epochs", type=int, default=None,
+                        help="with --recipe: the E of its BurdaSchedule(E) (default: --epochs); "
+                        "epochs past E stay at the last stage's rate, so a finished run is "
+                        "extended by resuming it with a larger --epochs and the same E")
     parser.add_argument("--eval-every", type=int, default=5, help="epochs between test ELBOs")
     parser.add_argument("--monitor-examples", type=int, default=1000)
     parser.add_argument("--eval-examples", type=int, default=2000,
@@ -132,7 +138,8 @@ def recipe_options(args, objective: str, validation) -> dict:
     options = dict(recipe["fit"])
     if objective != "iwae":
         options.pop("dreg", None)
-    return dict(options, lr_schedule=BurdaSchedule(args.epochs),
+    schedule_epochs = args.epochs if args.schedule_epochs is None else args.schedule_epochs
+    return dict(options, lr_schedule=BurdaSchedule(schedule_epochs),
                 callbacks=[held_out_bound_callback(validation, num_samples=k)],
                 select_metric=f"val_bound_k{k}", select_mode="max")
 
@@ -246,6 +253,7 @@ def main(argv=None) -> None:
         raise SystemExit("the headline is the Bernoulli VAE on binarised images")
     refuse_datasets(args, COLOUR_DATASETS, "colour images; the headline is Burda et al.'s "
                     "protocol on binarised grey images")
+    extend_run(args)
     out = setup(args)
     data = data_from_args(args)
     validation = hold_out(args, data)
@@ -276,6 +284,28 @@ def main(argv=None) -> None:
         evaluate_objective(args, data, objective, model, history, out, metrics, eval_idx)
         plot_curves(metrics, out / "curves.png")
         (out / "table.md").write_text(markdown_table(metrics))
+
+
+def extend_run(args) -> None:
+    """``--epochs E2 --schedule-epochs E`` on a run folder trained with ``--epochs E``: record
+    the new ``--epochs`` in its stored options, so the run guard lets this invocation resume it
+    and train on in the schedule's last stage (``fit`` still refuses a resumed run whose
+    schedule differs). Anything else is left to the guard."""
+    path = Path(args.out) / RUN_OPTIONS_FILE
+    if args.recipe is None or args.schedule_epochs is None or not path.is_file():
+        return
+    stored = read_json(path)
+    options = stored.get("options", {})
+    epochs = options.get("epochs")
+    schedule_epochs = options.get("schedule_epochs") or epochs  # None (or absent): --epochs
+    if schedule_epochs != args.schedule_epochs or args.epochs < epochs:
+        return
+    if epochs != args.epochs:
+        logger.info("extending the run in %s from %d to %d epochs (BurdaSchedule(%d))",
+                    args.out, epochs, args.epochs, args.schedule_epochs)
+    options.update(epochs=args.epochs, schedule_epochs=args.schedule_epochs)
+    stored.setdefault("extended_by", []).append(command_line())
+    write_json(path, stored)
 
 
 def earlier_runs(path) -> dict:

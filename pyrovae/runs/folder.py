@@ -187,12 +187,13 @@ def releasing(out: str | os.PathLike):
 
 # ---------------------------------------------------------------------------------- scripts' runs
 #: Options that say where or how long a run goes, not what it computes: they may change
-#: between the invocations of one run (a resumed run on another device, with a new budget).
+#: between the invocations of one run (a resumed run on another device, with a new budget;
+#: ``evaluate_partial`` says only whether a stopped run is evaluated).
 #: ``n_labelled`` and ``seeds`` choose which sub-runs an invocation does (each in its own folder
 #: ``labels{N}_seed{S}``; experiments.m2's summaries gather them across invocations).
 NOT_COMPARED = frozenset(
     {"out", "threads", "device", "force_new", "max_minutes", "minutes", "n_labelled", "seeds",
-     "devices", "num_nodes"}
+     "devices", "num_nodes", "evaluate_partial"}
 )
 
 
@@ -223,7 +224,8 @@ def guard_run_folder(
     mine = _comparable(options, ignore)
     path = out / RUN_OPTIONS_FILE
     if path.is_file():
-        stored = read_json(path).get("options", {})
+        # ``ignore`` applies to the stored options too: a key added to it later is not compared
+        stored = {k: v for k, v in read_json(path).get("options", {}).items() if k not in ignore}
         keys = sorted(set(stored) | set(mine))
         differences = [
             f"{k}: {stored.get(k, '(unset)')!r} -> {mine.get(k, '(unset)')!r}"
