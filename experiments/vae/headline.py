@@ -40,6 +40,13 @@ resumes like any headline run (same ``--out``, ``--minutes`` per invocation)::
 
     python -m experiments.vae.headline --recipe burda-compressed --minutes 50 \
         --out runs/vae_burda_compressed      # repeat until table.md shows the NLL
+
+A finished recipe run trains on in its schedule's last stage (lr 1e-4) when resumed with a larger
+``--epochs`` and ``--schedule-epochs`` naming the E it was trained with; it is then evaluated
+again at its new validation-selected epoch::
+
+    python -m experiments.vae.headline --recipe burda-compressed --epochs 700 \
+        --schedule-epochs 300 --minutes 120 --out runs/vae_burda_compressed
 """
 
 from __future__ import annotations
