@@ -25,6 +25,7 @@ SMALL_ON_PURPOSE = {
     "results/sketch_rnn/aaron_sheep/cpu45/interpolation.png": "a strip of line drawings",
     "results/sketch_rnn/aaron_sheep/cpu45_dq/interpolation.png": "a strip of line drawings",
     "results/sketch_rnn/aaron_sheep/cpu100_d256/interpolation.png": "a strip of line drawings",
+    "results/sketch_rnn/kanji/cpu35_d256/interpolation.png": "a strip of line drawings",
 }
 
 
