@@ -41,6 +41,22 @@ def test_compressed_schedule_keeps_every_stage_and_its_share(epochs, lengths):
     assert [schedule(e) for e in range(epochs)] == [10.0 ** (-i / 7) for i in stages]
 
 
+@pytest.mark.parametrize("epochs, lengths", [
+    (8, [1] * 8),
+    (13, [2, 2, 2, 2, 2, 1, 1, 1]),
+    (400, [50] * 8),
+])
+def test_even_stages_keep_the_rates_and_share_the_epochs(epochs, lengths):
+    schedule = BurdaSchedule(epochs, stages="even")
+    assert schedule.stage_lengths == lengths
+    stages = [i for i, n in enumerate(lengths) for _ in range(n)]
+    assert [schedule(e) for e in range(epochs)] == [10.0 ** (-i / 7) for i in stages]
+    assert schedule(epochs + 100) == 10.0 ** (-1)  # past the end: the last stage
+    # The repr is what a resumed run compares: the paper's shares keep the old one.
+    assert repr(schedule) == f"BurdaSchedule(epochs={epochs}, stages='even')"
+    assert repr(BurdaSchedule(epochs)) == f"BurdaSchedule(epochs={epochs})"
+
+
 def test_fit_uses_the_schedule_per_epoch_and_resumes_only_with_the_same_one(tmp_path):
     x = torch.bernoulli(torch.full((40, 6), 0.4))
     history = fit(VAE(6, 2, (5,)), x, epochs=4, batch_size=20, lr=1e-3,
@@ -65,6 +81,8 @@ def test_burda_adam_and_bad_schedules():
             BurdaSchedule(bad)
     with pytest.raises(ValueError, match="epoch"):
         BurdaSchedule(10).stage(-1)
+    with pytest.raises(ValueError, match="stages"):
+        BurdaSchedule(10, stages="linear")
 
 
 def test_held_out_bound_selects_the_best_epoch(tmp_path):

@@ -35,14 +35,27 @@ class BurdaSchedule:
     ``fit(..., lr=1e-3, lr_schedule=BurdaSchedule(E), epochs=E)``; its ``repr`` names E, so a
     resumed run checks that the schedule is the same.
 
+    ``stages="even"`` keeps the eight rates but gives each stage an eighth of the epochs (the
+    first ``E mod 8`` stages one more): a short budget then spends most of its updates above the
+    last stage's rate, where the paper's shares put two thirds of them at 1e-4.
+
     Args:
         epochs: E, the epochs the eight stages fill (default 3280, the paper's); at least 8.
+        stages: ``"burda"`` (stage i's share ``3^i / 3280``) or ``"even"`` (``E / 8`` each).
     """
 
-    def __init__(self, epochs: int = BURDA_EPOCHS) -> None:
+    def __init__(self, epochs: int = BURDA_EPOCHS, stages: str = "burda") -> None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < BURDA_STAGES:
             raise ValueError(f"epochs must be an integer >= {BURDA_STAGES}, got {epochs!r}")
+        if stages not in ("burda", "even"):
+            raise ValueError(f"stages must be 'burda' or 'even', got {stages!r}")
         self.epochs = epochs
+        self.stages = stages
+        if stages == "even":
+            share, extra = divmod(epochs, BURDA_STAGES)
+            self.stage_lengths = [share + (i < extra) for i in range(BURDA_STAGES)]
+            self._starts = list(itertools.accumulate(self.stage_lengths))[:-1]
+            return
         lengths = [max(1, round(3**i * epochs / BURDA_EPOCHS)) for i in range(BURDA_STAGES - 1)]
         while sum(lengths) >= epochs:  # only for E near 8: the last stage needs an epoch too
             longest = max(range(len(lengths)), key=lengths.__getitem__)
@@ -61,7 +74,9 @@ class BurdaSchedule:
         return 10.0 ** (-self.stage(epoch) / 7.0)
 
     def __repr__(self) -> str:
-        return f"BurdaSchedule(epochs={self.epochs})"
+        # The paper's shares keep their old repr, so runs saved before "even" existed resume.
+        stages = "" if self.stages == "burda" else f", stages={self.stages!r}"
+        return f"BurdaSchedule(epochs={self.epochs}{stages})"
 
 
 def burda_adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
