@@ -1,5 +1,6 @@
 """Every VAE experiment runs end to end with tiny arguments (a subprocess each, < ~30 s)."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -184,3 +185,23 @@ def test_a_finished_recipe_run_is_extended_in_its_last_stage(tmp_path):
     assert rows[8]["lr"] == rows[9]["lr"] == pytest.approx(1e-4)
     assert rows[7]["lr"] == pytest.approx(1e-4) and rows[0]["lr"] == pytest.approx(1e-3)
     assert second["runs"]["iwae"]["evaluated_at_epoch"] == 10
+
+
+def test_extending_a_run_another_process_holds_leaves_its_options_alone(tmp_path):
+    """``extend_run`` locks the folder before it rewrites the stored ``--epochs``: while
+    another holder has the lock it is refused and ``run_options.json`` stays as it was."""
+    from experiments.vae.headline import extend_run, parse_args
+    from pyrovae.runs.launch import RunError
+
+    stored = {"options": {"epochs": 8, "schedule_epochs": None}}
+    (tmp_path / "run_options.json").write_text(json.dumps(stored))
+    holder = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: another holder
+    try:
+        args = parse_args(["--recipe", "burda-compressed", "--epochs", "10",
+                           "--schedule-epochs", "8", "--out", str(tmp_path)])
+        with pytest.raises(RunError, match="in use"):
+            extend_run(args)
+    finally:
+        os.close(holder)
+    assert json.loads((tmp_path / "run_options.json").read_text()) == stored

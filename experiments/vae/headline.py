@@ -75,7 +75,7 @@ from pyrovae.data import DynamicBinarized, binarize
 from pyrovae.infer import BurdaSchedule, burda_adam, held_out_bound_callback, read_checkpoint
 from pyrovae.infer.evaluation import elbo_terms, importance_nll
 from pyrovae.runs import vae as vae_family
-from pyrovae.runs.folder import RUN_OPTIONS_FILE
+from pyrovae.runs.folder import RUN_OPTIONS_FILE, lock_run_folder
 from pyrovae.runs.provenance import command_line, evaluates, provenance, read_json, write_json
 from pyrovae.runs.script import run_script
 
@@ -309,10 +309,12 @@ def extend_run(args) -> None:
     """``--epochs E2 --schedule-epochs E`` on a run folder trained with ``--epochs E``: record
     the new ``--epochs`` in its stored options, so the run guard lets this invocation resume it
     and train on in the schedule's last stage (``fit`` still refuses a resumed run whose
-    schedule differs). Anything else is left to the guard."""
+    schedule differs). Anything else is left to the guard. The folder is locked first, so a
+    run another process is training is refused before its options are touched."""
     path = Path(args.out) / RUN_OPTIONS_FILE
     if args.recipe is None or args.schedule_epochs is None or not path.is_file():
         return
+    lock_run_folder(args.out)  # held for the life of the process, as the guard's own lock
     stored = read_json(path)
     options = stored.get("options", {})
     epochs = options.get("epochs")
