@@ -32,14 +32,18 @@ def _run(*argv: str) -> str:
 def test_batch20_step_cost(tmp_path):
     _data("MNIST", "raw", "train-images-idx3-ubyte.gz")
     out = tmp_path / "batch20.json"
-    _run("benchmarks/batch20.py", "--rows", "60", "--epochs", "2", "--settings", "iwae_k5",
-         "elbo_k1", "--out", str(out))
+    _run("benchmarks/batch20.py", "--rows", "60", "--held-out", "30", "--epochs", "2",
+         "--settings", "iwae_k5", "elbo_k1", "iwae_k5_dreg_bf16", "--out", str(out))
     report = json.loads(out.read_text())
-    assert report["batch_size"] == 20 and report["rows"] == 60
+    assert report["batch_size"] == 20 and report["rows"] == 60 and report["held_out"] == 30
     assert report["command"] and report["machine"]
-    assert {r["setting"] for r in report["results"]} == {"iwae_k5", "elbo_k1"}
+    assert {r["setting"] for r in report["results"]} == {"iwae_k5", "elbo_k1",
+                                                         "iwae_k5_dreg_bf16"}
     assert all(r["pyrovae_ms_per_step"] > 0 and r["plain_ms_per_step"] > 0
                for r in report["results"])
+    # a bound per epoch, in nats per 784-pixel image: negative and finite
+    assert all(len(r["held_out_bound_k50"]) == 2 and -784 * 5 < min(r["held_out_bound_k50"])
+               and max(r["held_out_bound_k50"]) < 0 for r in report["results"])
 
 
 def test_dreg_variance(tmp_path):
