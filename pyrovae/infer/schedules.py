@@ -51,16 +51,7 @@ class BurdaSchedule:
             raise ValueError(f"stages must be 'burda' or 'even', got {stages!r}")
         self.epochs = epochs
         self.stages = stages
-        if stages == "even":
-            share, extra = divmod(epochs, BURDA_STAGES)
-            self.stage_lengths = [share + (i < extra) for i in range(BURDA_STAGES)]
-            self._starts = list(itertools.accumulate(self.stage_lengths))[:-1]
-            return
-        lengths = [max(1, round(3**i * epochs / BURDA_EPOCHS)) for i in range(BURDA_STAGES - 1)]
-        while sum(lengths) >= epochs:  # only for E near 8: the last stage needs an epoch too
-            longest = max(range(len(lengths)), key=lengths.__getitem__)
-            lengths[longest] -= 1
-        self.stage_lengths = [*lengths, epochs - sum(lengths)]
+        self.stage_lengths = _even_lengths(epochs) if stages == "even" else _burda_lengths(epochs)
         # The first epoch of every stage after the first.
         self._starts = list(itertools.accumulate(self.stage_lengths))[:-1]
 
@@ -77,6 +68,21 @@ class BurdaSchedule:
         # The paper's shares keep their old repr, so runs saved before "even" existed resume.
         stages = "" if self.stages == "burda" else f", stages={self.stages!r}"
         return f"BurdaSchedule(epochs={self.epochs}{stages})"
+
+
+def _burda_lengths(epochs: int) -> list[int]:
+    """Stage i's share ``3^i / 3280`` of ``epochs`` (at least one each), the last the rest."""
+    lengths = [max(1, round(3**i * epochs / BURDA_EPOCHS)) for i in range(BURDA_STAGES - 1)]
+    while sum(lengths) >= epochs:  # only for E near 8: the last stage needs an epoch too
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        lengths[longest] -= 1
+    return [*lengths, epochs - sum(lengths)]
+
+
+def _even_lengths(epochs: int) -> list[int]:
+    """An eighth of ``epochs`` per stage, the first ``epochs mod 8`` stages one more."""
+    share, extra = divmod(epochs, BURDA_STAGES)
+    return [share + (i < extra) for i in range(BURDA_STAGES)]
 
 
 def burda_adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
