@@ -84,21 +84,18 @@ logger = logging.getLogger(__name__)
 
 # Named recipes: "defaults" become the command line's defaults (flags given explicitly win); the
 # rest are fit options and the held-out validation set.
+_COMPRESSED = dict(
+    defaults=dict(epochs=300, batch_size=20, objectives=["iwae"], num_particles=5, lr=1e-3,
+                  eval_examples=10000, num_samples=5000),
+    fit=dict(dreg=True, jit=True, optimizer=burda_adam),
+    validation_size=1000, validation_samples=50,
+)
 RECIPES = {
-    "burda-compressed": dict(
-        defaults=dict(epochs=300, batch_size=20, objectives=["iwae"], num_particles=5, lr=1e-3,
-                      eval_examples=10000, num_samples=5000),
-        fit=dict(dreg=True, jit=True, optimizer=burda_adam),
-        validation_size=1000, validation_samples=50,
-    ),
+    "burda-compressed": _COMPRESSED,
     # The same with Burda's eight rates held for an eighth of the epochs each (issue 23: the
     # compressed shares reach 1e-4 at epoch 101 of 300 and spend the rest there).
-    "burda-even": dict(
-        defaults=dict(epochs=400, batch_size=20, objectives=["iwae"], num_particles=5, lr=1e-3,
-                      eval_examples=10000, num_samples=5000),
-        fit=dict(dreg=True, jit=True, optimizer=burda_adam),
-        validation_size=1000, validation_samples=50, stages="even",
-    ),
+    "burda-even": dict(_COMPRESSED, defaults=dict(_COMPRESSED["defaults"], epochs=400),
+                       stages="even"),
 }
 VALIDATION_BINARIZATION_SEED = 4321  # the held-out images are binarised once, like the test set
 
