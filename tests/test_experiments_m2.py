@@ -14,21 +14,24 @@ from conftest import REPO
 TINY = ["--dataset", "digits", "--n-validation", "100", "--n-labelled", "20"]
 
 
-def run_script(name: str, *args: str) -> None:
+def run_script(name: str, *args: str) -> str:
+    """Run ``experiments.m2.NAME`` with ``args``; return its log (stderr)."""
     result = subprocess.run(
         [sys.executable, "-m", f"experiments.m2.{name}", *args],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("m2_mnist")
-    run_script(
+    log = run_script(
         "mnist", *TINY, "--seeds", "0", "1", "--epochs", "2", "--hidden-sizes", "32",
         "--latent-dim", "4", "--classifier-arch", "mlp", "--batch-size", "200", "--out", str(out),
     )
+    (out.parent / "m2_mnist.log").write_text(log)
     return out
 
 
@@ -47,6 +50,15 @@ def test_m2_mnist_writes_metrics_checkpoints_and_table(trained):
     epochs = [json.loads((trained / f"labels20_seed{s}" / "metrics.json").read_text())["best_epoch"]
               + 1 for s in (0, 1)]
     assert f"| 20 | 2 | {epochs[0]}, {epochs[1]} | 2, 2 |" in table
+
+
+def test_m2_mnist_logs_each_epoch_once(trained):
+    log = (trained.parent / "m2_mnist.log").read_text().splitlines()
+    # two seeds, two epochs each: one line per epoch and seed (the script once echoed fit's line)
+    for epoch in (0, 1):
+        lines = [line for line in log if f"epoch {epoch}: loss/example" in line]
+        assert len(lines) == 2, lines
+        assert all("val_accuracy" in line for line in lines)
 
 
 def test_m2_figures_from_checkpoint(trained, tmp_path):
@@ -218,3 +230,26 @@ def test_m2_cpu_preset_trains_with_its_objective_and_precision(tmp_path):
     run = json.loads((tmp_path / "labels20_seed0" / "metrics.json").read_text())
     assert (run["objective"], run["precision"]) == ("sum_and_sample", "bf16")
     assert 0.0 <= run["test_error"] <= 1.0
+
+
+def test_error_curves_figure(trained, tmp_path):
+    from experiments.m2.error_curves import cpu_minutes
+
+    # 120 CPU-seconds over epochs of 10, 30 and 20 wall seconds: shared 1:3:2
+    assert cpu_minutes([{"seconds": s} for s in (10.0, 30.0, 20.0)], 120.0) == pytest.approx(
+        [20 / 60, 80 / 60, 120 / 60])
+    with pytest.raises(ValueError, match="timed"):
+        cpu_minutes([], 1.0)
+    out = tmp_path / "curves.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.m2.error_curves", "--out", str(out),
+         "--run", "seed 0", str(trained / "labels20_seed0" / "metrics.json"),
+         "--run", "seed 1", str(trained / "labels20_seed1" / "metrics.json"),
+         "--cpu-seconds", "2", "90", "--target", "paper", "3.33"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.stat().st_size > 10_000
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("seed 0 (test ")
+    assert lines[1].endswith("1.5 CPU-minutes")  # the second run's total, as given

@@ -121,6 +121,29 @@ def test_init_scale_draws_every_parameter_from_a_normal_with_that_std():
         normal_init_(torch.nn.Linear(2, 2), -1.0)
 
 
+def test_init_scale_torch_overrides_a_presets_scale():
+    import argparse
+
+    from pyrovae.runs import m2 as m2_family
+
+    parser = argparse.ArgumentParser()
+    m2_family.add_options(parser)
+
+    def model_init(*argv):
+        return m2_family.recipe(vars(parser.parse_args(["--preset", "kingma2014", *argv])))
+
+    assert model_init().model["init_scale"] == 1e-3
+    assert model_init("--init-scale", "0.01").model["init_scale"] == 0.01
+    torch_init = model_init("--init-scale", "torch")
+    assert torch_init.model["init_scale"] is None
+    torch.manual_seed(0)
+    built = torch_init.build(num_train=1000, num_labelled=100)
+    # PyTorch's Linear init: about 1/sqrt(3 fan_in), far wider than the preset's 1e-3
+    assert torch.cat([p.detach().flatten() for p in built.parameters()]).std() > 1e-2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--init-scale", "pytorch"])
+
+
 # ----------------------------------------------------------------------------- pruning
 class FakeEncoder:
     """``encode(x) -> (loc, scale)`` with known posterior means: dimensions 0 and 2 vary with x

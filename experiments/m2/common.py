@@ -7,7 +7,6 @@ The data, the model (through its preset), the training loop and the metrics come
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ from pyrovae.infer.classification import accuracy
 from pyrovae.models.m2 import M2
 from pyrovae.runs import m2 as m2_family
 from pyrovae.runs.provenance import evaluates, is_main, write_json
-
-logger = logging.getLogger("m2")
 
 
 def train_m2(
@@ -63,9 +60,8 @@ def train_m2(
             best_epoch=best["epoch"],
             best_val_accuracy=best["val_accuracy"],
         )
+        # fit logs the epoch's line (loss, val_accuracy, lr, seconds): no second copy here
         write_json(out / "metrics.json", metrics)
-        logger.info("epoch %d: loss/example %.2f, val acc %.4f, %.1f s", row["epoch"],
-                    row["loss_per_example"], row["val_accuracy"], row["seconds"])
 
     history, _ = m2_family.train(
         model, data, options, device=device, out=out, resume=True, minutes=minutes,

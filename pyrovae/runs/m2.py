@@ -39,6 +39,8 @@ RECIPE_OPTIONS = {"binarization": "input", "alpha_factor": "alpha_factor",
                   "objective": "objective", "precision": "precision", "threads": "threads",
                   "step_scheme": "step_scheme", "lr_decay": "lr_decay"}
 PRESET_OPTIONS = (*MODEL_OPTIONS, *RECIPE_OPTIONS)
+#: ``--init-scale``'s word for PyTorch's initialisation.
+TORCH_INIT = "torch"
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +62,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="alpha = this x N_labelled instead (Pyro's aux-loss multiplier)")
     add("--labelled-weight", help="weight of the supervised bound: a number, or 'balanced' = "
         "N_u / N_l")
-    add("--init-scale", type=positive_float, help="redraw every parameter from N(0, s^2) after "
-        "construction (Kingma et al.: 1e-3); unset: PyTorch's initialisation")
+    add("--init-scale", type=init_scale, help="redraw every parameter from N(0, s^2) after "
+        "construction (Kingma et al.: 1e-3); 'torch': PyTorch's initialisation (where a preset "
+        "sets a scale)")
     add("--analytic-kl", action=argparse.BooleanOptionalAction,
         help="KL(q(z|x,y) || p(z)) in closed form (Kingma's code)")
     add("--binarization", choices=BINARIZATIONS, help="training images binarised afresh every "
@@ -91,6 +94,12 @@ def preset_options(name: str) -> dict[str, Any]:
     return values
 
 
+def init_scale(text: str) -> float | str:
+    """argparse type of ``--init-scale``: a standard deviation > 0, or ``"torch"`` (PyTorch's
+    own initialisation; ``None`` already means "the preset's")."""
+    return TORCH_INIT if text == TORCH_INIT else positive_float(text)
+
+
 def resolve(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with ``preset`` set and every preset option that is missing or None taken
     from the preset (an ``alpha_per_labelled`` given replaces the preset's ``alpha_factor``)."""
@@ -106,6 +115,8 @@ def recipe(options: dict[str, Any]) -> M2Preset:
     options = resolve(options)
     preset = m2_preset(options["preset"])
     model = {key: options[key] for key in MODEL_OPTIONS if key != "labelled_weight"}
+    if model["init_scale"] == TORCH_INIT:
+        model["init_scale"] = None
     fields = {field: options[key] for key, field in RECIPE_OPTIONS.items()}
     fields["betas"] = tuple(fields["betas"])
     if fields["batches_per_epoch"] != preset.batches_per_epoch:
