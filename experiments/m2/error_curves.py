@@ -2,8 +2,8 @@
 
 Each ``--run`` names a label and a run's ``metrics.json`` (``experiments.m2.mnist`` writes one per
 ``labels{N}_seed{S}`` folder). The x axis of the right panel is CPU-minutes: the run's measured
-``cpu_seconds`` (this process's user + system time, summed over its invocations' records when
-``--cpu-seconds`` gives more) spread over its epochs in proportion to their wall seconds. A run's
+``cpu_seconds`` (user + system time of its last invocation, or the total ``--cpu-seconds`` gives
+for a run resumed over several) spread over its epochs in proportion to their wall seconds. A run's
 selected epoch (best validation accuracy) is marked, with its test error in the legend when the
 run has one. ``--target`` draws a horizontal line (e.g. the paper's number).
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from experiments.figures import pyplot, save_figure
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
     for line in runs:
-        for ax, x in zip(axes, (line["epochs"], line["minutes"])):
+        for ax, x in zip(axes, (line["epochs"], line["minutes"]), strict=True):
             drawn = ax.plot(x, line["errors"], lw=1.2, label=line["label"])[0]
             ax.plot([x[line["best"]]], [line["errors"][line["best"]]], "o",
                     color=drawn.get_color(), ms=5)
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         # left of the middle, where the curves are still well above the targets
         axes[0].annotate(f"{label}: {float(percent):g} %", (0.3, float(percent)),
                          xycoords=("axes fraction", "data"), ha="left", va="bottom", fontsize=9)
-    for ax, xlabel in zip(axes, ("epoch", "training CPU-minutes (one core)")):
+    for ax, xlabel in zip(axes, ("epoch", "training CPU-minutes (one core)"), strict=True):
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
@@ -93,7 +92,7 @@ def main(argv=None) -> None:
     for line in run(args):
         best = line["best"]
         print(f"{line['label']}: best validation error {line['errors'][best]:.2f} % at epoch "
-              f"{line['epochs'][best]}, {line['minutes'][-1]:.1f} CPU-minutes", file=sys.stdout)
+              f"{line['epochs'][best]}, {line['minutes'][-1]:.1f} CPU-minutes")
 
 
 if __name__ == "__main__":
